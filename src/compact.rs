@@ -1,0 +1,213 @@
+//! Evacuation: move unpinned objects out of the sparsest segments, then give
+//! the emptied segments back to the OS.
+//!
+//! A *pass* picks its sources once, then evacuates them one by one, object by
+//! object; [`RawHeap::compact_step`] stops at its byte budget and the next
+//! call goes on where it stopped. Sources are never allocated into while the
+//! pass runs, so an object moves at most once per pass. See docs/DESIGN.md,
+//! "Compaction".
+
+use core::ptr;
+
+use crate::raw::RawHeap;
+use crate::space::Place;
+use crate::stats::CompactReport;
+
+/// The state of the compaction pass in progress, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Evacuation {
+    /// Segments still to evacuate, the next one last.
+    sources: Vec<u32>,
+    /// Index into the object list of `sources.last()`.
+    pos: usize,
+}
+
+impl Evacuation {
+    pub(crate) fn metadata_bytes(&self) -> usize {
+        self.sources.capacity() * core::mem::size_of::<u32>()
+    }
+
+    /// Whether a pass is in progress.
+    pub(crate) fn active(&self) -> bool {
+        !self.sources.is_empty()
+    }
+}
+
+impl RawHeap {
+    /// A full compaction: finish any pass in progress, then run a pass over
+    /// every segment (including the one being allocated into) to the end.
+    pub(crate) fn compact(&mut self) -> CompactReport {
+        self.totals.compactions += 1;
+        let mut report = CompactReport::default();
+        self.run_pass(usize::MAX, &mut report);
+        self.space.drop_cursor();
+        if self.begin_pass() {
+            self.run_pass(usize::MAX, &mut report);
+        }
+        report.finished = true;
+        report
+    }
+
+    /// An incremental compaction: moves at most `budget` bytes. Starts a pass
+    /// if none is in progress and one would give memory back.
+    pub(crate) fn compact_step(&mut self, budget: usize) -> CompactReport {
+        self.totals.compactions += 1;
+        let mut report = CompactReport::default();
+        if !self.evac.active() && !self.begin_pass() {
+            report.finished = true;
+            return report;
+        }
+        self.run_pass(budget, &mut report);
+        report
+    }
+
+    /// Chooses the sources of a new pass. Candidates are all segments but the
+    /// one being allocated into, sparsest first; the pass takes the prefix of
+    /// them that frees the most segments (k sources whose live bytes fit in
+    /// fewer than k segments). Returns whether there is anything to do.
+    fn begin_pass(&mut self) -> bool {
+        debug_assert!(!self.evac.active());
+        let cap = self.space.segment_size();
+        let current = self.space.current_segment();
+        let mut candidates: Vec<(usize, u32)> = self
+            .space
+            .segment_ids()
+            .filter(|&id| Some(id) != current)
+            .map(|id| {
+                (
+                    self.space
+                        .segment(id)
+                        .expect("listed segment exists")
+                        .live_bytes,
+                    id,
+                )
+            })
+            .filter(|&(live, _)| live < cap)
+            .collect();
+        candidates.sort_unstable();
+        let (mut best, mut best_gain, mut sum) = (0, 0isize, 0usize);
+        for (i, &(live, _)) in candidates.iter().enumerate() {
+            sum += live;
+            let gain = (i + 1) as isize - sum.div_ceil(cap) as isize;
+            if gain > best_gain {
+                (best, best_gain) = (i + 1, gain);
+            }
+        }
+        candidates.truncate(best);
+        // Sparsest last: it is evacuated first.
+        self.evac.sources = candidates.into_iter().rev().map(|(_, id)| id).collect();
+        self.evac.pos = 0;
+        for &id in &self.evac.sources {
+            self.space.set_evacuating(id, true);
+        }
+        self.evac.active()
+    }
+
+    /// Evacuates sources until done or until `budget` bytes have moved.
+    fn run_pass(&mut self, budget: usize, report: &mut CompactReport) {
+        while let Some(&id) = self.evac.sources.last() {
+            match self.evacuate_segment(id, budget, report) {
+                Evacuated::Paused => {
+                    report.finished = false;
+                    return;
+                }
+                Evacuated::OutOfMemory => {
+                    // No room for targets: end the pass, every source as it is.
+                    for id in core::mem::take(&mut self.evac.sources) {
+                        self.end_source(id, report);
+                    }
+                }
+                Evacuated::Done => {
+                    self.evac.sources.pop();
+                    self.end_source(id, report);
+                }
+            }
+            self.evac.pos = 0;
+        }
+        report.finished = true;
+    }
+
+    /// Source `id` is done: give it back if empty, else make it a normal segment.
+    fn end_source(&mut self, id: u32, report: &mut CompactReport) {
+        let seg = self.space.segment(id).expect("source segment exists");
+        if seg.live_objects == 0 {
+            let bytes = self.space.release_segment(id);
+            report.segments_released += 1;
+            report.bytes_released += bytes;
+            self.totals.bytes_released += bytes as u64;
+        } else {
+            // Pinned (or dying) objects keep it; a later pass tries again.
+            self.prune_objects(id);
+            self.space.set_evacuating(id, false);
+        }
+    }
+
+    /// Moves the unpinned objects of source `id` from `evac.pos` on.
+    fn evacuate_segment(
+        &mut self,
+        id: u32,
+        budget: usize,
+        report: &mut CompactReport,
+    ) -> Evacuated {
+        loop {
+            let seg = self.space.segment(id).expect("source segment exists");
+            let Some(&key) = seg.objects.get(self.evac.pos) else {
+                return Evacuated::Done;
+            };
+            let Some(slot) = self.table.get(key) else {
+                self.evac.pos += 1;
+                continue;
+            };
+            if slot.place.segment_id() != Some(id) {
+                // Stale entry: freed, or moved away and noted in another list.
+                self.evac.pos += 1;
+                continue;
+            }
+            if slot.is_pinned() {
+                report.pinned_skipped += 1;
+                self.evac.pos += 1;
+                continue;
+            }
+            let size = slot.size();
+            let align = slot.info.align;
+            if report.bytes_moved + size > budget {
+                if size > budget {
+                    // No step of this budget can move it; leave it for compact().
+                    self.evac.pos += 1;
+                    continue;
+                }
+                return Evacuated::Paused;
+            }
+            let Ok((dst, place)) = self.space.alloc(size, align) else {
+                return Evacuated::OutOfMemory;
+            };
+            let slot = self.table.get_mut(key).expect("slot checked above");
+            let src = core::mem::replace(&mut slot.ptr, dst);
+            // SAFETY: `src` is the object's `size` bytes in a source segment and
+            // no guard pins it (checked above; pins need the engine, which we
+            // hold exclusively), so nobody reads or writes them now. `dst` is
+            // fresh memory from `alloc` outside every source, so they do not overlap.
+            unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
+            slot.place = place;
+            self.space.note_object(place, key);
+            // SAFETY: the object's bytes at `src` were reserved by one alloc in
+            // segment `id`; the slot now points at `dst`, so nothing reads `src` again.
+            unsafe { self.space.release(src, size, Place::segment(id)) };
+            self.evac.pos += 1;
+            report.objects_moved += 1;
+            report.bytes_moved += size;
+            self.totals.objects_moved += 1;
+            self.totals.bytes_moved += size as u64;
+        }
+    }
+}
+
+/// How the evacuation of one source ended.
+enum Evacuated {
+    /// Every object that could move has moved.
+    Done,
+    /// The step's budget is spent; objects are left.
+    Paused,
+    /// No memory for a target.
+    OutOfMemory,
+}

@@ -1,0 +1,483 @@
+//! [`Heap`]: the single-threaded compacting heap.
+
+use core::cell::UnsafeCell;
+use core::fmt;
+
+use slotmap::KeyData;
+
+use crate::config::Config;
+use crate::error::{AllocError, BorrowError, RemoveError};
+use crate::guard::{PinOwner, Ref, RefMut};
+use crate::handle::Handle;
+use crate::object::Object;
+use crate::raw::{drop_all, drop_then_release, Dying, Freed, RawHeap};
+use crate::stats::{CompactReport, HeapStats};
+
+/// A compacting heap: objects behind [`Handle`]s, which the heap may move to
+/// close holes and give memory back to the OS.
+///
+/// Every method takes `&self`, so objects can be allocated, freed and moved
+/// while guards ([`Ref`], [`RefMut`]) borrow others: a borrowed object is
+/// pinned and never moves. `Heap` is `Send` but not `Sync`; share one across
+/// threads with [`SyncHeap`](crate::SyncHeap).
+///
+/// # Examples
+/// ```
+/// use compact_heap::Heap;
+///
+/// let heap = Heap::new();
+/// let a = heap.alloc(7u64);
+/// let b = heap.alloc_slice(&[1u8, 2, 3]);
+/// let s = heap.alloc_str("hello");
+/// {
+///     let r = heap.get(b).unwrap();
+///     let mut w = heap.get_mut(a).unwrap();
+///     *w += 1;
+///     heap.compact(); // moves only unpinned objects
+///     assert_eq!(&*r, &[1, 2, 3]);
+/// }
+/// assert_eq!(heap.remove(a), Ok(8));
+/// assert!(heap.free(s));
+/// assert_eq!(heap.stats().live_objects, 1);
+/// ```
+pub struct Heap {
+    /// The engine. Invariant: a reference to it exists only inside
+    /// [`Heap::with`], which runs no user code; `Heap` is not `Sync`, so one
+    /// thread at a time is in there.
+    raw: UnsafeCell<RawHeap>,
+}
+
+impl Default for Heap {
+    fn default() -> Heap {
+        Heap::new()
+    }
+}
+
+impl Heap {
+    /// An empty heap with the default [`Config`]. Maps nothing until the first allocation.
+    pub fn new() -> Heap {
+        Heap::with_config(Config::default())
+    }
+
+    /// An empty heap with `config`.
+    pub fn with_config(config: Config) -> Heap {
+        Heap {
+            raw: UnsafeCell::new(RawHeap::new(&config)),
+        }
+    }
+
+    /// Runs `f` on the engine.
+    #[inline]
+    fn with<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {
+        // SAFETY: `Heap` is `!Sync`, so only this thread can be here, and
+        // every caller passes an `f` that runs no user code and does not call
+        // back into the heap, so no other reference to the engine is alive
+        // (the struct invariant). Guards hold no reference into the engine.
+        f(unsafe { &mut *self.raw.get() })
+    }
+
+    /// Allocates `value` and returns its handle.
+    ///
+    /// # Panics
+    /// If the memory limit is reached (see [`Heap::try_alloc`]).
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc(vec![1, 2, 3]);
+    /// assert_eq!(heap.get(h).unwrap().len(), 3);
+    /// ```
+    pub fn alloc<T: Send + 'static>(&self, value: T) -> Handle<T> {
+        match self.try_alloc(value) {
+            Ok(h) => h,
+            Err((_, e)) => panic!("compact_heap: {e}"),
+        }
+    }
+
+    /// Allocates `value`, or gives it back with the reason it did not fit.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{AllocError, Config, Heap};
+    ///
+    /// let heap = Heap::with_config(Config::default().memory_limit(1 << 20));
+    /// let big = vec![0u8; 2 << 20].into_boxed_slice();
+    /// let small = heap.try_alloc([0u8; 64]).unwrap();
+    /// assert!(heap.try_alloc([0u8; 4 << 20]).is_err());
+    /// assert!(heap.contains(small));
+    /// # drop(big);
+    /// ```
+    pub fn try_alloc<T: Send + 'static>(&self, value: T) -> Result<Handle<T>, (T, AllocError)> {
+        match self.with(|raw| raw.alloc(&T::INFO, 0)) {
+            Ok((key, ptr)) => {
+                // SAFETY: `alloc` reserved size_of::<T>() bytes aligned for `T`
+                // at `ptr` (a dangling aligned address for ZSTs); nothing reads
+                // them before this write.
+                unsafe { ptr.cast::<T>().write(value) };
+                Ok(Handle::new(key))
+            }
+            Err(e) => Err((value, e)),
+        }
+    }
+
+    /// Allocates a copy of the slice `src`.
+    ///
+    /// # Panics
+    /// If the memory limit is reached or the size overflows.
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc_slice(&[1u16, 2, 3]);
+    /// assert_eq!(&*heap.get(h).unwrap(), &[1, 2, 3]);
+    /// ```
+    pub fn alloc_slice<T: Copy + Send + 'static>(&self, src: &[T]) -> Handle<[T]> {
+        self.try_alloc_slice(src)
+            .unwrap_or_else(|e| panic!("compact_heap: {e}"))
+    }
+
+    /// Allocates a copy of the slice `src`, or says why it did not fit.
+    pub fn try_alloc_slice<T: Copy + Send + 'static>(
+        &self,
+        src: &[T],
+    ) -> Result<Handle<[T]>, AllocError> {
+        self.try_alloc_copy(src)
+    }
+
+    /// Allocates a bitwise copy of `src`, whose bytes need no drop.
+    fn try_alloc_copy<T: ?Sized + Object>(&self, src: &T) -> Result<Handle<T>, AllocError> {
+        let (key, ptr) = self.with(|raw| raw.alloc(&T::INFO, src.meta()))?;
+        // SAFETY: `alloc` reserved `size_of_val(src)` bytes at `ptr`, aligned
+        // for `T`, in memory that `src` (a live borrow) cannot overlap. The
+        // callers pass only `Copy` slices and `str`, so a bitwise copy is a
+        // valid, independent value.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (src as *const T).cast::<u8>(),
+                ptr.as_ptr(),
+                core::mem::size_of_val(src),
+            )
+        };
+        Ok(Handle::new(key))
+    }
+
+    /// Allocates a copy of the string `src`.
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc_str("hello");
+    /// assert_eq!(&*heap.get(h).unwrap(), "hello");
+    /// ```
+    pub fn alloc_str(&self, src: &str) -> Handle<str> {
+        self.try_alloc_str(src)
+            .unwrap_or_else(|e| panic!("compact_heap: {e}"))
+    }
+
+    /// Allocates a copy of the string `src`, or says why it did not fit.
+    pub fn try_alloc_str(&self, src: &str) -> Result<Handle<str>, AllocError> {
+        self.try_alloc_copy(src)
+    }
+
+    /// Allocates a slice of clones of `src`'s elements.
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc_slice_clone(&[String::from("a"), String::from("b")]);
+    /// assert_eq!(heap.get(h).unwrap()[1], "b");
+    /// ```
+    pub fn alloc_slice_clone<T: Clone + Send + 'static>(&self, src: &[T]) -> Handle<[T]> {
+        self.alloc_from_iter(src.iter().cloned())
+    }
+
+    /// Allocates a slice of the items of `iter`.
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc_from_iter((0..4).map(|i| i * i));
+    /// assert_eq!(&*heap.get(h).unwrap(), &[0, 1, 4, 9]);
+    /// ```
+    pub fn alloc_from_iter<T: Send + 'static, I: IntoIterator<Item = T>>(
+        &self,
+        iter: I,
+    ) -> Handle<[T]> {
+        // Run the user's iterator (and clones) before touching the engine.
+        let mut items: Vec<T> = iter.into_iter().collect();
+        let (key, ptr) = self
+            .with(|raw| raw.alloc(&<[T]>::INFO, items.len()))
+            .unwrap_or_else(|e| panic!("compact_heap: {e}"));
+        // SAFETY: `alloc` reserved room for `items.len()` `T`s at `ptr`. The
+        // values move: `set_len(0)` makes the Vec forget them, so each is owned
+        // once, by the heap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(items.as_ptr(), ptr.as_ptr().cast::<T>(), items.len());
+            items.set_len(0);
+        }
+        Handle::new(key)
+    }
+
+    /// A shared borrow of the object, or `None` if the handle is stale.
+    /// The object is pinned while the guard lives.
+    ///
+    /// # Panics
+    /// If the object is mutably borrowed ([`Heap::try_get`] does not panic).
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc(1.5f64);
+    /// assert_eq!(*heap.get(h).unwrap(), 1.5);
+    /// heap.free(h);
+    /// assert!(heap.get(h).is_none());
+    /// ```
+    #[inline]
+    pub fn get<T: ?Sized + Object>(&self, handle: Handle<T>) -> Option<Ref<'_, T>> {
+        match self.try_get(handle) {
+            Ok(r) => Some(r),
+            Err(BorrowError::Stale) => None,
+            Err(e) => panic!("compact_heap: {e}"),
+        }
+    }
+
+    /// An exclusive borrow of the object, or `None` if the handle is stale.
+    /// The object is pinned while the guard lives.
+    ///
+    /// # Panics
+    /// If any guard of the object is alive ([`Heap::try_get_mut`] does not panic).
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc(String::from("a"));
+    /// heap.get_mut(h).unwrap().push('b');
+    /// assert_eq!(*heap.get(h).unwrap(), "ab");
+    /// ```
+    #[inline]
+    pub fn get_mut<T: ?Sized + Object>(&self, handle: Handle<T>) -> Option<RefMut<'_, T>> {
+        match self.try_get_mut(handle) {
+            Ok(r) => Some(r),
+            Err(BorrowError::Stale) => None,
+            Err(e) => panic!("compact_heap: {e}"),
+        }
+    }
+
+    /// A shared borrow, or why there is none: stale, or mutably borrowed.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{BorrowError, Heap};
+    ///
+    /// let heap = Heap::new();
+    /// let h = heap.alloc(3u8);
+    /// let w = heap.get_mut(h).unwrap();
+    /// assert_eq!(heap.try_get(h).unwrap_err(), BorrowError::BorrowedMut);
+    /// drop(w);
+    /// assert_eq!(*heap.try_get(h).unwrap(), 3);
+    /// ```
+    #[inline]
+    pub fn try_get<T: ?Sized + Object>(
+        &self,
+        handle: Handle<T>,
+    ) -> Result<Ref<'_, T>, BorrowError> {
+        let ptr = self.with(|raw| raw.pin::<T, false>(handle.key(), false))?;
+        // SAFETY: `pin` took a shared pin for this guard on a live `T` at `ptr`.
+        Ok(unsafe { Ref::new(ptr, handle.key(), self) })
+    }
+
+    /// An exclusive borrow, or why there is none: stale, or borrowed.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{BorrowError, Heap};
+    ///
+    /// let heap = Heap::new();
+    /// let h = heap.alloc(3u8);
+    /// let r = heap.get(h).unwrap();
+    /// assert_eq!(heap.try_get_mut(h).unwrap_err(), BorrowError::Borrowed);
+    /// drop(r);
+    /// heap.free(h);
+    /// assert_eq!(heap.try_get_mut(h).unwrap_err(), BorrowError::Stale);
+    /// ```
+    #[inline]
+    pub fn try_get_mut<T: ?Sized + Object>(
+        &self,
+        handle: Handle<T>,
+    ) -> Result<RefMut<'_, T>, BorrowError> {
+        let ptr = self.with(|raw| raw.pin::<T, false>(handle.key(), true))?;
+        // SAFETY: `pin` took the exclusive pin for this guard on a live `T` at `ptr`.
+        Ok(unsafe { RefMut::new(ptr, handle.key(), self) })
+    }
+
+    /// Whether the handle names a live object.
+    pub fn contains<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
+        self.with(|raw| raw.contains::<T>(handle.key()))
+    }
+
+    /// Frees the object: its handle is dead at once. The value is dropped now,
+    /// or, if a guard borrows it, when the last guard goes. Returns whether
+    /// the handle was live.
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let h = heap.alloc_str("bye");
+    /// let r = heap.get(h).unwrap();
+    /// assert!(heap.free(h));   // dead at once...
+    /// assert!(!heap.contains(h));
+    /// assert_eq!(&*r, "bye");  // ...but dropped only when `r` goes
+    /// drop(r);
+    /// assert!(!heap.free(h));
+    /// ```
+    pub fn free<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
+        match self.with(|raw| raw.free::<T>(handle.key())) {
+            Freed::Stale => false,
+            Freed::Deferred => true,
+            Freed::Now(dying) => {
+                self.drop_dying(dying);
+                true
+            }
+        }
+    }
+
+    /// Moves the value out of the heap, freeing its handle. Fails, changing
+    /// nothing, if the handle is stale or the object is borrowed.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{Heap, RemoveError};
+    ///
+    /// let heap = Heap::new();
+    /// let h = heap.alloc(String::from("out"));
+    /// let r = heap.get(h).unwrap();
+    /// assert_eq!(heap.remove(h), Err(RemoveError::Pinned));
+    /// drop(r);
+    /// assert_eq!(heap.remove(h).unwrap(), "out");
+    /// assert_eq!(heap.remove(h), Err(RemoveError::Stale));
+    /// ```
+    pub fn remove<T: Send + 'static>(&self, handle: Handle<T>) -> Result<T, RemoveError> {
+        let dying = self.with(|raw| raw.remove::<T>(handle.key()))?;
+        // SAFETY: the slot held an initialised `T` at `dying.ptr`; it is
+        // unlinked, so this read moves the value out and nobody drops it again.
+        let value = unsafe { dying.ptr.cast::<T>().read() };
+        self.with(|raw| raw.release(dying));
+        Ok(value)
+    }
+
+    /// A full compaction: moves every unpinned object out of sparse segments
+    /// and gives the emptied segments back to the OS. Afterwards the segments
+    /// are as dense as pinned objects allow. Legal while guards live.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{Config, Heap};
+    ///
+    /// let heap = Heap::with_config(Config::default().segment_size(64 * 1024));
+    /// let hs: Vec<_> = (0..10_000u32).map(|i| heap.alloc([i; 16])).collect();
+    /// for h in hs.iter().step_by(2) {
+    ///     heap.free(*h); // every other object: holes everywhere
+    /// }
+    /// let before = heap.stats().held_bytes;
+    /// let report = heap.compact();
+    /// assert!(report.bytes_released > 0);
+    /// assert!(heap.stats().held_bytes < before);
+    /// assert_eq!(heap.get(hs[1]).unwrap()[0], 1);
+    /// ```
+    pub fn compact(&self) -> CompactReport {
+        self.with(|raw| raw.compact())
+    }
+
+    /// An incremental compaction step that moves at most `budget` bytes;
+    /// call it repeatedly (e.g. once per request) to compact in slices.
+    /// Objects larger than `budget` are left for [`Heap::compact`].
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{Config, Heap};
+    ///
+    /// let heap = Heap::with_config(Config::default().segment_size(64 * 1024));
+    /// let hs: Vec<_> = (0..10_000u32).map(|i| heap.alloc([i; 16])).collect();
+    /// for h in hs.iter().step_by(2) {
+    ///     heap.free(*h);
+    /// }
+    /// loop {
+    ///     let step = heap.compact_step(16 * 1024);
+    ///     assert!(step.bytes_moved <= 16 * 1024);
+    ///     if step.finished {
+    ///         break;
+    ///     }
+    /// }
+    /// assert!(heap.stats().bytes_released > 0);
+    /// ```
+    pub fn compact_step(&self, budget: usize) -> CompactReport {
+        self.with(|raw| raw.compact_step(budget))
+    }
+
+    /// The heap's figures now.
+    pub fn stats(&self) -> HeapStats {
+        self.with(|raw| raw.stats())
+    }
+
+    /// Number of live objects.
+    pub fn len(&self) -> usize {
+        self.with(|raw| raw.table.live())
+    }
+
+    /// Whether no object is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn drop_dying(&self, dying: Dying) {
+        drop_then_release(dying, |dying| self.with(|raw| raw.release(dying)));
+    }
+
+    /// Test hook: retire slots from this version on (see `table.rs`).
+    #[cfg(test)]
+    pub(crate) fn set_retire_at(&self, version: u32) {
+        self.with(|raw| raw.table.set_retire_at(version));
+    }
+
+    /// Test hook: the address of a live object.
+    #[cfg(test)]
+    pub(crate) fn address_of<T: ?Sized + Object>(
+        &self,
+        handle: Handle<T>,
+    ) -> Option<core::ptr::NonNull<u8>> {
+        self.with(|raw| raw.live_slot::<T>(handle.key()).map(|s| s.ptr))
+    }
+}
+
+impl PinOwner for Heap {
+    #[inline]
+    fn unpin(&self, key: KeyData, exclusive: bool) {
+        if self.with(|raw| raw.unpin::<false>(key, exclusive)) {
+            let dying = self.with(|raw| raw.finish_zombie(key));
+            self.drop_dying(dying);
+        }
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        // No guard can be alive (they borrow the heap). Drop every value in
+        // place; the segments are unmapped after, when the fields drop.
+        let values = self.raw.get_mut().take_all_for_drop();
+        drop_all(values);
+    }
+}
+
+impl fmt::Debug for Heap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Heap")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn send<T: Send>() {}
+    send::<Heap>();
+}

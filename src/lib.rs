@@ -1,0 +1,90 @@
+//! A compacting heap: objects live behind generational [`Handle`]s, so the
+//! heap itself may move any object nobody is borrowing, close the holes
+//! between objects, and give memory back to the operating system.
+//!
+//! # Why
+//! `malloc` cannot move an object once it has handed out its address. A
+//! long-running program with an unlucky pattern of sizes (a cache whose value
+//! sizes drift; a loop that allocates a big buffer, a small thing, a new big
+//! buffer, then frees the first) keeps memory it can never reuse: RSS climbs
+//! while live data stays flat. Rust values *can* be moved — every move is a
+//! `memcpy` — but only by their owner. Here the heap is the owner.
+//!
+//! # A tour
+//! ```
+//! use compact_heap::{Handle, Heap};
+//!
+//! let heap = Heap::new();
+//! let a: Handle<u64> = heap.alloc(7);
+//! let b: Handle<[u8]> = heap.alloc_slice(&[1, 2, 3]);
+//! let s: Handle<str> = heap.alloc_str("hello");
+//! {
+//!     let r = heap.get(b).unwrap();          // shared borrow: `b` is pinned
+//!     let mut w = heap.get_mut(a).unwrap();  // exclusive borrow: `a` is pinned
+//!     *w += 1;
+//!     heap.compact();                        // moves only unpinned objects
+//!     assert_eq!(&*r, &[1, 2, 3]);
+//! }
+//! assert_eq!(heap.remove(a).unwrap(), 8);    // move a value out
+//! assert!(heap.free(s));                     // drop one in place
+//! assert!(heap.get(s).is_none());            // a stale handle reads None, forever
+//! println!("{:?}", heap.stats());
+//! ```
+//!
+//! - [`Heap::alloc`], [`Heap::alloc_slice`], [`Heap::alloc_str`],
+//!   [`Heap::alloc_from_iter`]: put a value in; get a [`Handle`].
+//! - [`Heap::get`] / [`Heap::get_mut`]: borrow it through a guard ([`Ref`] /
+//!   [`RefMut`]) that pins the object while it lives. A borrow conflict
+//!   panics, as with `RefCell`; [`Heap::try_get`] returns a [`BorrowError`].
+//! - [`Heap::free`] / [`Heap::remove`]: drop the value, or move it out.
+//! - [`Heap::compact`] / [`Heap::compact_step`]: move objects to close holes,
+//!   all at once or in budgeted slices. [`Heap::stats`] tells what it holds.
+//! - [`SyncHeap`]: the same, shared between threads, with a background compactor.
+//!
+//! # How it works
+//! Objects live in *segments* (1 MiB blocks mapped from the OS) and are
+//! bump-allocated into the free lines of partly used segments, so even a
+//! program that never compacts reuses holes. Objects larger than a quarter of
+//! a segment get a mapping of their own, unmapped when freed. Compaction
+//! copies the unpinned objects of the sparsest segments into dense ones, one
+//! `memcpy` each, updates their slots, and unmaps the emptied segments.
+//! docs/DESIGN.md has the layout, the slot states, the pin protocol and the
+//! invariants every `unsafe` block relies on.
+//!
+//! # Compared with
+//! - **slotmap**: the same generational handles (this crate's table *is* a
+//!   `SlotMap`), but values live inline in one `Vec`: unsized values need a
+//!   `Box` each, which is malloc again. Here every value lives in the
+//!   compacting space, and a slot whose version would wrap is retired.
+//! - **malloc** (glibc, jemalloc, mimalloc): faster to reach an object (a
+//!   pointer, no lookup), but it cannot move one, so fragmentation is forever.
+//!
+//! # Handles from another heap
+//! Using a handle on a heap that did not issue it is a logic error, as in
+//! slotmap. It never causes undefined behaviour and never yields a value of
+//! another type: it reads `None` or some live object of the same type.
+#![deny(missing_docs, missing_debug_implementations)]
+#![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod compact;
+mod config;
+mod error;
+mod guard;
+mod handle;
+mod heap;
+mod mapping;
+mod object;
+mod raw;
+mod segment;
+mod space;
+mod stats;
+mod sync;
+mod table;
+
+pub use config::Config;
+pub use error::{AllocError, BorrowError, RemoveError};
+pub use guard::{Ref, RefMut};
+pub use handle::Handle;
+pub use heap::Heap;
+pub use object::Object;
+pub use stats::{CompactReport, HeapStats};

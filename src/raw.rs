@@ -1,0 +1,339 @@
+//! [`RawHeap`]: the engine under [`Heap`](crate::Heap) and the concurrent
+//! heap. It owns the table and the space and keeps them in step; it never
+//! runs user code. The wrappers call user code (value drops) only after they
+//! have let go of the engine, so a `Drop` that re-enters the heap is fine.
+
+use core::ptr::NonNull;
+
+use slotmap::KeyData;
+
+use crate::compact::Evacuation;
+use crate::config::Config;
+use crate::error::{AllocError, BorrowError, RemoveError};
+use crate::object::{Object, TypeInfo};
+use crate::space::{Place, Space};
+use crate::stats::HeapStats;
+use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::table::{Slot, Table, EXCLUSIVE, SHARED, ZOMBIE};
+
+/// Running totals of compaction work.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Totals {
+    pub(crate) compactions: u64,
+    pub(crate) objects_moved: u64,
+    pub(crate) bytes_moved: u64,
+    pub(crate) bytes_released: u64,
+}
+
+/// The engine: table + space + compaction state.
+#[derive(Debug)]
+pub(crate) struct RawHeap {
+    pub(crate) table: Table,
+    pub(crate) space: Space,
+    pub(crate) evac: Evacuation,
+    pub(crate) totals: Totals,
+    /// Invariant: the sum of the sizes of the objects whose handles are live.
+    live_bytes: usize,
+    limited: bool,
+}
+
+/// An object whose handle is gone but whose bytes are still reserved: its
+/// value must be dropped (or moved out) and then given to [`RawHeap::release`].
+#[must_use = "a dying object's memory is reserved until it is released"]
+#[derive(Debug)]
+pub(crate) struct Dying {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) meta: usize,
+    pub(crate) info: &'static TypeInfo,
+    place: Place,
+    size: usize,
+}
+
+impl Dying {
+    fn from_slot(slot: Slot) -> Dying {
+        Dying {
+            size: slot.size(),
+            ptr: slot.ptr,
+            meta: slot.meta,
+            info: slot.info,
+            place: slot.place,
+        }
+    }
+}
+
+/// What `free` did.
+#[derive(Debug)]
+pub(crate) enum Freed {
+    /// The handle was not live.
+    Stale,
+    /// The object is pinned; it is dropped when its last guard goes.
+    Deferred,
+    /// The object is unlinked; drop it, then release it.
+    Now(Dying),
+}
+
+impl RawHeap {
+    pub(crate) fn new(config: &Config) -> RawHeap {
+        RawHeap {
+            table: Table::new(),
+            space: Space::new(config),
+            evac: Evacuation::default(),
+            totals: Totals::default(),
+            live_bytes: 0,
+            limited: config.memory_limit.is_some(),
+        }
+    }
+
+    /// Reserves memory for a value of type `info` with metadata `meta` and
+    /// links it to a new handle. The caller must initialise the bytes before
+    /// anything can read them (before it lets go of the engine).
+    pub(crate) fn alloc(
+        &mut self,
+        info: &'static TypeInfo,
+        meta: usize,
+    ) -> Result<(KeyData, NonNull<u8>), AllocError> {
+        let layout = info.layout(meta).ok_or(AllocError::TooLarge)?;
+        let (ptr, place) = match self.space.alloc(layout.size(), layout.align()) {
+            Ok(found) => found,
+            Err(AllocError::OutOfMemory) if self.limited => {
+                // Under a memory limit, make room by compacting, then try once more.
+                self.compact();
+                self.space.alloc(layout.size(), layout.align())?
+            }
+            Err(e) => return Err(e),
+        };
+        let key = self.table.insert(Slot {
+            ptr,
+            meta,
+            info,
+            place,
+            borrow: AtomicU32::new(0),
+        });
+        self.space.note_object(place, key);
+        if let Some(id) = place.segment_id() {
+            let seg = self.space.segment(id).expect("object's segment exists");
+            if seg.objects.len() > 2 * seg.live_objects + 32 {
+                self.prune_objects(id);
+            }
+        }
+        self.live_bytes += layout.size();
+        Ok((key, ptr))
+    }
+
+    /// The slot of `key` if its handle is live and it holds a `T`.
+    #[inline]
+    pub(crate) fn live_slot<T: ?Sized + Object>(&self, key: KeyData) -> Option<&Slot> {
+        let slot = self.table.get(key)?;
+        (!slot.is_dead() && slot.info.is::<T>()).then_some(slot)
+    }
+
+    /// Pins the object of `key`, shared or exclusive, and returns a pointer to it.
+    ///
+    /// `SYNC` selects an atomic read-modify-write (other threads may pin the
+    /// same slot at once) over a plain load and store (one thread only).
+    #[inline]
+    pub(crate) fn pin<T: ?Sized + Object, const SYNC: bool>(
+        &self,
+        key: KeyData,
+        exclusive: bool,
+    ) -> Result<NonNull<T>, BorrowError> {
+        let slot = self.live_slot::<T>(key).ok_or(BorrowError::Stale)?;
+        let word = &slot.borrow;
+        let mut cur = word.load(Ordering::Relaxed);
+        loop {
+            if cur & EXCLUSIVE != 0 {
+                return Err(BorrowError::BorrowedMut);
+            }
+            let new = if exclusive {
+                if cur != 0 {
+                    return Err(BorrowError::Borrowed);
+                }
+                EXCLUSIVE
+            } else {
+                assert!(
+                    cur & SHARED != SHARED,
+                    "too many shared borrows of one object"
+                );
+                cur + 1
+            };
+            if !SYNC {
+                word.store(new, Ordering::Relaxed);
+                break;
+            }
+            match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(seen) => cur = seen,
+            }
+        }
+        let ptr = T::from_raw_parts(slot.ptr.as_ptr(), slot.meta);
+        // SAFETY: slot pointers are never null (mapped memory or an aligned dangling address).
+        Ok(unsafe { NonNull::new_unchecked(ptr) })
+    }
+
+    /// Drops one pin of `key`. Returns true if that was the last pin of a
+    /// freed object: the caller must then [`RawHeap::finish_zombie`] it.
+    #[inline]
+    pub(crate) fn unpin<const SYNC: bool>(&self, key: KeyData, exclusive: bool) -> bool {
+        let slot = self
+            .table
+            .get(key)
+            .expect("a pinned slot stays in the table");
+        let delta = if exclusive { EXCLUSIVE } else { 1 };
+        let prev = if SYNC {
+            slot.borrow.fetch_sub(delta, Ordering::Release)
+        } else {
+            let prev = slot.borrow.load(Ordering::Relaxed);
+            slot.borrow.store(prev - delta, Ordering::Relaxed);
+            prev
+        };
+        debug_assert!(prev & !ZOMBIE >= delta, "unpinning an unpinned slot");
+        prev == ZOMBIE | delta
+    }
+
+    /// Unlinks the zombie of `key` whose last pin just went.
+    pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Dying {
+        let slot = self
+            .table
+            .remove(key)
+            .expect("a zombie stays in the table until finished");
+        Dying::from_slot(slot)
+    }
+
+    /// Kills the handle `key`. The value is dropped now (by the caller) or,
+    /// if pinned, when its last guard goes.
+    ///
+    /// Needs exclusive access: no pin or unpin runs at the same time.
+    pub(crate) fn free<T: ?Sized + Object>(&mut self, key: KeyData) -> Freed {
+        let Some(slot) = self
+            .table
+            .get(key)
+            .filter(|s| !s.is_dead() && s.info.is::<T>())
+        else {
+            return Freed::Stale;
+        };
+        let (size, pinned) = (slot.size(), slot.is_pinned());
+        self.live_bytes -= size;
+        if pinned {
+            let slot = self.table.get(key).expect("checked above");
+            slot.borrow.fetch_or(ZOMBIE, Ordering::Relaxed);
+            self.table.count_zombie();
+            return Freed::Deferred;
+        }
+        let slot = self.table.remove(key).expect("live slot exists");
+        Freed::Now(Dying::from_slot(slot))
+    }
+
+    /// Unlinks the unpinned object of `key` so that the caller can move its value out.
+    pub(crate) fn remove<T: Object>(&mut self, key: KeyData) -> Result<Dying, RemoveError> {
+        let slot = self.live_slot::<T>(key).ok_or(RemoveError::Stale)?;
+        if slot.is_pinned() {
+            return Err(RemoveError::Pinned);
+        }
+        let size = slot.size();
+        self.live_bytes -= size;
+        let slot = self.table.remove(key).expect("live slot exists");
+        Ok(Dying::from_slot(slot))
+    }
+
+    /// Gives back the memory of an object whose value is gone (dropped or moved out).
+    pub(crate) fn release(&mut self, dying: Dying) {
+        // SAFETY: `dying` came from a slot, which holds the pointer, size and
+        // place of one allocation; the slot is gone, so this is the only
+        // release of it, and the value was dropped or moved out (Dying's contract).
+        unsafe { self.space.release(dying.ptr, dying.size, dying.place) };
+    }
+
+    /// Whether `key` is a live handle of a `T`.
+    pub(crate) fn contains<T: ?Sized + Object>(&self, key: KeyData) -> bool {
+        self.live_slot::<T>(key).is_some()
+    }
+
+    /// Removes stale and duplicate keys from segment `id`'s object list.
+    pub(crate) fn prune_objects(&mut self, id: u32) {
+        let table = &self.table;
+        let seg = self.space.segment_mut(id).expect("segment exists");
+        seg.objects.retain(|&k| {
+            table
+                .get(k)
+                .is_some_and(|s| s.place.segment_id() == Some(id))
+        });
+        seg.objects.sort_unstable_by_key(|k| k.as_ffi());
+        seg.objects.dedup();
+    }
+
+    pub(crate) fn stats(&self) -> HeapStats {
+        let segment_bytes = self.space.segment_count() * self.space.segment_size();
+        let held_bytes = self.space.held_bytes();
+        HeapStats {
+            live_objects: self.table.live(),
+            live_bytes: self.live_bytes,
+            held_bytes,
+            segment_bytes,
+            large_bytes: held_bytes - segment_bytes,
+            metadata_bytes: self.table.metadata_bytes()
+                + self.space.metadata_bytes()
+                + self.evac.metadata_bytes(),
+            pinned_objects: self.table.iter().filter(|(_, s)| s.is_pinned()).count(),
+            segments: self.space.segment_count(),
+            large_objects: self.space.large_count(),
+            compactions: self.totals.compactions,
+            objects_moved: self.totals.objects_moved,
+            bytes_moved: self.totals.bytes_moved,
+            bytes_released: self.totals.bytes_released,
+        }
+    }
+
+    /// Unlinks every live value (at the heap's end) and returns how to drop
+    /// each one that has drop glue. Memory stays mapped until the space drops.
+    pub(crate) fn take_all_for_drop(
+        &mut self,
+    ) -> Vec<(NonNull<u8>, usize, unsafe fn(*mut u8, usize))> {
+        self.table
+            .iter()
+            .filter(|(_, s)| !s.is_dead())
+            .filter_map(|(_, s)| s.info.drop.map(|d| (s.ptr, s.meta, d)))
+            .collect()
+    }
+}
+
+/// Drops the value of `dying` and then hands it to `release`, which runs
+/// even if the value's `Drop` panics (the panic then continues).
+pub(crate) fn drop_then_release(dying: Dying, release: impl FnOnce(Dying)) {
+    struct ReleaseGuard<F: FnOnce(Dying)>(Option<(Dying, F)>);
+    impl<F: FnOnce(Dying)> Drop for ReleaseGuard<F> {
+        fn drop(&mut self) {
+            if let Some((dying, release)) = self.0.take() {
+                release(dying);
+            }
+        }
+    }
+    let (ptr, meta, drop_fn) = (dying.ptr, dying.meta, dying.info.drop);
+    let guard = ReleaseGuard(Some((dying, release)));
+    if let Some(drop_fn) = drop_fn {
+        // SAFETY: the object is unlinked (no handle or guard reaches it) and
+        // its bytes stay reserved until `guard` releases them, so this is the
+        // one drop of an initialised value of the type `drop_fn` was made for.
+        unsafe { drop_fn(ptr.as_ptr(), meta) };
+    }
+    drop(guard);
+}
+
+/// Drops every value in `values`, continuing past a panicking `Drop` (a
+/// second panic aborts, as in `Vec`).
+pub(crate) fn drop_all(values: Vec<(NonNull<u8>, usize, unsafe fn(*mut u8, usize))>) {
+    struct Rest(std::vec::IntoIter<(NonNull<u8>, usize, unsafe fn(*mut u8, usize))>);
+    impl Drop for Rest {
+        fn drop(&mut self) {
+            for (ptr, meta, drop_fn) in self.0.by_ref() {
+                // SAFETY: as in the loop below.
+                unsafe { drop_fn(ptr.as_ptr(), meta) };
+            }
+        }
+    }
+    let mut rest = Rest(values.into_iter());
+    while let Some((ptr, meta, drop_fn)) = rest.0.next() {
+        // SAFETY: each entry is a live value of the type its drop function
+        // was made for, listed once; the heap is ending, so nothing reads it after.
+        unsafe { drop_fn(ptr.as_ptr(), meta) };
+    }
+}

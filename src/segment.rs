@@ -1,0 +1,193 @@
+//! [`Segment`]: one mapped block of the object space, divided into lines.
+//!
+//! Objects are bump-allocated into *holes*: runs of lines on which no live
+//! object lies. Each line counts the live objects that overlap it, so a line
+//! becomes reusable the moment its last object dies (the line-granular hole
+//! reuse of Immix, with exact counts instead of mark bits). See
+//! docs/DESIGN.md, "Segments and lines".
+
+use core::ptr::NonNull;
+
+use slotmap::KeyData;
+
+use crate::mapping::Mapping;
+
+/// The unit of hole reuse, in bytes.
+pub(crate) const LINE: usize = 128;
+
+/// One block of the object space.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    mapping: Mapping,
+    /// Invariant: `lines[i]` is the number of live (or dying) objects whose
+    /// bytes overlap `[i * LINE, (i + 1) * LINE)`. A line with count 0 holds
+    /// no byte that anyone may read, so it may be handed out again.
+    lines: Box<[u8]>,
+    /// Invariant: the number of zero entries in `lines`.
+    free_lines: usize,
+    /// Bytes of the live and dying objects in this segment.
+    pub(crate) live_bytes: usize,
+    /// Number of live and dying objects in this segment.
+    pub(crate) live_objects: usize,
+    /// Keys of the objects allocated here, oldest first. It may hold stale
+    /// keys and keys of objects that moved away; the table decides. Every
+    /// live object whose place is this segment has its key in this list.
+    pub(crate) objects: Vec<KeyData>,
+    /// A compaction source: nothing is allocated here until its pass ends.
+    pub(crate) evacuating: bool,
+    /// Whether the segment's id is in the space's recyclable list.
+    pub(crate) queued: bool,
+}
+
+impl Segment {
+    /// Maps a new, empty segment of `size` bytes (a multiple of [`LINE`]).
+    pub(crate) fn new(size: usize) -> Option<Segment> {
+        debug_assert_eq!(size % LINE, 0);
+        let mapping = Mapping::new(size, LINE)?;
+        let lines = vec![0u8; size / LINE].into_boxed_slice();
+        Some(Segment {
+            mapping,
+            free_lines: lines.len(),
+            lines,
+            live_bytes: 0,
+            live_objects: 0,
+            objects: Vec::new(),
+            evacuating: false,
+            queued: false,
+        })
+    }
+
+    /// Bytes held from the OS.
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.mapping.len()
+    }
+
+    /// Bytes of metadata kept for this segment (line counts and object list).
+    pub(crate) fn metadata_bytes(&self) -> usize {
+        core::mem::size_of::<Segment>()
+            + self.lines.len()
+            + self.objects.capacity() * core::mem::size_of::<KeyData>()
+    }
+
+    /// Usable bytes.
+    #[inline]
+    pub(crate) fn size(&self) -> usize {
+        self.lines.len() * LINE
+    }
+
+    /// Lines on which no object lies.
+    #[inline]
+    pub(crate) fn free_lines(&self) -> usize {
+        self.free_lines
+    }
+
+    /// The address of byte `offset`, with the provenance of the mapping.
+    #[inline]
+    pub(crate) fn ptr_at(&self, offset: usize) -> NonNull<u8> {
+        debug_assert!(offset < self.size());
+        // SAFETY: `offset < size <= mapping length`, so the result stays in bounds.
+        unsafe { self.mapping.start().add(offset) }
+    }
+
+    /// The offset of `ptr`, which must point into this segment.
+    #[inline]
+    pub(crate) fn offset_of(&self, ptr: NonNull<u8>) -> usize {
+        let offset = ptr
+            .as_ptr()
+            .addr()
+            .wrapping_sub(self.mapping.start().as_ptr().addr());
+        debug_assert!(offset < self.size(), "pointer outside its segment");
+        offset
+    }
+
+    /// The first hole at or after line `from` in which `size` bytes aligned
+    /// to `align` fit: `(start, end)` byte offsets of the whole hole.
+    pub(crate) fn find_hole(
+        &self,
+        from: usize,
+        size: usize,
+        align: usize,
+    ) -> Option<(usize, usize)> {
+        let n = self.lines.len();
+        let mut line = from;
+        while line < n {
+            // Skip used lines, then measure the run of free ones.
+            match self.lines[line..].iter().position(|&c| c == 0) {
+                None => return None,
+                Some(skip) => line += skip,
+            }
+            let run = self.lines[line..]
+                .iter()
+                .position(|&c| c != 0)
+                .unwrap_or(n - line);
+            let (start, end) = (line * LINE, (line + run) * LINE);
+            if start.next_multiple_of(align) + size <= end {
+                return Some((start, end));
+            }
+            line += run;
+        }
+        None
+    }
+
+    /// Records an object at `[offset, offset + size)` (size > 0).
+    pub(crate) fn mark(&mut self, offset: usize, size: usize) {
+        debug_assert!(size > 0 && offset + size <= self.size());
+        for count in &mut self.lines[offset / LINE..=(offset + size - 1) / LINE] {
+            if *count == 0 {
+                self.free_lines -= 1;
+            }
+            // At most LINE one-byte objects plus one spanning object share a line.
+            debug_assert!(*count < u8::MAX);
+            *count += 1;
+        }
+        self.live_bytes += size;
+        self.live_objects += 1;
+    }
+
+    /// Forgets the object at `[offset, offset + size)`. Returns whether a line
+    /// became free.
+    pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
+        debug_assert!(size > 0 && offset + size <= self.size());
+        let mut freed = false;
+        for count in &mut self.lines[offset / LINE..=(offset + size - 1) / LINE] {
+            debug_assert!(*count > 0, "unmarking a free line");
+            *count -= 1;
+            if *count == 0 {
+                self.free_lines += 1;
+                freed = true;
+            }
+        }
+        self.live_bytes -= size;
+        self.live_objects -= 1;
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_count_overlapping_objects_and_holes_follow() {
+        let mut s = Segment::new(8 * LINE).unwrap();
+        assert_eq!(s.find_hole(0, 8 * LINE, 8), Some((0, 8 * LINE)));
+        s.mark(LINE - 8, 16); // spans lines 0 and 1
+        s.mark(3 * LINE, LINE); // exactly line 3
+        assert_eq!(s.free_lines(), 5);
+        assert_eq!(s.find_hole(0, 8, 8), Some((2 * LINE, 3 * LINE)));
+        assert_eq!(s.find_hole(0, LINE + 8, 8), Some((4 * LINE, 8 * LINE)));
+        assert_eq!(s.find_hole(0, 5 * LINE, 8), None);
+        assert!(s.unmark(LINE - 8, 16));
+        assert_eq!(s.find_hole(0, 2 * LINE, 8), Some((0, 3 * LINE)));
+        assert_eq!((s.live_objects, s.live_bytes), (1, LINE));
+    }
+
+    #[test]
+    fn holes_respect_alignment() {
+        let mut s = Segment::new(4 * LINE).unwrap();
+        s.mark(0, 8);
+        // Line 1..4 is free: 3 lines, but 256-aligned 256 bytes start at 256.
+        assert_eq!(s.find_hole(0, 256, 256), Some((LINE, 4 * LINE)));
+        assert_eq!(s.find_hole(0, 384, 256), None);
+    }
+}

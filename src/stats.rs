@@ -1,0 +1,85 @@
+//! [`HeapStats`] (what the heap holds) and [`CompactReport`] (what a
+//! compaction did).
+
+/// A snapshot of a heap's figures. Every figure is exact, not an estimate.
+///
+/// # Examples
+/// ```
+/// use compact_heap::Heap;
+///
+/// let heap = Heap::new();
+/// let h = heap.alloc([0u8; 100]);
+/// let st = heap.stats();
+/// assert_eq!((st.live_objects, st.live_bytes), (1, 100));
+/// assert!(st.held_bytes >= 100);
+/// heap.free(h);
+/// assert_eq!(heap.stats().live_bytes, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeapStats {
+    /// Objects whose handles are live.
+    pub live_objects: usize,
+    /// Bytes of those objects, as their types ask (`size_of_val`).
+    pub live_bytes: usize,
+    /// Bytes held from the OS for objects: `segment_bytes + large_bytes`.
+    pub held_bytes: usize,
+    /// Bytes of mapped segments.
+    pub segment_bytes: usize,
+    /// Bytes of the mappings of large objects (each rounded up to a page).
+    pub large_bytes: usize,
+    /// Bytes of bookkeeping: the handle table, per-segment line counts and
+    /// object lists, and the heap's own vectors.
+    pub metadata_bytes: usize,
+    /// Objects that a guard pins now (including freed ones that wait for their
+    /// last guard).
+    pub pinned_objects: usize,
+    /// Mapped segments.
+    pub segments: usize,
+    /// Large objects (each in a mapping of its own).
+    pub large_objects: usize,
+    /// Compactions run so far: calls of `compact` and `compact_step`.
+    pub compactions: u64,
+    /// Objects moved by compaction so far.
+    pub objects_moved: u64,
+    /// Bytes moved by compaction so far.
+    pub bytes_moved: u64,
+    /// Bytes compaction has given back to the OS so far.
+    pub bytes_released: u64,
+}
+
+impl HeapStats {
+    /// `held_bytes / live_bytes`: 1.0 is perfectly dense. Infinite for an
+    /// empty heap that still holds memory, 1.0 for one that holds none.
+    pub fn fragmentation(&self) -> f64 {
+        if self.live_bytes == 0 {
+            if self.held_bytes == 0 {
+                1.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            self.held_bytes as f64 / self.live_bytes as f64
+        }
+    }
+}
+
+/// What one call of [`Heap::compact`](crate::Heap::compact) or
+/// [`Heap::compact_step`](crate::Heap::compact_step) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// Objects moved.
+    pub objects_moved: usize,
+    /// Bytes moved.
+    pub bytes_moved: usize,
+    /// Segments given back to the OS.
+    pub segments_released: usize,
+    /// Bytes given back to the OS.
+    pub bytes_released: usize,
+    /// Objects that stayed where they were because a guard pinned them.
+    pub pinned_skipped: usize,
+    /// Whether the compaction pass is finished (always true after `compact`);
+    /// false when `compact_step` stopped at its budget with work left.
+    pub finished: bool,
+}
