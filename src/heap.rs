@@ -101,11 +101,10 @@ impl Heap {
     /// use compact_heap::{AllocError, Config, Heap};
     ///
     /// let heap = Heap::with_config(Config::default().memory_limit(1 << 20));
-    /// let big = vec![0u8; 2 << 20].into_boxed_slice();
-    /// let small = heap.try_alloc([0u8; 64]).unwrap();
-    /// assert!(heap.try_alloc([0u8; 4 << 20]).is_err());
+    /// let small = heap.try_alloc([0u8; 64]).unwrap(); // maps a 1 MiB segment
+    /// let (value, err) = heap.try_alloc([7u8; 300 * 1024]).unwrap_err();
+    /// assert_eq!((value[0], err), (7, AllocError::OutOfMemory));
     /// assert!(heap.contains(small));
-    /// # drop(big);
     /// ```
     pub fn try_alloc<T: Send + 'static>(&self, value: T) -> Result<Handle<T>, (T, AllocError)> {
         match self.with(|raw| raw.alloc(&T::INFO, 0)) {
@@ -158,6 +157,35 @@ impl Heap {
                 core::mem::size_of_val(src),
             )
         };
+        Ok(Handle::new(key))
+    }
+
+    /// Allocates a slice of `len` copies of `value`, written in place (no
+    /// temporary buffer): the way to make a big buffer.
+    ///
+    /// # Panics
+    /// If the memory limit is reached or the size overflows.
+    ///
+    /// # Examples
+    /// ```
+    /// let heap = compact_heap::Heap::new();
+    /// let buf = heap.alloc_slice_fill(1 << 20, 0u8); // a 1 MiB buffer
+    /// assert_eq!(heap.get(buf).unwrap().len(), 1 << 20);
+    /// ```
+    pub fn alloc_slice_fill<T: Copy + Send + 'static>(&self, len: usize, value: T) -> Handle<[T]> {
+        self.try_alloc_slice_fill(len, value).unwrap_or_else(|e| panic!("compact_heap: {e}"))
+    }
+
+    /// Allocates a slice of `len` copies of `value`, or says why it did not fit.
+    pub fn try_alloc_slice_fill<T: Copy + Send + 'static>(&self, len: usize, value: T) -> Result<Handle<[T]>, AllocError> {
+        let (key, ptr) = self.with(|raw| raw.alloc(&<[T]>::INFO, len))?;
+        let first = ptr.as_ptr().cast::<T>();
+        for i in 0..len {
+            // SAFETY: `alloc` reserved room for `len` `T`s at `ptr`, aligned;
+            // `T: Copy` runs no user code, so nothing observes the partly
+            // written slice.
+            unsafe { first.add(i).write(value) };
+        }
         Ok(Handle::new(key))
     }
 
@@ -416,7 +444,7 @@ impl Heap {
 
     /// The heap's figures now.
     pub fn stats(&self) -> HeapStats {
-        self.with(|raw| raw.stats())
+        self.with(|raw| raw.stats(false))
     }
 
     /// Number of live objects.
@@ -480,4 +508,51 @@ impl fmt::Debug for Heap {
 fn _assert_send() {
     fn send<T: Send>() {}
     send::<Heap>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_whose_version_is_exhausted_is_retired_not_reused() {
+        let heap = Heap::new();
+        // Versions go 1, 3, 5, 7 (occupied); at 7 the slot retires.
+        heap.set_retire_at(7);
+        let mut old = Vec::new();
+        let index = |h: Handle<u32>| h.to_bits() as u32;
+        let first = heap.alloc(0u32);
+        heap.free(first);
+        old.push(first);
+        for i in 1..4u32 {
+            let h = heap.alloc(i);
+            assert_eq!(index(h), index(first), "the same slot is reused until it retires");
+            old.push(h);
+            assert!(heap.free(h));
+        }
+        let next = heap.alloc(99u32);
+        assert_ne!(index(next), index(first), "a retired slot is never handed out again");
+        for h in &old {
+            assert!(heap.get(*h).is_none());
+            assert!(!heap.free(*h));
+        }
+        assert_eq!(heap.len(), 1);
+        assert_eq!(*heap.get(next).unwrap(), 99);
+    }
+
+    #[test]
+    fn compaction_moves_unpinned_objects_and_updates_their_slots() {
+        let heap = Heap::with_config(Config::default().segment_size(4096));
+        let hs: Vec<_> = (0..256u64).map(|i| heap.alloc([i; 4])).collect();
+        for h in hs.iter().step_by(2) {
+            heap.free(*h);
+        }
+        let pinned = heap.get(hs[1]).unwrap();
+        let before: Vec<_> = hs.iter().skip(1).step_by(2).map(|h| heap.address_of(*h).unwrap()).collect();
+        heap.compact();
+        let after: Vec<_> = hs.iter().skip(1).step_by(2).map(|h| heap.address_of(*h).unwrap()).collect();
+        assert_eq!(before[0], after[0], "the pinned object stays");
+        assert!(before.iter().zip(&after).skip(1).any(|(b, a)| b != a), "others move");
+        drop(pinned);
+    }
 }

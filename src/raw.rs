@@ -13,7 +13,7 @@ use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
 use crate::stats::HeapStats;
-use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::table::{Slot, Table, EXCLUSIVE, SHARED, ZOMBIE};
 
 /// Running totals of compaction work.
@@ -34,6 +34,10 @@ pub(crate) struct RawHeap {
     pub(crate) totals: Totals,
     /// Invariant: the sum of the sizes of the objects whose handles are live.
     live_bytes: usize,
+    /// Objects with at least one pin, kept by the single-threaded heap (the
+    /// concurrent one counts by scanning, to keep a shared counter off its
+    /// read path). Only changed with plain loads and stores.
+    pinned: AtomicUsize,
     limited: bool,
 }
 
@@ -80,6 +84,7 @@ impl RawHeap {
             evac: Evacuation::default(),
             totals: Totals::default(),
             live_bytes: 0,
+            pinned: AtomicUsize::new(0),
             limited: config.memory_limit.is_some(),
         }
     }
@@ -158,6 +163,9 @@ impl RawHeap {
             };
             if !SYNC {
                 word.store(new, Ordering::Relaxed);
+                if cur == 0 {
+                    self.pinned.store(self.pinned.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                }
                 break;
             }
             match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
@@ -184,6 +192,9 @@ impl RawHeap {
         } else {
             let prev = slot.borrow.load(Ordering::Relaxed);
             slot.borrow.store(prev - delta, Ordering::Relaxed);
+            if prev & !ZOMBIE == delta {
+                self.pinned.store(self.pinned.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            }
             prev
         };
         debug_assert!(prev & !ZOMBIE >= delta, "unpinning an unpinned slot");
@@ -261,7 +272,9 @@ impl RawHeap {
         seg.objects.dedup();
     }
 
-    pub(crate) fn stats(&self) -> HeapStats {
+    /// The heap's figures. `scan_pins`: count pinned objects by walking the
+    /// table (for the concurrent heap, which keeps no counter).
+    pub(crate) fn stats(&self, scan_pins: bool) -> HeapStats {
         let segment_bytes = self.space.segment_count() * self.space.segment_size();
         let held_bytes = self.space.held_bytes();
         HeapStats {
@@ -273,7 +286,11 @@ impl RawHeap {
             metadata_bytes: self.table.metadata_bytes()
                 + self.space.metadata_bytes()
                 + self.evac.metadata_bytes(),
-            pinned_objects: self.table.iter().filter(|(_, s)| s.is_pinned()).count(),
+            pinned_objects: if scan_pins {
+                self.table.iter().filter(|(_, s)| s.is_pinned()).count()
+            } else {
+                self.pinned.load(Ordering::Relaxed)
+            },
             segments: self.space.segment_count(),
             large_objects: self.space.large_count(),
             compactions: self.totals.compactions,
