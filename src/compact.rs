@@ -44,6 +44,9 @@ impl RawHeap {
         if self.begin_pass() {
             self.run_pass(usize::MAX, &mut report);
         }
+        let spare = self.space.release_spares();
+        report.bytes_released += spare;
+        self.totals.bytes_released += spare as u64;
         report.finished = true;
         report
     }

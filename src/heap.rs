@@ -173,11 +173,16 @@ impl Heap {
     /// assert_eq!(heap.get(buf).unwrap().len(), 1 << 20);
     /// ```
     pub fn alloc_slice_fill<T: Copy + Send + 'static>(&self, len: usize, value: T) -> Handle<[T]> {
-        self.try_alloc_slice_fill(len, value).unwrap_or_else(|e| panic!("compact_heap: {e}"))
+        self.try_alloc_slice_fill(len, value)
+            .unwrap_or_else(|e| panic!("compact_heap: {e}"))
     }
 
     /// Allocates a slice of `len` copies of `value`, or says why it did not fit.
-    pub fn try_alloc_slice_fill<T: Copy + Send + 'static>(&self, len: usize, value: T) -> Result<Handle<[T]>, AllocError> {
+    pub fn try_alloc_slice_fill<T: Copy + Send + 'static>(
+        &self,
+        len: usize,
+        value: T,
+    ) -> Result<Handle<[T]>, AllocError> {
         let (key, ptr) = self.with(|raw| raw.alloc(&<[T]>::INFO, len))?;
         let first = ptr.as_ptr().cast::<T>();
         for i in 0..len {
@@ -526,12 +531,20 @@ mod tests {
         old.push(first);
         for i in 1..4u32 {
             let h = heap.alloc(i);
-            assert_eq!(index(h), index(first), "the same slot is reused until it retires");
+            assert_eq!(
+                index(h),
+                index(first),
+                "the same slot is reused until it retires"
+            );
             old.push(h);
             assert!(heap.free(h));
         }
         let next = heap.alloc(99u32);
-        assert_ne!(index(next), index(first), "a retired slot is never handed out again");
+        assert_ne!(
+            index(next),
+            index(first),
+            "a retired slot is never handed out again"
+        );
         for h in &old {
             assert!(heap.get(*h).is_none());
             assert!(!heap.free(*h));
@@ -548,11 +561,24 @@ mod tests {
             heap.free(*h);
         }
         let pinned = heap.get(hs[1]).unwrap();
-        let before: Vec<_> = hs.iter().skip(1).step_by(2).map(|h| heap.address_of(*h).unwrap()).collect();
+        let before: Vec<_> = hs
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|h| heap.address_of(*h).unwrap())
+            .collect();
         heap.compact();
-        let after: Vec<_> = hs.iter().skip(1).step_by(2).map(|h| heap.address_of(*h).unwrap()).collect();
+        let after: Vec<_> = hs
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|h| heap.address_of(*h).unwrap())
+            .collect();
         assert_eq!(before[0], after[0], "the pinned object stays");
-        assert!(before.iter().zip(&after).skip(1).any(|(b, a)| b != a), "others move");
+        assert!(
+            before.iter().zip(&after).skip(1).any(|(b, a)| b != a),
+            "others move"
+        );
         drop(pinned);
     }
 }

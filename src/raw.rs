@@ -164,7 +164,8 @@ impl RawHeap {
             if !SYNC {
                 word.store(new, Ordering::Relaxed);
                 if cur == 0 {
-                    self.pinned.store(self.pinned.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                    self.pinned
+                        .store(self.pinned.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
                 }
                 break;
             }
@@ -193,7 +194,8 @@ impl RawHeap {
             let prev = slot.borrow.load(Ordering::Relaxed);
             slot.borrow.store(prev - delta, Ordering::Relaxed);
             if prev & !ZOMBIE == delta {
-                self.pinned.store(self.pinned.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                self.pinned
+                    .store(self.pinned.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
             }
             prev
         };
@@ -277,12 +279,14 @@ impl RawHeap {
     pub(crate) fn stats(&self, scan_pins: bool) -> HeapStats {
         let segment_bytes = self.space.segment_count() * self.space.segment_size();
         let held_bytes = self.space.held_bytes();
+        let spare_bytes = self.space.spare_bytes();
         HeapStats {
             live_objects: self.table.live(),
             live_bytes: self.live_bytes,
             held_bytes,
             segment_bytes,
-            large_bytes: held_bytes - segment_bytes,
+            large_bytes: held_bytes - segment_bytes - spare_bytes,
+            spare_bytes,
             metadata_bytes: self.table.metadata_bytes()
                 + self.space.metadata_bytes()
                 + self.evac.metadata_bytes(),

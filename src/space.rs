@@ -64,6 +64,11 @@ pub(crate) struct Space {
     /// Large-object mappings by id.
     large: Vec<Option<Mapping>>,
     free_large: Vec<u32>,
+    /// Mappings of freed large objects, kept for reuse by a large object of
+    /// the same length (a loop that frees a buffer and allocates the next
+    /// skips mmap, page faults and munmap). At most [`SPARE_MAPPINGS`];
+    /// `compact()` gives them back.
+    spare: Vec<Mapping>,
     cursor: Option<Cursor>,
     /// Segments that may have holes. Entries may be stale; `Segment::queued`
     /// says whether an id is (still) in here.
@@ -84,6 +89,7 @@ impl Space {
             free_segments: Vec::new(),
             large: Vec::new(),
             free_large: Vec::new(),
+            spare: Vec::new(),
             cursor: None,
             recyclable: Vec::new(),
             held: 0,
@@ -251,12 +257,22 @@ impl Space {
             .checked_add(align.saturating_sub(PAGE))
             .and_then(|n| n.checked_next_multiple_of(PAGE))
             .ok_or(AllocError::TooLarge)?;
-        if self.held.saturating_add(len) > self.limit {
-            return Err(AllocError::OutOfMemory);
-        }
-        let mapping = Mapping::new(size, align).ok_or(AllocError::OutOfMemory)?;
-        debug_assert_eq!(mapping.len(), len);
-        self.held += mapping.len();
+        let spare = self
+            .spare
+            .iter()
+            .position(|m| m.len() == len && m.start().as_ptr().addr() % align == 0);
+        let mapping = match spare {
+            Some(i) => self.spare.swap_remove(i),
+            None => {
+                if self.held.saturating_add(len) > self.limit {
+                    return Err(AllocError::OutOfMemory);
+                }
+                let mapping = Mapping::new(size, align).ok_or(AllocError::OutOfMemory)?;
+                debug_assert_eq!(mapping.len(), len);
+                self.held += mapping.len();
+                mapping
+            }
+        };
         self.large_count += 1;
         let ptr = mapping.start();
         let id = match self.free_large.pop() {
@@ -297,8 +313,12 @@ impl Space {
                 .expect("large object's mapping exists");
             self.free_large.push(id);
             self.large_count -= 1;
-            self.held -= mapping.len();
-            return mapping.len();
+            if self.spare.len() == SPARE_MAPPINGS {
+                let oldest = self.spare.remove(0);
+                self.held -= oldest.len();
+            }
+            self.spare.push(mapping);
+            return 0;
         }
         let Some(id) = place.segment_id() else {
             return 0;
@@ -336,6 +356,19 @@ impl Space {
             self.recyclable.push(id);
         }
         0
+    }
+
+    /// Bytes of the spare large-object mappings.
+    pub(crate) fn spare_bytes(&self) -> usize {
+        self.spare.iter().map(Mapping::len).sum()
+    }
+
+    /// Unmaps the spare large-object mappings. Returns their bytes.
+    pub(crate) fn release_spares(&mut self) -> usize {
+        let bytes = self.spare_bytes();
+        self.spare.clear();
+        self.held -= bytes;
+        bytes
     }
 
     /// Unmaps segment `id`, which must hold no live object. Returns its size.
@@ -380,6 +413,9 @@ impl Space {
     }
 }
 
+/// How many freed large-object mappings are kept for reuse.
+const SPARE_MAPPINGS: usize = 2;
+
 /// The byte written over freed and moved-from memory in debug builds.
 pub(crate) const POISON: u8 = 0xD5;
 
@@ -419,7 +455,21 @@ mod tests {
         assert_eq!(s.held_bytes(), 4096);
         assert_eq!(s.alloc(3 * 4096, 8), Err(AllocError::OutOfMemory));
         // SAFETY: from `alloc` above.
-        assert_eq!(unsafe { s.release(p, 3000, place) }, 4096);
+        unsafe { s.release(p, 3000, place) };
+        assert_eq!(
+            (s.held_bytes(), s.spare_bytes()),
+            (4096, 4096),
+            "kept as a spare"
+        );
+        let (q, place) = s.alloc(4000, 8).unwrap();
+        assert_eq!(
+            (q, s.spare_bytes(), s.held_bytes()),
+            (p, 0, 4096),
+            "the spare is reused"
+        );
+        // SAFETY: from `alloc` above.
+        unsafe { s.release(q, 4000, place) };
+        assert_eq!(s.release_spares(), 4096);
         assert_eq!(s.held_bytes(), 0);
     }
 

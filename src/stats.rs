@@ -22,12 +22,15 @@ pub struct HeapStats {
     pub live_objects: usize,
     /// Bytes of those objects, as their types ask (`size_of_val`).
     pub live_bytes: usize,
-    /// Bytes held from the OS for objects: `segment_bytes + large_bytes`.
+    /// Bytes held from the OS for objects: `segment_bytes + large_bytes + spare_bytes`.
     pub held_bytes: usize,
     /// Bytes of mapped segments.
     pub segment_bytes: usize,
     /// Bytes of the mappings of large objects (each rounded up to a page).
     pub large_bytes: usize,
+    /// Bytes of freed large-object mappings kept for reuse by the next large
+    /// object of the same size (at most two); `compact()` gives them back.
+    pub spare_bytes: usize,
     /// Bytes of bookkeeping: the handle table, per-segment line counts and
     /// object lists, and the heap's own vectors.
     pub metadata_bytes: usize,

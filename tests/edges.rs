@@ -102,11 +102,17 @@ fn every_value_is_dropped_exactly_once() {
         let freed = heap.alloc(Counted(drops.clone()));
         let removed = heap.alloc(Counted(drops.clone()));
         let slice = heap.alloc_from_iter((0..5).map(|_| Counted(drops.clone())));
-        let _kept: Vec<_> = (0..100).map(|_| heap.alloc(Counted(drops.clone()))).collect();
+        let _kept: Vec<_> = (0..100)
+            .map(|_| heap.alloc(Counted(drops.clone())))
+            .collect();
         heap.free(freed);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         let value = heap.remove(removed).unwrap();
-        assert_eq!(drops.load(Ordering::SeqCst), 1, "remove moves the value out, no drop");
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "remove moves the value out, no drop"
+        );
         drop(value);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         heap.compact();
@@ -114,7 +120,11 @@ fn every_value_is_dropped_exactly_once() {
         heap.free(slice);
         assert_eq!(drops.load(Ordering::SeqCst), 7);
     }
-    assert_eq!(drops.load(Ordering::SeqCst), 107, "dropping the heap drops the rest once");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        107,
+        "dropping the heap drops the rest once"
+    );
 }
 
 thread_local! {
@@ -135,7 +145,10 @@ unsafe impl Send for SendParent {}
 impl Drop for SendParent {
     fn drop(&mut self) {
         HEAP.with(|heap| {
-            assert!(heap.free(self.0.child), "child freed from the parent's Drop");
+            assert!(
+                heap.free(self.0.child),
+                "child freed from the parent's Drop"
+            );
             let tmp = heap.alloc_slice(&[1u8; 300]);
             heap.compact();
             assert_eq!(heap.get(tmp).unwrap()[299], 1);
@@ -151,7 +164,10 @@ fn a_drop_may_call_back_into_its_heap() {
     HEAP.with(|heap| {
         let keep = fragment(heap, 200);
         let child = heap.alloc(String::from("child"));
-        let parent = heap.alloc(SendParent(Parent { child, flag: flag.clone() }));
+        let parent = heap.alloc(SendParent(Parent {
+            child,
+            flag: flag.clone(),
+        }));
         assert!(heap.free(parent));
         assert!(flag.get());
         assert!(!heap.contains(child));
@@ -159,7 +175,10 @@ fn a_drop_may_call_back_into_its_heap() {
         // The same through a guard: the drop runs when the last guard goes.
         flag.set(false);
         let child = heap.alloc(String::from("child 2"));
-        let parent = heap.alloc(SendParent(Parent { child, flag: flag.clone() }));
+        let parent = heap.alloc(SendParent(Parent {
+            child,
+            flag: flag.clone(),
+        }));
         let guard = heap.get(parent).unwrap();
         heap.free(parent);
         assert!(!flag.get());
@@ -185,11 +204,17 @@ fn a_panicking_drop_leaves_the_heap_consistent() {
     let drops = Arc::new(AtomicUsize::new(0));
     let heap = Heap::with_config(small_segments());
     let keep = fragment(&heap, 100);
-    let bomb = heap.alloc(Bomb { _field: Counted(drops.clone()) });
+    let bomb = heap.alloc(Bomb {
+        _field: Counted(drops.clone()),
+    });
     let held_before = heap.stats().held_bytes;
     let result = catch_unwind(AssertUnwindSafe(|| heap.free(bomb)));
     assert!(result.is_err(), "the panic reaches the caller of free");
-    assert_eq!(drops.load(Ordering::SeqCst), 1, "the Bomb's fields were still dropped");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "the Bomb's fields were still dropped"
+    );
     assert!(!heap.contains(bomb));
     assert_eq!(heap.stats().live_objects, keep.len());
     assert_eq!(heap.stats().live_bytes, keep.len() * 64);
@@ -206,7 +231,9 @@ fn a_panicking_drop_at_the_heaps_end_does_not_stop_the_others() {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let heap = Heap::new();
         heap.alloc(Counted(drops.clone()));
-        heap.alloc(Bomb { _field: Counted(drops.clone()) });
+        heap.alloc(Bomb {
+            _field: Counted(drops.clone()),
+        });
         heap.alloc(Counted(drops.clone()));
     }));
     assert!(result.is_err());
@@ -284,13 +311,24 @@ fn pinned_objects_do_not_move_and_the_rest_do() {
     let keep = fragment(&heap, 400);
     let pinned = heap.get(keep[0]).unwrap();
     let addr = pinned.as_ptr().addr();
-    let others: Vec<usize> = keep[1..].iter().map(|h| heap.get(*h).unwrap().as_ptr().addr()).collect();
+    let others: Vec<usize> = keep[1..]
+        .iter()
+        .map(|h| heap.get(*h).unwrap().as_ptr().addr())
+        .collect();
     let report = heap.compact();
     assert!(report.objects_moved > 0);
     assert!(report.pinned_skipped >= 1);
-    assert_eq!(heap.get(keep[0]).unwrap().as_ptr().addr(), addr, "pinned object moved");
+    assert_eq!(
+        heap.get(keep[0]).unwrap().as_ptr().addr(),
+        addr,
+        "pinned object moved"
+    );
     assert_eq!(pinned[0], 1);
-    let moved = keep[1..].iter().zip(&others).filter(|(h, a)| heap.get(**h).unwrap().as_ptr().addr() != **a).count();
+    let moved = keep[1..]
+        .iter()
+        .zip(&others)
+        .filter(|(h, a)| heap.get(**h).unwrap().as_ptr().addr() != **a)
+        .count();
     assert!(moved > 0);
     drop(pinned);
     // Once unpinned, a later compaction may move it too.
@@ -307,13 +345,20 @@ fn compaction_gives_segments_back() {
     let after = heap.stats();
     assert_eq!(report.bytes_released, report.segments_released * 4096);
     assert_eq!(after.bytes_released, report.bytes_released as u64);
-    assert!(after.held_bytes < before.held_bytes * 2 / 3, "{before:?} -> {after:?}");
+    assert!(
+        after.held_bytes < before.held_bytes * 2 / 3,
+        "{before:?} -> {after:?}"
+    );
     assert!(after.segments <= (keep.len() * 64).div_ceil(4096) + 1);
     for h in &keep {
         heap.free(*h);
     }
     heap.compact();
-    assert_eq!(heap.stats().held_bytes, 0, "an empty heap holds nothing after compact()");
+    assert_eq!(
+        heap.stats().held_bytes,
+        0,
+        "an empty heap holds nothing after compact()"
+    );
 }
 
 #[test]
@@ -368,11 +413,19 @@ fn the_memory_limit_fails_cleanly_after_trying_compaction() {
     let before = heap.stats();
     // Needs compaction to fit: one large object of 3 pages.
     let big = heap.try_alloc_slice(&[7u8; 3 * 4096 - 100]);
-    assert!(big.is_ok(), "compaction made room: {before:?} -> {:?}", heap.stats());
+    assert!(
+        big.is_ok(),
+        "compaction made room: {before:?} -> {:?}",
+        heap.stats()
+    );
     let too_big = heap.try_alloc_slice(&[0u8; 64 * 1024]);
     assert_eq!(too_big.err(), Some(AllocError::OutOfMemory));
     let (back, err) = heap.try_alloc([1u64; 1000]).unwrap_err();
-    assert_eq!((back[0], err), (1, AllocError::OutOfMemory), "the value comes back");
+    assert_eq!(
+        (back[0], err),
+        (1, AllocError::OutOfMemory),
+        "the value comes back"
+    );
     assert!(heap.stats().held_bytes <= 8 * 4096);
     for (i, h) in keep.iter().enumerate() {
         assert_eq!(heap.get(*h).unwrap()[0], 2 * i as u64 + 1, "nothing lost");

@@ -22,6 +22,10 @@ pub trait Store {
     fn held(&self) -> Option<usize> {
         None
     }
+    /// Bytes of the store's own bookkeeping (None: not known).
+    fn metadata(&self) -> Option<usize> {
+        None
+    }
     /// Bytes moved by compaction and time spent compacting.
     fn compaction(&self) -> (u64, Duration) {
         (0, Duration::ZERO)
@@ -67,7 +71,12 @@ pub enum Workload {
     /// RAMCloud's allocator test (Rumble et al., FAST 2014, Table 1): fill
     /// with `before`, overwriting random keys until 5× the target is written;
     /// delete `delete` of the keys at random; then the same with `after`.
-    Ramcloud { name: &'static str, before: Sizes, delete: f64, after: Option<Sizes> },
+    Ramcloud {
+        name: &'static str,
+        before: Sizes,
+        delete: f64,
+        after: Option<Sizes>,
+    },
     /// Allocate a 1 MiB buffer, work, allocate a small thing, allocate a new
     /// buffer, free the first, free the small thing; `iterations` times.
     SeedLoop { iterations: u64 },
@@ -80,7 +89,12 @@ impl Workload {
     /// W1–W8, the seed loop and the drifting cache.
     pub fn all(seed_iterations: u64) -> Vec<Workload> {
         use Sizes::*;
-        let w = |name, before, delete, after| Workload::Ramcloud { name, before, delete, after };
+        let w = |name, before, delete, after| Workload::Ramcloud {
+            name,
+            before,
+            delete,
+            after,
+        };
         vec![
             w("W1", Fixed(100), 0.0, None),
             w("W2", Fixed(100), 0.0, Some(Fixed(130))),
@@ -90,7 +104,9 @@ impl Workload {
             w("W6", Uniform(100, 200), 0.5, Some(Uniform(1000, 2000))),
             w("W7", Uniform(1000, 2000), 0.9, Some(Uniform(1500, 2500))),
             w("W8", Uniform(50, 150), 0.9, Some(Uniform(5000, 15000))),
-            Workload::SeedLoop { iterations: seed_iterations },
+            Workload::SeedLoop {
+                iterations: seed_iterations,
+            },
             Workload::DriftingCache,
         ]
     }
@@ -127,6 +143,8 @@ pub struct Report {
     pub elapsed: Duration,
     pub bytes_moved: u64,
     pub compact_time: Duration,
+    /// The store's bookkeeping bytes at the end, if it knows them.
+    pub metadata: Option<usize>,
 }
 
 impl Report {
@@ -149,13 +167,12 @@ impl Report {
 /// The process's resident set size in bytes (Linux: /proc/self/statm).
 pub fn rss() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
-    // SAFETY-free: sysconf is a plain query.
-    pages * page_size()
-}
-
-fn page_size() -> usize {
-    4096
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 /// Tracks which keys hold values, their sizes, and the live total.
@@ -168,7 +185,12 @@ struct Keys {
 
 impl Keys {
     fn new() -> Keys {
-        Keys { size: vec![], live: vec![], pos: vec![], live_bytes: 0 }
+        Keys {
+            size: vec![],
+            live: vec![],
+            pos: vec![],
+            live_bytes: 0,
+        }
     }
 
     fn insert(&mut self, key: usize, size: usize) {
@@ -235,7 +257,12 @@ impl Driver<'_> {
     }
 
     fn sample(&mut self) -> Sample {
-        let s = Sample { ops: self.report.ops, live: self.keys.live_bytes, rss: rss(), held: self.store.held() };
+        let s = Sample {
+            ops: self.report.ops,
+            live: self.keys.live_bytes,
+            rss: rss(),
+            held: self.store.held(),
+        };
         self.report.peak_rss = self.report.peak_rss.max(s.rss);
         self.report.samples.push(s);
         s
@@ -279,7 +306,8 @@ pub fn run(workload: &Workload, store: &mut dyn Store, scale: usize, progress: b
     let baseline_rss = rss();
     let expected_ops = match workload {
         Workload::Ramcloud { before, after, .. } => {
-            (5.0 * scale as f64 / before.mean() + after.map_or(0.0, |a| 10.0 * scale as f64 / a.mean())) as u64
+            (5.0 * scale as f64 / before.mean()
+                + after.map_or(0.0, |a| 10.0 * scale as f64 / a.mean())) as u64
         }
         Workload::SeedLoop { iterations } => 4 * iterations,
         Workload::DriftingCache => 11 * (scale as f64 / Sizes::LogNormal(4096.0).mean()) as u64,
@@ -288,14 +316,22 @@ pub fn run(workload: &Workload, store: &mut dyn Store, scale: usize, progress: b
         store,
         keys: Keys::new(),
         rng: SmallRng::seed_from_u64(0x5EED),
-        report: Report { baseline_rss, ..Report::default() },
+        report: Report {
+            baseline_rss,
+            ..Report::default()
+        },
         every: (expected_ops / 300).max(1),
         started: Instant::now(),
         progress,
     };
     let mut next_key = 0;
     match *workload {
-        Workload::Ramcloud { before, delete, after, .. } => {
+        Workload::Ramcloud {
+            before,
+            delete,
+            after,
+            ..
+        } => {
             d.churn(before, scale, 5 * scale, &mut next_key);
             d.phase_end("fill");
             let n = (d.keys.live.len() as f64 * delete) as usize;
@@ -346,5 +382,69 @@ pub fn run(workload: &Workload, store: &mut dyn Store, scale: usize, progress: b
     }
     d.report.elapsed = d.started.elapsed();
     (d.report.bytes_moved, d.report.compact_time) = d.store.compaction();
+    d.report.metadata = d.store.metadata();
     d.report
+}
+
+impl Report {
+    /// The report as lines of text, to pass from a worker process to its parent.
+    pub fn to_text(&self) -> String {
+        let opt = |v: Option<usize>| v.map_or("-".to_string(), |v| v.to_string());
+        let mut out = format!(
+            "report {} {} {} {} {} {} {} {}\n",
+            self.peak_rss,
+            self.peak_live,
+            self.baseline_rss,
+            self.ops,
+            self.elapsed.as_nanos(),
+            self.bytes_moved,
+            self.compact_time.as_nanos(),
+            opt(self.metadata)
+        );
+        for (tag, list) in [("sample", &self.samples), ("phase", &self.phase_ends)] {
+            for s in list {
+                out += &format!("{tag} {} {} {} {}\n", s.ops, s.live, s.rss, opt(s.held));
+            }
+        }
+        out
+    }
+
+    /// Parses [`Report::to_text`]; other lines are ignored.
+    pub fn from_text(text: &str) -> Option<Report> {
+        let mut r = Report::default();
+        let mut seen = false;
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+            let opt = |i: usize| f.get(i).and_then(|v| v.parse::<usize>().ok());
+            match f.first() {
+                Some(&"report") => {
+                    seen = true;
+                    r.peak_rss = num(1)? as usize;
+                    r.peak_live = num(2)? as usize;
+                    r.baseline_rss = num(3)? as usize;
+                    r.ops = num(4)?;
+                    r.elapsed = Duration::from_nanos(num(5)?);
+                    r.bytes_moved = num(6)?;
+                    r.compact_time = Duration::from_nanos(num(7)?);
+                    r.metadata = opt(8);
+                }
+                Some(&tag @ ("sample" | "phase")) => {
+                    let s = Sample {
+                        ops: num(1)?,
+                        live: num(2)? as usize,
+                        rss: num(3)? as usize,
+                        held: opt(4),
+                    };
+                    if tag == "sample" {
+                        r.samples.push(s)
+                    } else {
+                        r.phase_ends.push(s)
+                    }
+                }
+                _ => {}
+            }
+        }
+        seen.then_some(r)
+    }
 }

@@ -428,6 +428,7 @@ pub fn run<S: Subject>(heap: &S, program: &[Op]) -> (Arc<DropLog>, Vec<u64>) {
             eprintln!("{st:?}");
         }
         assert_eq!(st.pinned_objects, 0);
+        assert_eq!(st.spare_bytes, 0, "compact() gives the spare mappings back");
         let seg = heap.segment_size();
         let in_segments: usize = m
             .live
@@ -802,9 +803,10 @@ fn check<S: Subject>(heap: &S, log: &DropLog, m: &Model, held: &[Held<'_>]) {
     assert_eq!(st.segment_bytes, st.segments * seg, "stats.segment_bytes");
     assert_eq!(
         st.held_bytes,
-        st.segment_bytes + st.large_bytes,
+        st.segment_bytes + st.large_bytes + st.spare_bytes,
         "stats.held_bytes"
     );
+    assert!(st.spare_bytes <= 2 * 12288, "at most two spare mappings");
     assert_eq!(st.compactions, m.compactions, "stats.compactions");
     assert_eq!(st.bytes_moved, m.bytes_moved, "stats.bytes_moved");
     if st.live_objects > 0 {

@@ -1,0 +1,5 @@
+//! placeholder
+mod chart;
+mod stores;
+mod workloads;
+fn main() {}
