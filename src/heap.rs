@@ -18,8 +18,12 @@ use crate::stats::{CompactReport, HeapStats};
 ///
 /// Every method takes `&self`, so objects can be allocated, freed and moved
 /// while guards ([`Ref`], [`RefMut`]) borrow others: a borrowed object is
-/// pinned and never moves. `Heap` is `Send` but not `Sync`; share one across
-/// threads with [`SyncHeap`](crate::SyncHeap).
+/// pinned and never moves. `Heap` is `Send` but not `Sync`:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<compact_heap::Heap>();
+/// ```
 ///
 /// # Examples
 /// ```

@@ -39,7 +39,6 @@
 //! - [`Heap::free`] / [`Heap::remove`]: drop the value, or move it out.
 //! - [`Heap::compact`] / [`Heap::compact_step`]: move objects to close holes,
 //!   all at once or in budgeted slices. [`Heap::stats`] tells what it holds.
-//! - [`SyncHeap`]: the same, shared between threads, with a background compactor.
 //!
 //! # How it works
 //! Objects live in *segments* (1 MiB blocks mapped from the OS) and are
@@ -88,3 +87,8 @@ pub use handle::Handle;
 pub use heap::Heap;
 pub use object::Object;
 pub use stats::{CompactReport, HeapStats};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -65,6 +65,9 @@ impl Dying {
     }
 }
 
+/// A value to drop at the heap's end: its address, metadata and drop function.
+pub(crate) type Droppable = (NonNull<u8>, usize, unsafe fn(*mut u8, usize));
+
 /// What `free` did.
 #[derive(Debug)]
 pub(crate) enum Freed {
@@ -306,9 +309,7 @@ impl RawHeap {
 
     /// Unlinks every live value (at the heap's end) and returns how to drop
     /// each one that has drop glue. Memory stays mapped until the space drops.
-    pub(crate) fn take_all_for_drop(
-        &mut self,
-    ) -> Vec<(NonNull<u8>, usize, unsafe fn(*mut u8, usize))> {
+    pub(crate) fn take_all_for_drop(&mut self) -> Vec<Droppable> {
         self.table
             .iter()
             .filter(|(_, s)| !s.is_dead())
@@ -341,8 +342,8 @@ pub(crate) fn drop_then_release(dying: Dying, release: impl FnOnce(Dying)) {
 
 /// Drops every value in `values`, continuing past a panicking `Drop` (a
 /// second panic aborts, as in `Vec`).
-pub(crate) fn drop_all(values: Vec<(NonNull<u8>, usize, unsafe fn(*mut u8, usize))>) {
-    struct Rest(std::vec::IntoIter<(NonNull<u8>, usize, unsafe fn(*mut u8, usize))>);
+pub(crate) fn drop_all(values: Vec<Droppable>) {
+    struct Rest(std::vec::IntoIter<Droppable>);
     impl Drop for Rest {
         fn drop(&mut self) {
             for (ptr, meta, drop_fn) in self.0.by_ref() {
@@ -352,7 +353,8 @@ pub(crate) fn drop_all(values: Vec<(NonNull<u8>, usize, unsafe fn(*mut u8, usize
         }
     }
     let mut rest = Rest(values.into_iter());
-    while let Some((ptr, meta, drop_fn)) = rest.0.next() {
+    // `by_ref`: if a drop panics, `rest` still holds the values after it.
+    for (ptr, meta, drop_fn) in rest.0.by_ref() {
         // SAFETY: each entry is a live value of the type its drop function
         // was made for, listed once; the heap is ending, so nothing reads it after.
         unsafe { drop_fn(ptr.as_ptr(), meta) };

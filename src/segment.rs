@@ -112,21 +112,54 @@ impl Segment {
         let mut line = from;
         while line < n {
             // Skip used lines, then measure the run of free ones.
-            match self.lines[line..].iter().position(|&c| c == 0) {
-                None => return None,
-                Some(skip) => line += skip,
-            }
-            let run = self.lines[line..]
-                .iter()
-                .position(|&c| c != 0)
-                .unwrap_or(n - line);
-            let (start, end) = (line * LINE, (line + run) * LINE);
+            line = self.next_line(line, true)?;
+            let end_line = self.next_line(line, false).unwrap_or(n);
+            let (start, end) = (line * LINE, end_line * LINE);
             if start.next_multiple_of(align) + size <= end {
                 return Some((start, end));
             }
-            line += run;
+            line = end_line;
         }
         None
+    }
+
+    /// The first line at or after `from` that is free (`free`) or used (`!free`).
+    /// Scans eight line counts at a time.
+    fn next_line(&self, from: usize, free: bool) -> Option<usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGHS: u64 = 0x8080_8080_8080_8080;
+        let hit = |c: u8| (c == 0) == free;
+        let lines = &self.lines;
+        let mut i = from;
+        while i % 8 != 0 && i < lines.len() {
+            if hit(lines[i]) {
+                return Some(i);
+            }
+            i += 1;
+        }
+        for chunk in lines[i..].chunks_exact(8) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            // Bytes that match: zero bytes (the classic has-zero trick, whose
+            // lowest flag is exact) or non-zero bytes.
+            let flags = if free {
+                w.wrapping_sub(ONES) & !w & HIGHS
+            } else {
+                w
+            };
+            if flags != 0 {
+                return Some(i + flags.trailing_zeros() as usize / 8);
+            }
+            i += 8;
+        }
+        (i..lines.len()).find(|&j| hit(lines[j]))
+    }
+
+    /// Whether the segment has enough free lines to be worth recycling: a
+    /// sixteenth of them (scanning a segment for one free line would cost
+    /// more than the line is worth; compaction collects the rest).
+    #[inline]
+    pub(crate) fn is_recyclable(&self) -> bool {
+        self.free_lines > 0 && self.free_lines >= self.lines.len() / 16
     }
 
     /// Records an object at `[offset, offset + size)` (size > 0).
@@ -180,6 +213,23 @@ mod tests {
         assert!(s.unmark(LINE - 8, 16));
         assert_eq!(s.find_hole(0, 2 * LINE, 8), Some((0, 3 * LINE)));
         assert_eq!((s.live_objects, s.live_bytes), (1, LINE));
+    }
+
+    #[test]
+    fn line_scans_agree_with_a_plain_search() {
+        let mut s = Segment::new(64 * LINE).unwrap();
+        for (i, &used) in [1, 2, 3, 9, 10, 17, 40, 41, 42, 43, 44, 45, 46, 47, 48, 63]
+            .iter()
+            .enumerate()
+        {
+            s.mark(used * LINE, 8 + i);
+        }
+        for from in 0..64 {
+            let plain_free = (from..64).find(|&j| s.lines[j] == 0);
+            let plain_used = (from..64).find(|&j| s.lines[j] != 0);
+            assert_eq!(s.next_line(from, true), plain_free, "free from {from}");
+            assert_eq!(s.next_line(from, false), plain_used, "used from {from}");
+        }
     }
 
     #[test]

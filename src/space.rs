@@ -351,7 +351,7 @@ impl Space {
             }
             return self.release_segment(id);
         }
-        if line_freed && !seg.queued && current != Some(id) {
+        if line_freed && !seg.queued && current != Some(id) && seg.is_recyclable() {
             seg.queued = true;
             self.recyclable.push(id);
         }
@@ -392,7 +392,7 @@ impl Space {
             .expect("cursor segment exists");
         if seg.live_objects == 0 && !seg.evacuating {
             self.release_segment(c.seg);
-        } else if seg.free_lines() > 0 && !seg.queued && !seg.evacuating {
+        } else if seg.is_recyclable() && !seg.queued && !seg.evacuating {
             seg.queued = true;
             self.recyclable.push(c.seg);
         }
@@ -406,7 +406,7 @@ impl Space {
         }
         let seg = self.segments[id as usize].as_mut().expect("segment exists");
         seg.evacuating = on;
-        if !on && seg.free_lines() > 0 && !seg.queued {
+        if !on && seg.is_recyclable() && !seg.queued {
             seg.queued = true;
             self.recyclable.push(id);
         }
@@ -428,23 +428,37 @@ mod tests {
     }
 
     #[test]
-    fn bump_then_reuse_a_freed_line() {
+    fn bump_then_reuse_freed_lines() {
         let mut s = space(4096);
-        let (a, pa) = s.alloc(LINE, 8).unwrap();
+        let (a, pa) = s.alloc(2 * LINE, 8).unwrap();
         let (b, _) = s.alloc(LINE, 8).unwrap();
-        assert_eq!(b.as_ptr().addr(), a.as_ptr().addr() + LINE);
+        assert_eq!(b.as_ptr().addr(), a.as_ptr().addr() + 2 * LINE);
         assert_eq!(s.segment_count(), 1);
         // SAFETY: `a` came from `alloc` with this size and place.
-        unsafe { s.release(a, LINE, pa) };
-        // Fill the rest of the segment; the freed first line is found again.
-        let rest = 4096 / LINE - 2;
-        for _ in 0..rest {
+        unsafe { s.release(a, 2 * LINE, pa) };
+        // Fill the rest of the segment; the two freed lines (a sixteenth of
+        // the segment: enough to recycle it) are found again.
+        for _ in 0..4096 / LINE - 3 {
             s.alloc(LINE, 8).unwrap();
         }
         let (c, _) = s.alloc(LINE, 8).unwrap();
         assert_eq!(c, a);
         assert_eq!(s.segment_count(), 1);
         assert_eq!(s.held_bytes(), 4096);
+    }
+
+    #[test]
+    fn a_segment_with_too_few_free_lines_is_not_recycled() {
+        let mut s = space(4096);
+        let (a, pa) = s.alloc(LINE, 8).unwrap();
+        for _ in 0..4096 / LINE - 1 {
+            s.alloc(LINE, 8).unwrap();
+        }
+        // SAFETY: `a` came from `alloc` with this size and place.
+        unsafe { s.release(a, LINE, pa) };
+        let (c, _) = s.alloc(LINE, 8).unwrap();
+        assert_ne!(c, a, "one free line of 32 is left for compaction");
+        assert_eq!(s.segment_count(), 2);
     }
 
     #[test]

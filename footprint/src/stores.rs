@@ -55,10 +55,6 @@ impl HeapStore {
             compact_time: Duration::ZERO,
         }
     }
-
-    pub fn heap(&self) -> &Heap {
-        &self.heap
-    }
 }
 
 impl Store for HeapStore {

@@ -175,11 +175,14 @@ pub fn rss() -> usize {
     pages * 4096
 }
 
-/// Tracks which keys hold values, their sizes, and the live total.
+/// Tracks which keys hold values, their sizes, and the live total. Freed
+/// keys are reused, so the tables of the driver and the stores stay as large
+/// as the most keys ever live at once, like a real cache's index.
 struct Keys {
     size: Vec<usize>,
     live: Vec<usize>,
     pos: Vec<usize>,
+    free: Vec<usize>,
     live_bytes: usize,
 }
 
@@ -189,8 +192,19 @@ impl Keys {
             size: vec![],
             live: vec![],
             pos: vec![],
+            free: vec![],
             live_bytes: 0,
         }
+    }
+
+    /// A key that holds no value.
+    fn unused(&mut self) -> usize {
+        while let Some(k) = self.free.pop() {
+            if self.pos[k] == usize::MAX {
+                return k;
+            }
+        }
+        self.size.len()
     }
 
     fn insert(&mut self, key: usize, size: usize) {
@@ -212,6 +226,7 @@ impl Keys {
             self.pos[moved] = p;
         }
         self.pos[key] = usize::MAX;
+        self.free.push(key);
         self.live_bytes -= self.size[key];
         self.size[key]
     }
@@ -283,8 +298,8 @@ impl Driver<'_> {
     }
 
     /// Overwrites random keys with `sizes` values, keeping live bytes near
-    /// `target`, until `total` bytes are written. Keys start at `next_key`.
-    fn churn(&mut self, sizes: Sizes, target: usize, total: usize, next_key: &mut usize) {
+    /// `target`, until `total` bytes are written.
+    fn churn(&mut self, sizes: Sizes, target: usize, total: usize) {
         let mut written = 0;
         while written < total {
             let size = sizes.sample(&mut self.rng);
@@ -293,8 +308,7 @@ impl Driver<'_> {
                 let k = self.keys.random(&mut self.rng);
                 self.del(k);
             }
-            let key = *next_key;
-            *next_key += 1;
+            let key = self.keys.unused();
             self.put(key, size);
             written += size;
         }
@@ -324,7 +338,6 @@ pub fn run(workload: &Workload, store: &mut dyn Store, scale: usize, progress: b
         started: Instant::now(),
         progress,
     };
-    let mut next_key = 0;
     match *workload {
         Workload::Ramcloud {
             before,
@@ -332,7 +345,7 @@ pub fn run(workload: &Workload, store: &mut dyn Store, scale: usize, progress: b
             after,
             ..
         } => {
-            d.churn(before, scale, 5 * scale, &mut next_key);
+            d.churn(before, scale, 5 * scale);
             d.phase_end("fill");
             let n = (d.keys.live.len() as f64 * delete) as usize;
             for _ in 0..n {
@@ -341,7 +354,7 @@ pub fn run(workload: &Workload, store: &mut dyn Store, scale: usize, progress: b
             }
             d.phase_end("delete");
             if let Some(after) = after {
-                d.churn(after, scale, 5 * scale, &mut next_key);
+                d.churn(after, scale, 5 * scale);
                 d.phase_end("after");
             }
         }
