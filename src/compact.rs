@@ -41,7 +41,7 @@ impl RawHeap {
         let mut report = CompactReport::default();
         self.run_pass(usize::MAX, &mut report);
         self.space.drop_cursor();
-        if self.begin_pass() {
+        if self.begin_pass(1, 8) {
             self.run_pass(usize::MAX, &mut report);
         }
         let spare = self.space.release_spares();
@@ -52,11 +52,14 @@ impl RawHeap {
     }
 
     /// An incremental compaction: moves at most `budget` bytes. Starts a pass
-    /// if none is in progress and one would give memory back.
+    /// if none is in progress and one would give back at least a sixteenth
+    /// of the segments (and at least one): small gains are not worth moving
+    /// live data over and over while a program churns.
     pub(crate) fn compact_step(&mut self, budget: usize) -> CompactReport {
         self.totals.compactions += 1;
         let mut report = CompactReport::default();
-        if !self.evac.active() && !self.begin_pass() {
+        let min_gain = (self.space.segment_count() / 16).max(1);
+        if !self.evac.active() && !self.begin_pass(min_gain, 7) {
             report.finished = true;
             return report;
         }
@@ -67,8 +70,10 @@ impl RawHeap {
     /// Chooses the sources of a new pass. Candidates are all segments but the
     /// one being allocated into, sparsest first; the pass takes the prefix of
     /// them that frees the most segments (k sources whose live bytes fit in
-    /// fewer than k segments). Returns whether there is anything to do.
-    fn begin_pass(&mut self) -> bool {
+    /// fewer than k segments), if that is at least `min_gain` segments. Only
+    /// segments at most `eighths`/8 full are candidates (8: all).
+    /// Returns whether a pass started.
+    fn begin_pass(&mut self, min_gain: usize, eighths: usize) -> bool {
         debug_assert!(!self.evac.active());
         let cap = self.space.segment_size();
         let current = self.space.current_segment();
@@ -85,7 +90,7 @@ impl RawHeap {
                     id,
                 )
             })
-            .filter(|&(live, _)| live < cap)
+            .filter(|&(live, _)| live < cap && live * 8 <= cap * eighths)
             .collect();
         candidates.sort_unstable();
         let (mut best, mut best_gain, mut sum) = (0, 0isize, 0usize);
@@ -95,6 +100,9 @@ impl RawHeap {
             if gain > best_gain {
                 (best, best_gain) = (i + 1, gain);
             }
+        }
+        if (best_gain as usize) < min_gain {
+            return false;
         }
         candidates.truncate(best);
         // Sparsest last: it is evacuated first.

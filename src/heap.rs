@@ -429,6 +429,11 @@ impl Heap {
     /// call it repeatedly (e.g. once per request) to compact in slices.
     /// Objects larger than `budget` are left for [`Heap::compact`].
     ///
+    /// A step starts a new pass only when the pass would give back at least
+    /// a sixteenth of the segments (and at least one), so calling it often
+    /// costs little while the heap is dense. `finished` in the report says
+    /// whether the pass is done (or none was needed).
+    ///
     /// # Examples
     /// ```
     /// use compact_heap::{Config, Heap};

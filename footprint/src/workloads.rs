@@ -120,7 +120,7 @@ impl Workload {
     }
 }
 
-/// RSS and live bytes at one moment.
+/// RSS (less the harness's own key index) and live bytes at one moment.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
     pub ops: u64,
@@ -195,6 +195,11 @@ impl Keys {
             free: vec![],
             live_bytes: 0,
         }
+    }
+
+    /// Bytes of this index: the harness's own memory, not the contender's.
+    fn bytes(&self) -> usize {
+        8 * (self.size.capacity() + self.live.capacity() + self.pos.capacity() + self.free.capacity())
     }
 
     /// A key that holds no value.
@@ -272,10 +277,11 @@ impl Driver<'_> {
     }
 
     fn sample(&mut self) -> Sample {
+        // The harness's key index grows with the run; it is not the contender's memory.
         let s = Sample {
             ops: self.report.ops,
             live: self.keys.live_bytes,
-            rss: rss(),
+            rss: rss().saturating_sub(self.keys.bytes()),
             held: self.store.held(),
         };
         self.report.peak_rss = self.report.peak_rss.max(s.rss);
