@@ -37,18 +37,29 @@ impl RawHeap {
     /// A full compaction: finish any pass in progress, then run a pass over
     /// every segment (including the one being allocated into) to the end.
     pub(crate) fn compact(&mut self) -> CompactReport {
-        self.totals.compactions += 1;
         let mut report = CompactReport::default();
-        self.run_pass(usize::MAX, &mut report);
+        self.totals.compactions += 1;
+        while !self.run_pass(Budget::ALL, &mut report) {}
+        self.begin_full_pass();
+        while !self.run_pass(Budget::ALL, &mut report) {}
+        self.finish_full_compaction(&mut report);
+        report
+    }
+
+    /// Starts the pass of a full compaction (after any earlier pass ended):
+    /// every segment is a candidate, the allocation cursor's too.
+    pub(crate) fn begin_full_pass(&mut self) {
+        debug_assert!(!self.evac.active());
         self.space.drop_cursor();
-        if self.begin_pass(1, 8) {
-            self.run_pass(usize::MAX, &mut report);
-        }
+        self.begin_pass(1, 8);
+    }
+
+    /// The end of a full compaction: the spare large mappings go back too.
+    pub(crate) fn finish_full_compaction(&mut self, report: &mut CompactReport) {
         let spare = self.space.release_spares();
         report.bytes_released += spare;
         self.totals.bytes_released += spare as u64;
         report.finished = true;
-        report
     }
 
     /// An incremental compaction: moves at most `budget` bytes. Starts a pass
@@ -63,7 +74,7 @@ impl RawHeap {
             report.finished = true;
             return report;
         }
-        self.run_pass(budget, &mut report);
+        self.run_pass(Budget { bytes: budget, oversize: false }, &mut report);
         report
     }
 
@@ -114,13 +125,15 @@ impl RawHeap {
         self.evac.active()
     }
 
-    /// Evacuates sources until done or until `budget` bytes have moved.
-    fn run_pass(&mut self, budget: usize, report: &mut CompactReport) {
+    /// Evacuates sources until the pass is done (returns true, also when no
+    /// pass is in progress) or the budget is spent (returns false).
+    pub(crate) fn run_pass(&mut self, budget: Budget, report: &mut CompactReport) -> bool {
+        let mut left = budget.bytes;
         while let Some(&id) = self.evac.sources.last() {
-            match self.evacuate_segment(id, budget, report) {
+            match self.evacuate_segment(id, budget, &mut left, report) {
                 Evacuated::Paused => {
                     report.finished = false;
-                    return;
+                    return false;
                 }
                 Evacuated::OutOfMemory => {
                     // No room for targets: end the pass, every source as it is.
@@ -136,6 +149,7 @@ impl RawHeap {
             self.evac.pos = 0;
         }
         report.finished = true;
+        true
     }
 
     /// Source `id` is done: give it back if empty, else make it a normal segment.
@@ -157,7 +171,8 @@ impl RawHeap {
     fn evacuate_segment(
         &mut self,
         id: u32,
-        budget: usize,
+        budget: Budget,
+        left: &mut usize,
         report: &mut CompactReport,
     ) -> Evacuated {
         loop {
@@ -181,13 +196,16 @@ impl RawHeap {
             }
             let size = slot.size();
             let align = slot.info.align;
-            if report.bytes_moved + size > budget {
-                if size > budget {
+            if size > *left {
+                if size <= budget.bytes || (budget.oversize && *left < budget.bytes) {
+                    return Evacuated::Paused;
+                }
+                if !budget.oversize {
                     // No step of this budget can move it; leave it for compact().
                     self.evac.pos += 1;
                     continue;
                 }
-                return Evacuated::Paused;
+                // Full compaction in slices: a big object moves alone in its slice.
             }
             let Ok((dst, place)) = self.space.alloc(size, align) else {
                 return Evacuated::OutOfMemory;
@@ -205,12 +223,28 @@ impl RawHeap {
             // segment `id`; the slot now points at `dst`, so nothing reads `src` again.
             unsafe { self.space.release(src, size, Place::segment(id)) };
             self.evac.pos += 1;
+            *left = left.saturating_sub(size);
             report.objects_moved += 1;
             report.bytes_moved += size;
             self.totals.objects_moved += 1;
             self.totals.bytes_moved += size as u64;
         }
     }
+}
+
+/// How much one run of a pass may move.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    /// Bytes.
+    pub(crate) bytes: usize,
+    /// Whether an object bigger than `bytes` may move, alone, in a run of its
+    /// own (full compaction in slices); otherwise it is skipped.
+    pub(crate) oversize: bool,
+}
+
+impl Budget {
+    /// No limit.
+    pub(crate) const ALL: Budget = Budget { bytes: usize::MAX, oversize: true };
 }
 
 /// How the evacuation of one source ended.

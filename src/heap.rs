@@ -10,7 +10,8 @@ use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
-use crate::raw::{drop_all, drop_then_release, Dying, Freed, RawHeap};
+use crate::access::{self, Engine};
+use crate::raw::{drop_all, RawHeap};
 use crate::stats::{CompactReport, HeapStats};
 
 /// A compacting heap: objects behind [`Handle`]s, which the heap may move to
@@ -111,16 +112,7 @@ impl Heap {
     /// assert!(heap.contains(small));
     /// ```
     pub fn try_alloc<T: Send + 'static>(&self, value: T) -> Result<Handle<T>, (T, AllocError)> {
-        match self.with(|raw| raw.alloc(&T::INFO, 0)) {
-            Ok((key, ptr)) => {
-                // SAFETY: `alloc` reserved size_of::<T>() bytes aligned for `T`
-                // at `ptr` (a dangling aligned address for ZSTs); nothing reads
-                // them before this write.
-                unsafe { ptr.cast::<T>().write(value) };
-                Ok(Handle::new(key))
-            }
-            Err(e) => Err((value, e)),
-        }
+        access::try_alloc(self, value)
     }
 
     /// Allocates a copy of the slice `src`.
@@ -144,24 +136,7 @@ impl Heap {
         &self,
         src: &[T],
     ) -> Result<Handle<[T]>, AllocError> {
-        self.try_alloc_copy(src)
-    }
-
-    /// Allocates a bitwise copy of `src`, whose bytes need no drop.
-    fn try_alloc_copy<T: ?Sized + Object>(&self, src: &T) -> Result<Handle<T>, AllocError> {
-        let (key, ptr) = self.with(|raw| raw.alloc(&T::INFO, src.meta()))?;
-        // SAFETY: `alloc` reserved `size_of_val(src)` bytes at `ptr`, aligned
-        // for `T`, in memory that `src` (a live borrow) cannot overlap. The
-        // callers pass only `Copy` slices and `str`, so a bitwise copy is a
-        // valid, independent value.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                (src as *const T).cast::<u8>(),
-                ptr.as_ptr(),
-                core::mem::size_of_val(src),
-            )
-        };
-        Ok(Handle::new(key))
+        access::try_alloc_copy(self, src)
     }
 
     /// Allocates a slice of `len` copies of `value`, written in place (no
@@ -187,15 +162,7 @@ impl Heap {
         len: usize,
         value: T,
     ) -> Result<Handle<[T]>, AllocError> {
-        let (key, ptr) = self.with(|raw| raw.alloc(&<[T]>::INFO, len))?;
-        let first = ptr.as_ptr().cast::<T>();
-        for i in 0..len {
-            // SAFETY: `alloc` reserved room for `len` `T`s at `ptr`, aligned;
-            // `T: Copy` runs no user code, so nothing observes the partly
-            // written slice.
-            unsafe { first.add(i).write(value) };
-        }
-        Ok(Handle::new(key))
+        access::try_alloc_slice_fill(self, len, value)
     }
 
     /// Allocates a copy of the string `src`.
@@ -213,7 +180,7 @@ impl Heap {
 
     /// Allocates a copy of the string `src`, or says why it did not fit.
     pub fn try_alloc_str(&self, src: &str) -> Result<Handle<str>, AllocError> {
-        self.try_alloc_copy(src)
+        access::try_alloc_copy(self, src)
     }
 
     /// Allocates a slice of clones of `src`'s elements.
@@ -240,19 +207,7 @@ impl Heap {
         &self,
         iter: I,
     ) -> Handle<[T]> {
-        // Run the user's iterator (and clones) before touching the engine.
-        let mut items: Vec<T> = iter.into_iter().collect();
-        let (key, ptr) = self
-            .with(|raw| raw.alloc(&<[T]>::INFO, items.len()))
-            .unwrap_or_else(|e| panic!("compact_heap: {e}"));
-        // SAFETY: `alloc` reserved room for `items.len()` `T`s at `ptr`. The
-        // values move: `set_len(0)` makes the Vec forget them, so each is owned
-        // once, by the heap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(items.as_ptr(), ptr.as_ptr().cast::<T>(), items.len());
-            items.set_len(0);
-        }
-        Handle::new(key)
+        access::alloc_from_iter(self, iter)
     }
 
     /// A shared borrow of the object, or `None` if the handle is stale.
@@ -271,11 +226,7 @@ impl Heap {
     /// ```
     #[inline]
     pub fn get<T: ?Sized + Object>(&self, handle: Handle<T>) -> Option<Ref<'_, T>> {
-        match self.try_get(handle) {
-            Ok(r) => Some(r),
-            Err(BorrowError::Stale) => None,
-            Err(e) => panic!("compact_heap: {e}"),
-        }
+        access::get(self, handle)
     }
 
     /// An exclusive borrow of the object, or `None` if the handle is stale.
@@ -293,11 +244,7 @@ impl Heap {
     /// ```
     #[inline]
     pub fn get_mut<T: ?Sized + Object>(&self, handle: Handle<T>) -> Option<RefMut<'_, T>> {
-        match self.try_get_mut(handle) {
-            Ok(r) => Some(r),
-            Err(BorrowError::Stale) => None,
-            Err(e) => panic!("compact_heap: {e}"),
-        }
+        access::get_mut(self, handle)
     }
 
     /// A shared borrow, or why there is none: stale, or mutably borrowed.
@@ -318,9 +265,7 @@ impl Heap {
         &self,
         handle: Handle<T>,
     ) -> Result<Ref<'_, T>, BorrowError> {
-        let ptr = self.with(|raw| raw.pin::<T, false>(handle.key(), false))?;
-        // SAFETY: `pin` took a shared pin for this guard on a live `T` at `ptr`.
-        Ok(unsafe { Ref::new(ptr, handle.key(), self) })
+        access::try_get(self, handle)
     }
 
     /// An exclusive borrow, or why there is none: stale, or borrowed.
@@ -342,9 +287,7 @@ impl Heap {
         &self,
         handle: Handle<T>,
     ) -> Result<RefMut<'_, T>, BorrowError> {
-        let ptr = self.with(|raw| raw.pin::<T, false>(handle.key(), true))?;
-        // SAFETY: `pin` took the exclusive pin for this guard on a live `T` at `ptr`.
-        Ok(unsafe { RefMut::new(ptr, handle.key(), self) })
+        access::try_get_mut(self, handle)
     }
 
     /// Whether the handle names a live object.
@@ -368,14 +311,7 @@ impl Heap {
     /// assert!(!heap.free(h));
     /// ```
     pub fn free<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
-        match self.with(|raw| raw.free::<T>(handle.key())) {
-            Freed::Stale => false,
-            Freed::Deferred => true,
-            Freed::Now(dying) => {
-                self.drop_dying(dying);
-                true
-            }
-        }
+        access::free(self, handle)
     }
 
     /// Moves the value out of the heap, freeing its handle. Fails, changing
@@ -394,12 +330,7 @@ impl Heap {
     /// assert_eq!(heap.remove(h), Err(RemoveError::Stale));
     /// ```
     pub fn remove<T: Send + 'static>(&self, handle: Handle<T>) -> Result<T, RemoveError> {
-        let dying = self.with(|raw| raw.remove::<T>(handle.key()))?;
-        // SAFETY: the slot held an initialised `T` at `dying.ptr`; it is
-        // unlinked, so this read moves the value out and nobody drops it again.
-        let value = unsafe { dying.ptr.cast::<T>().read() };
-        self.with(|raw| raw.release(dying));
-        Ok(value)
+        access::remove(self, handle)
     }
 
     /// A full compaction: moves every unpinned object out of sparse segments
@@ -471,10 +402,6 @@ impl Heap {
         self.len() == 0
     }
 
-    fn drop_dying(&self, dying: Dying) {
-        drop_then_release(dying, |dying| self.with(|raw| raw.release(dying)));
-    }
-
     /// Test hook: retire slots from this version on (see `table.rs`).
     #[cfg(test)]
     pub(crate) fn set_retire_at(&self, version: u32) {
@@ -491,13 +418,24 @@ impl Heap {
     }
 }
 
+impl Engine for Heap {
+    const SYNC: bool = false;
+
+    #[inline]
+    fn exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {
+        self.with(f)
+    }
+
+    #[inline]
+    fn shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> R {
+        self.with(|raw| f(raw))
+    }
+}
+
 impl PinOwner for Heap {
     #[inline]
     fn unpin(&self, key: KeyData, exclusive: bool) {
-        if self.with(|raw| raw.unpin::<false>(key, exclusive)) {
-            let dying = self.with(|raw| raw.finish_zombie(key));
-            self.drop_dying(dying);
-        }
+        access::unpin(self, key, exclusive);
     }
 }
 

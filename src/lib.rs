@@ -65,6 +65,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod access;
 mod compact;
 mod config;
 mod error;

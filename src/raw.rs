@@ -137,13 +137,14 @@ impl RawHeap {
 
     /// Pins the object of `key`, shared or exclusive, and returns a pointer to it.
     ///
-    /// `SYNC` selects an atomic read-modify-write (other threads may pin the
+    /// `sync` selects an atomic read-modify-write (other threads may pin the
     /// same slot at once) over a plain load and store (one thread only).
     #[inline]
-    pub(crate) fn pin<T: ?Sized + Object, const SYNC: bool>(
+    pub(crate) fn pin<T: ?Sized + Object>(
         &self,
         key: KeyData,
         exclusive: bool,
+        sync: bool,
     ) -> Result<NonNull<T>, BorrowError> {
         let slot = self.live_slot::<T>(key).ok_or(BorrowError::Stale)?;
         let word = &slot.borrow;
@@ -164,7 +165,7 @@ impl RawHeap {
                 );
                 cur + 1
             };
-            if !SYNC {
+            if !sync {
                 word.store(new, Ordering::Relaxed);
                 if cur == 0 {
                     self.pinned
@@ -185,13 +186,13 @@ impl RawHeap {
     /// Drops one pin of `key`. Returns true if that was the last pin of a
     /// freed object: the caller must then [`RawHeap::finish_zombie`] it.
     #[inline]
-    pub(crate) fn unpin<const SYNC: bool>(&self, key: KeyData, exclusive: bool) -> bool {
+    pub(crate) fn unpin(&self, key: KeyData, exclusive: bool, sync: bool) -> bool {
         let slot = self
             .table
             .get(key)
             .expect("a pinned slot stays in the table");
         let delta = if exclusive { EXCLUSIVE } else { 1 };
-        let prev = if SYNC {
+        let prev = if sync {
             slot.borrow.fetch_sub(delta, Ordering::Release)
         } else {
             let prev = slot.borrow.load(Ordering::Relaxed);
