@@ -25,7 +25,10 @@ pub(crate) trait Engine {
 }
 
 /// Allocates `value`; gives it back on failure.
-pub(crate) fn try_alloc<E: Engine, T: Send + 'static>(e: &E, value: T) -> Result<Handle<T>, (T, AllocError)> {
+pub(crate) fn try_alloc<E: Engine, T: Send + 'static>(
+    e: &E,
+    value: T,
+) -> Result<Handle<T>, (T, AllocError)> {
     e.exclusive(|raw| match raw.alloc(&T::INFO, 0) {
         Ok((key, ptr)) => {
             // SAFETY: `alloc` reserved size_of::<T>() bytes aligned for `T` at
@@ -39,7 +42,10 @@ pub(crate) fn try_alloc<E: Engine, T: Send + 'static>(e: &E, value: T) -> Result
 }
 
 /// Allocates a bitwise copy of `src`, which must be a `Copy` slice or a `str`.
-pub(crate) fn try_alloc_copy<E: Engine, T: ?Sized + Object>(e: &E, src: &T) -> Result<Handle<T>, AllocError> {
+pub(crate) fn try_alloc_copy<E: Engine, T: ?Sized + Object>(
+    e: &E,
+    src: &T,
+) -> Result<Handle<T>, AllocError> {
     e.exclusive(|raw| {
         let (key, ptr) = raw.alloc(&T::INFO, src.meta())?;
         // SAFETY: `alloc` reserved `size_of_val(src)` bytes at `ptr`, aligned
@@ -47,7 +53,11 @@ pub(crate) fn try_alloc_copy<E: Engine, T: ?Sized + Object>(e: &E, src: &T) -> R
         // reach them while we hold the engine. Callers pass only `Copy` slices
         // and `str`, so a bitwise copy is a valid, independent value.
         unsafe {
-            core::ptr::copy_nonoverlapping((src as *const T).cast::<u8>(), ptr.as_ptr(), core::mem::size_of_val(src))
+            core::ptr::copy_nonoverlapping(
+                (src as *const T).cast::<u8>(),
+                ptr.as_ptr(),
+                core::mem::size_of_val(src),
+            )
         };
         Ok(Handle::new(key))
     })
@@ -74,7 +84,10 @@ pub(crate) fn try_alloc_slice_fill<E: Engine, T: Copy + Send + 'static>(
 
 /// Allocates the items of `iter` as a slice. The iterator (user code) runs
 /// first, into a `Vec`, before the engine is touched.
-pub(crate) fn alloc_from_iter<E: Engine, T: Send + 'static>(e: &E, iter: impl IntoIterator<Item = T>) -> Handle<[T]> {
+pub(crate) fn alloc_from_iter<E: Engine, T: Send + 'static>(
+    e: &E,
+    iter: impl IntoIterator<Item = T>,
+) -> Handle<[T]> {
     let mut items: Vec<T> = iter.into_iter().collect();
     e.exclusive(|raw| {
         let (key, ptr) = raw
@@ -93,7 +106,10 @@ pub(crate) fn alloc_from_iter<E: Engine, T: Send + 'static>(e: &E, iter: impl In
 
 /// A shared guard, or why there is none.
 #[inline]
-pub(crate) fn try_get<E: Engine + PinOwner, T: ?Sized + Object>(e: &E, h: Handle<T>) -> Result<Ref<'_, T>, BorrowError> {
+pub(crate) fn try_get<E: Engine + PinOwner, T: ?Sized + Object>(
+    e: &E,
+    h: Handle<T>,
+) -> Result<Ref<'_, T>, BorrowError> {
     let ptr = e.shared(|raw| raw.pin::<T>(h.key(), false, E::SYNC))?;
     // SAFETY: `pin` took a shared pin for this guard on a live `T` at `ptr`.
     Ok(unsafe { Ref::new(ptr, h.key(), e) })
@@ -112,7 +128,10 @@ pub(crate) fn try_get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
 
 /// `get`: `None` when stale, a panic on a borrow conflict.
 #[inline]
-pub(crate) fn get<E: Engine + PinOwner, T: ?Sized + Object>(e: &E, h: Handle<T>) -> Option<Ref<'_, T>> {
+pub(crate) fn get<E: Engine + PinOwner, T: ?Sized + Object>(
+    e: &E,
+    h: Handle<T>,
+) -> Option<Ref<'_, T>> {
     match try_get(e, h) {
         Ok(r) => Some(r),
         Err(BorrowError::Stale) => None,
@@ -122,7 +141,10 @@ pub(crate) fn get<E: Engine + PinOwner, T: ?Sized + Object>(e: &E, h: Handle<T>)
 
 /// `get_mut`: `None` when stale, a panic on a borrow conflict.
 #[inline]
-pub(crate) fn get_mut<E: Engine + PinOwner, T: ?Sized + Object>(e: &E, h: Handle<T>) -> Option<RefMut<'_, T>> {
+pub(crate) fn get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
+    e: &E,
+    h: Handle<T>,
+) -> Option<RefMut<'_, T>> {
     match try_get_mut(e, h) {
         Ok(r) => Some(r),
         Err(BorrowError::Stale) => None,

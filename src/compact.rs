@@ -74,7 +74,13 @@ impl RawHeap {
             report.finished = true;
             return report;
         }
-        self.run_pass(Budget { bytes: budget, oversize: false }, &mut report);
+        self.run_pass(
+            Budget {
+                bytes: budget,
+                oversize: false,
+            },
+            &mut report,
+        );
         report
     }
 
@@ -244,7 +250,10 @@ pub(crate) struct Budget {
 
 impl Budget {
     /// No limit.
-    pub(crate) const ALL: Budget = Budget { bytes: usize::MAX, oversize: true };
+    pub(crate) const ALL: Budget = Budget {
+        bytes: usize::MAX,
+        oversize: true,
+    };
 }
 
 /// How the evacuation of one source ended.

@@ -5,12 +5,12 @@ use core::fmt;
 
 use slotmap::KeyData;
 
+use crate::access::{self, Engine};
 use crate::config::Config;
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
-use crate::access::{self, Engine};
 use crate::raw::{drop_all, RawHeap};
 use crate::stats::{CompactReport, HeapStats};
 

@@ -39,6 +39,8 @@
 //! - [`Heap::free`] / [`Heap::remove`]: drop the value, or move it out.
 //! - [`Heap::compact`] / [`Heap::compact_step`]: move objects to close holes,
 //!   all at once or in budgeted slices. [`Heap::stats`] tells what it holds.
+//! - [`SyncHeap`]: the same, shared between threads, with a background
+//!   [`Compactor`] that compacts in slices.
 //!
 //! # How it works
 //! Objects live in *segments* (1 MiB blocks mapped from the OS) and are
@@ -88,6 +90,9 @@ pub use handle::Handle;
 pub use heap::Heap;
 pub use object::Object;
 pub use stats::{CompactReport, HeapStats};
+pub use sync::SyncHeap;
+#[cfg(not(loom))]
+pub use sync::{Compactor, CompactorHandle, Policy};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -260,6 +260,11 @@ impl RawHeap {
         unsafe { self.space.release(dying.ptr, dying.size, dying.place) };
     }
 
+    /// Bytes of the objects whose handles are live.
+    pub(crate) fn live_bytes(&self) -> usize {
+        self.live_bytes
+    }
+
     /// Whether `key` is a live handle of a `T`.
     pub(crate) fn contains<T: ?Sized + Object>(&self, key: KeyData) -> bool {
         self.live_slot::<T>(key).is_some()

@@ -20,7 +20,7 @@
 mod common;
 
 use common::{Subject, TestHeap};
-use compact_heap::{Config, Heap};
+use compact_heap::{Config, Heap, SyncHeap};
 use proptest::prelude::*;
 
 fn config() -> Config {
@@ -33,6 +33,14 @@ proptest! {
         cases: if cfg!(miri) { 8 } else { 256 },
         ..ProptestConfig::default()
     })]
+
+    #[test]
+    fn sync_heap_matches_the_model(program in common::program()) {
+        let heap = TestHeap(SyncHeap::with_config(config()));
+        let (log, ids) = common::run(&heap, &program);
+        drop(heap);
+        common::all_dropped_once(&log, ids);
+    }
 
     #[test]
     fn heap_matches_the_model(program in common::program()) {
@@ -79,4 +87,5 @@ fn a_known_tricky_program() {
 fn _subject_is_implemented() {
     fn is<S: Subject>() {}
     is::<TestHeap<Heap>>();
+    is::<TestHeap<SyncHeap>>();
 }

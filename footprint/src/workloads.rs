@@ -199,7 +199,10 @@ impl Keys {
 
     /// Bytes of this index: the harness's own memory, not the contender's.
     fn bytes(&self) -> usize {
-        8 * (self.size.capacity() + self.live.capacity() + self.pos.capacity() + self.free.capacity())
+        8 * (self.size.capacity()
+            + self.live.capacity()
+            + self.pos.capacity()
+            + self.free.capacity())
     }
 
     /// A key that holds no value.

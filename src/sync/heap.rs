@@ -1,0 +1,317 @@
+//! [`SyncHeap`]: the compacting heap shared between threads.
+
+use core::fmt;
+
+use slotmap::KeyData;
+
+use super::RwLock;
+use crate::access::{self, Engine};
+use crate::compact::Budget;
+use crate::config::Config;
+use crate::error::{AllocError, BorrowError, RemoveError};
+use crate::guard::{PinOwner, Ref, RefMut};
+use crate::handle::Handle;
+use crate::object::Object;
+use crate::raw::{drop_all, RawHeap};
+use crate::stats::{CompactReport, HeapStats};
+
+/// How many bytes a full compaction moves per hold of the write lock:
+/// readers that arrive meanwhile wait for at most one such slice.
+const SLICE: Budget = Budget {
+    bytes: 64 * 1024,
+    oversize: true,
+};
+
+/// A compacting heap that threads share: `Send + Sync`, with the methods and
+/// guard semantics of [`Heap`](crate::Heap), for values that are `Send + Sync`.
+///
+/// Readers pin objects with an atomic count under a shared lock, so threads
+/// read and write different objects in parallel. Allocation, freeing and
+/// compaction take the lock exclusively; compaction does so in slices of at
+/// most 64 KiB of copying, so a reader never waits for more than one slice,
+/// and a pinned object is never moved. See docs/DESIGN.md, "Concurrency".
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use compact_heap::SyncHeap;
+///
+/// let heap = Arc::new(SyncHeap::new());
+/// let h = heap.alloc(String::from("shared"));
+/// let reader = {
+///     let heap = Arc::clone(&heap);
+///     std::thread::spawn(move || heap.get(h).map(|s| s.len()))
+/// };
+/// heap.compact();
+/// assert_eq!(reader.join().unwrap(), Some(6));
+/// ```
+pub struct SyncHeap {
+    raw: RwLock<RawHeap>,
+}
+
+impl Default for SyncHeap {
+    fn default() -> SyncHeap {
+        SyncHeap::new()
+    }
+}
+
+impl SyncHeap {
+    /// An empty heap with the default [`Config`].
+    pub fn new() -> SyncHeap {
+        SyncHeap::with_config(Config::default())
+    }
+
+    /// An empty heap with `config`.
+    pub fn with_config(config: Config) -> SyncHeap {
+        SyncHeap {
+            raw: RwLock::new(RawHeap::new(&config)),
+        }
+    }
+
+    /// Allocates `value` and returns its handle.
+    ///
+    /// # Panics
+    /// If the memory limit is reached (see [`SyncHeap::try_alloc`]).
+    pub fn alloc<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
+        match self.try_alloc(value) {
+            Ok(h) => h,
+            Err((_, e)) => panic!("compact_heap: {e}"),
+        }
+    }
+
+    /// Allocates `value`, or gives it back with the reason it did not fit.
+    pub fn try_alloc<T: Send + Sync + 'static>(
+        &self,
+        value: T,
+    ) -> Result<Handle<T>, (T, AllocError)> {
+        access::try_alloc(self, value)
+    }
+
+    /// Allocates a copy of the slice `src`.
+    ///
+    /// # Panics
+    /// If the memory limit is reached or the size overflows.
+    pub fn alloc_slice<T: Copy + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
+        self.try_alloc_slice(src)
+            .unwrap_or_else(|e| panic!("compact_heap: {e}"))
+    }
+
+    /// Allocates a copy of the slice `src`, or says why it did not fit.
+    pub fn try_alloc_slice<T: Copy + Send + Sync + 'static>(
+        &self,
+        src: &[T],
+    ) -> Result<Handle<[T]>, AllocError> {
+        access::try_alloc_copy(self, src)
+    }
+
+    /// Allocates a slice of `len` copies of `value`, written in place.
+    ///
+    /// # Panics
+    /// If the memory limit is reached or the size overflows.
+    pub fn alloc_slice_fill<T: Copy + Send + Sync + 'static>(
+        &self,
+        len: usize,
+        value: T,
+    ) -> Handle<[T]> {
+        access::try_alloc_slice_fill(self, len, value)
+            .unwrap_or_else(|e| panic!("compact_heap: {e}"))
+    }
+
+    /// Allocates a copy of the string `src`.
+    ///
+    /// # Panics
+    /// If the memory limit is reached.
+    pub fn alloc_str(&self, src: &str) -> Handle<str> {
+        self.try_alloc_str(src)
+            .unwrap_or_else(|e| panic!("compact_heap: {e}"))
+    }
+
+    /// Allocates a copy of the string `src`, or says why it did not fit.
+    pub fn try_alloc_str(&self, src: &str) -> Result<Handle<str>, AllocError> {
+        access::try_alloc_copy(self, src)
+    }
+
+    /// Allocates a slice of clones of `src`'s elements.
+    pub fn alloc_slice_clone<T: Clone + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
+        self.alloc_from_iter(src.iter().cloned())
+    }
+
+    /// Allocates a slice of the items of `iter`.
+    pub fn alloc_from_iter<T: Send + Sync + 'static, I: IntoIterator<Item = T>>(
+        &self,
+        iter: I,
+    ) -> Handle<[T]> {
+        access::alloc_from_iter(self, iter)
+    }
+
+    /// A shared borrow of the object, or `None` if the handle is stale. The
+    /// object is pinned while the guard lives; other threads may read it too.
+    ///
+    /// # Panics
+    /// If the object is mutably borrowed ([`SyncHeap::try_get`] does not panic).
+    #[inline]
+    pub fn get<T: ?Sized + Object + Sync>(&self, handle: Handle<T>) -> Option<Ref<'_, T>> {
+        access::get(self, handle)
+    }
+
+    /// An exclusive borrow of the object, or `None` if the handle is stale.
+    ///
+    /// # Panics
+    /// If any guard of the object is alive, on any thread ([`SyncHeap::try_get_mut`]
+    /// does not panic).
+    #[inline]
+    pub fn get_mut<T: ?Sized + Object + Sync>(&self, handle: Handle<T>) -> Option<RefMut<'_, T>> {
+        access::get_mut(self, handle)
+    }
+
+    /// A shared borrow, or why there is none: stale, or mutably borrowed.
+    #[inline]
+    pub fn try_get<T: ?Sized + Object + Sync>(
+        &self,
+        handle: Handle<T>,
+    ) -> Result<Ref<'_, T>, BorrowError> {
+        access::try_get(self, handle)
+    }
+
+    /// An exclusive borrow, or why there is none: stale, or borrowed.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{BorrowError, SyncHeap};
+    ///
+    /// let heap = SyncHeap::new();
+    /// let h = heap.alloc(1u32);
+    /// let r = heap.get(h).unwrap();
+    /// assert_eq!(heap.try_get_mut(h).err(), Some(BorrowError::Borrowed));
+    /// drop(r);
+    /// *heap.try_get_mut(h).unwrap() += 1;
+    /// assert_eq!(*heap.get(h).unwrap(), 2);
+    /// ```
+    #[inline]
+    pub fn try_get_mut<T: ?Sized + Object + Sync>(
+        &self,
+        handle: Handle<T>,
+    ) -> Result<RefMut<'_, T>, BorrowError> {
+        access::try_get_mut(self, handle)
+    }
+
+    /// Whether the handle names a live object.
+    pub fn contains<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
+        self.raw.read().contains::<T>(handle.key())
+    }
+
+    /// Frees the object: its handle is dead at once. The value is dropped now,
+    /// or when the last guard of it goes, on whichever thread drops that guard.
+    /// Returns whether the handle was live.
+    pub fn free<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
+        access::free(self, handle)
+    }
+
+    /// Moves the value out of the heap, unless the handle is stale or the
+    /// object is borrowed (then nothing changes).
+    pub fn remove<T: Send + Sync + 'static>(&self, handle: Handle<T>) -> Result<T, RemoveError> {
+        access::remove(self, handle)
+    }
+
+    /// A full compaction, run in slices of at most 64 KiB of copying per
+    /// hold of the lock, so readers keep going in between. Pinned objects stay.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{Config, SyncHeap};
+    ///
+    /// let heap = SyncHeap::with_config(Config::default().segment_size(64 * 1024));
+    /// let hs: Vec<_> = (0..10_000u32).map(|i| heap.alloc([i; 16])).collect();
+    /// for h in hs.iter().step_by(2) {
+    ///     heap.free(*h);
+    /// }
+    /// assert!(heap.compact().bytes_released > 0);
+    /// assert_eq!(heap.get(hs[1]).unwrap()[0], 1);
+    /// ```
+    pub fn compact(&self) -> CompactReport {
+        let mut report = CompactReport::default();
+        self.raw.write().totals.compactions += 1;
+        // Finish a pass in progress (another thread's steps), then run a full one.
+        while !self.raw.write().run_pass(SLICE, &mut report) {}
+        self.raw.write().begin_full_pass();
+        while !self.raw.write().run_pass(SLICE, &mut report) {}
+        self.raw.write().finish_full_compaction(&mut report);
+        report
+    }
+
+    /// An incremental step that moves at most `budget` bytes, under one hold
+    /// of the lock. See [`Heap::compact_step`](crate::Heap::compact_step).
+    pub fn compact_step(&self, budget: usize) -> CompactReport {
+        self.raw.write().compact_step(budget)
+    }
+
+    /// The heap's figures now. Counting pinned objects walks the table.
+    pub fn stats(&self) -> HeapStats {
+        self.raw.read().stats(true)
+    }
+
+    /// Number of live objects.
+    pub fn len(&self) -> usize {
+        self.raw.read().table.live()
+    }
+
+    /// Whether no object is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held from the OS and bytes live, and whether a compaction pass
+    /// is in progress: what a background compactor decides by.
+    pub(crate) fn pressure(&self) -> (usize, usize, usize, bool) {
+        let raw = self.raw.read();
+        (
+            raw.space.held_bytes(),
+            raw.live_bytes(),
+            raw.space.segment_size(),
+            raw.evac.active(),
+        )
+    }
+}
+
+impl Engine for SyncHeap {
+    const SYNC: bool = true;
+
+    #[inline]
+    fn exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {
+        f(&mut self.raw.write())
+    }
+
+    #[inline]
+    fn shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> R {
+        f(&self.raw.read())
+    }
+}
+
+impl PinOwner for SyncHeap {
+    #[inline]
+    fn unpin(&self, key: KeyData, exclusive: bool) {
+        access::unpin(self, key, exclusive);
+    }
+}
+
+impl Drop for SyncHeap {
+    fn drop(&mut self) {
+        // `&mut self`: no guard and no other thread can reach the heap.
+        let values = self.raw.write().take_all_for_drop();
+        drop_all(values);
+    }
+}
+
+impl fmt::Debug for SyncHeap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncHeap")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn both<T: Send + Sync>() {}
+    both::<SyncHeap>();
+}

@@ -1,0 +1,52 @@
+//! The concurrent heap, [`SyncHeap`], its background [`Compactor`], and the
+//! synchronisation primitives the crate uses.
+//!
+//! The primitives are switched in this one place: std's atomics and
+//! parking_lot's locks normally, loom's model-checked versions under
+//! `cfg(loom)` (as sharded-slab does), so the same code is checked.
+
+#[cfg(not(loom))]
+mod compactor;
+mod heap;
+
+#[cfg(not(loom))]
+pub use compactor::{Compactor, CompactorHandle, Policy};
+pub use heap::SyncHeap;
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic;
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic;
+
+#[cfg(not(loom))]
+pub(crate) use parking_lot::RwLock;
+
+#[cfg(loom)]
+pub(crate) use loom_rwlock::RwLock;
+
+/// loom's `RwLock` with parking_lot's shape (no poisoning).
+#[cfg(loom)]
+mod loom_rwlock {
+    pub(crate) use loom::sync::{RwLockReadGuard, RwLockWriteGuard};
+
+    #[derive(Debug)]
+    pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub(crate) fn new(value: T) -> Self {
+            RwLock(loom::sync::RwLock::new(value))
+        }
+
+        pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
+            self.0
+                .read()
+                .expect("no poisoning: the engine runs no user code")
+        }
+
+        pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
+            self.0
+                .write()
+                .expect("no poisoning: the engine runs no user code")
+        }
+    }
+}
