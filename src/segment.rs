@@ -162,6 +162,11 @@ impl Segment {
         self.free_lines > 0 && self.free_lines >= self.lines.len() / 16
     }
 
+    /// Whether lines `first..=last` are all free (a debug check).
+    pub(crate) fn lines_free(&self, first: usize, last: usize) -> bool {
+        first > last || self.lines[first..=last].iter().all(|&c| c == 0)
+    }
+
     /// Records an object at `[offset, offset + size)` (size > 0).
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());

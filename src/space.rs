@@ -182,6 +182,10 @@ impl Space {
                     .as_mut()
                     .expect("cursor segment exists");
                 if start + size <= c.limit {
+                    debug_assert!(
+                        seg.lines_free(start / LINE + 1, (start + size - 1) / LINE),
+                        "bump into used lines"
+                    );
                     seg.mark(start, size);
                     self.cursor = Some(Cursor {
                         pos: start + size,
