@@ -154,9 +154,17 @@ pub(crate) fn get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
 
 /// Kills the handle; drops the value now or when its last guard goes.
 pub(crate) fn free<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> bool {
-    match e.exclusive(|raw| raw.free::<T>(h.key())) {
+    let freed = e.exclusive(|raw| match raw.free::<T>(h.key()) {
+        // No drop glue, no user code: release at once.
+        Freed::Now(dying) if dying.info.drop.is_none() => {
+            raw.release(dying);
+            Freed::Released
+        }
+        other => other,
+    });
+    match freed {
         Freed::Stale => false,
-        Freed::Deferred => true,
+        Freed::Deferred | Freed::Released => true,
         Freed::Now(dying) => {
             drop_dying(e, dying);
             true

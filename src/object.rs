@@ -39,8 +39,8 @@ mod private {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct TypeInfo {
-    /// `TypeId::of::<T>()`; a function so that `TypeInfo` can be a constant.
-    pub(crate) type_id: fn() -> TypeId,
+    /// `TypeId::of::<T>()`.
+    pub(crate) type_id: TypeId,
     /// Size of the value for sized types, of one element for slices.
     pub(crate) elem_size: usize,
     /// Alignment of the value (of one element for slices).
@@ -76,12 +76,12 @@ impl TypeInfo {
         }
     }
 
-    /// Whether this describes `T`.
+    /// Whether this describes `T`. (Comparing the `TypeInfo` addresses
+    /// would not do: a generic constant may be duplicated across codegen
+    /// units. `TypeId::of::<T>()` is a compile-time constant.)
     #[inline]
-    pub(crate) fn is<T: ?Sized + Object>(&'static self) -> bool {
-        // Fast path: the same promoted constant. Generic constants may be
-        // duplicated across codegen units, so fall back to comparing TypeIds.
-        ptr::eq(self, &T::INFO) || (self.type_id)() == TypeId::of::<T>()
+    pub(crate) fn is<T: ?Sized + Object>(&self) -> bool {
+        self.type_id == TypeId::of::<T>()
     }
 }
 
@@ -101,7 +101,7 @@ unsafe fn drop_slice<T>(data: *mut u8, len: usize) {
 
 impl<T: Send + 'static> Object for T {
     const INFO: TypeInfo = TypeInfo {
-        type_id: TypeId::of::<T>,
+        type_id: TypeId::of::<T>(),
         elem_size: core::mem::size_of::<T>(),
         align: core::mem::align_of::<T>(),
         is_slice: false,
@@ -125,7 +125,7 @@ impl<T: Send + 'static> Object for T {
 
 impl<T: Send + 'static> Object for [T] {
     const INFO: TypeInfo = TypeInfo {
-        type_id: TypeId::of::<[T]>,
+        type_id: TypeId::of::<[T]>(),
         elem_size: core::mem::size_of::<T>(),
         align: core::mem::align_of::<T>(),
         is_slice: true,
@@ -149,7 +149,7 @@ impl<T: Send + 'static> Object for [T] {
 
 impl Object for str {
     const INFO: TypeInfo = TypeInfo {
-        type_id: TypeId::of::<str>,
+        type_id: TypeId::of::<str>(),
         elem_size: 1,
         align: 1,
         is_slice: true,

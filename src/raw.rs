@@ -77,6 +77,8 @@ pub(crate) enum Freed {
     Deferred,
     /// The object is unlinked; drop it, then release it.
     Now(Dying),
+    /// The object had no drop glue and is gone already.
+    Released,
 }
 
 impl RawHeap {
@@ -117,12 +119,8 @@ impl RawHeap {
             place,
             borrow: AtomicU32::new(0),
         });
-        self.space.note_object(place, key);
-        if let Some(id) = place.segment_id() {
-            let seg = self.space.segment(id).expect("object's segment exists");
-            if seg.objects.len() > 2 * seg.live_objects + 32 {
-                self.prune_objects(id);
-            }
+        if let Some(id) = self.space.note_object(place, key) {
+            self.prune_objects(id);
         }
         self.live_bytes += layout.size();
         Ok((key, ptr))
@@ -260,6 +258,7 @@ impl RawHeap {
         unsafe { self.space.release(dying.ptr, dying.size, dying.place) };
     }
 
+    #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out
     /// Bytes of the objects whose handles are live.
     pub(crate) fn live_bytes(&self) -> usize {
         self.live_bytes
@@ -270,7 +269,7 @@ impl RawHeap {
         self.live_slot::<T>(key).is_some()
     }
 
-    /// Removes stale and duplicate keys from segment `id`'s object list.
+    /// Removes stale keys from segment `id`'s object list.
     pub(crate) fn prune_objects(&mut self, id: u32) {
         let table = &self.table;
         let seg = self.space.segment_mut(id).expect("segment exists");

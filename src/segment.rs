@@ -12,6 +12,14 @@ use slotmap::KeyData;
 
 use crate::mapping::Mapping;
 
+/// `x` rounded up to a multiple of `align`, a power of two (a mask, not the
+/// division `usize::next_multiple_of` compiles to for a runtime value).
+#[inline]
+pub(crate) fn align_up(x: usize, align: usize) -> usize {
+    debug_assert!(align.is_power_of_two());
+    (x + align - 1) & !(align - 1)
+}
+
 /// The unit of hole reuse, in bytes.
 pub(crate) const LINE: usize = 128;
 
@@ -115,7 +123,7 @@ impl Segment {
             line = self.next_line(line, true)?;
             let end_line = self.next_line(line, false).unwrap_or(n);
             let (start, end) = (line * LINE, end_line * LINE);
-            if start.next_multiple_of(align) + size <= end {
+            if align_up(start, align) + size <= end {
                 return Some((start, end));
             }
             line = end_line;
@@ -170,14 +178,14 @@ impl Segment {
     /// Records an object at `[offset, offset + size)` (size > 0).
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());
+        let mut newly_used = 0;
         for count in &mut self.lines[offset / LINE..=(offset + size - 1) / LINE] {
-            if *count == 0 {
-                self.free_lines -= 1;
-            }
             // At most LINE one-byte objects plus one spanning object share a line.
             debug_assert!(*count < u8::MAX);
+            newly_used += usize::from(*count == 0); // branch-free: vectorises for big objects
             *count += 1;
         }
+        self.free_lines -= newly_used;
         self.live_bytes += size;
         self.live_objects += 1;
     }
@@ -186,18 +194,16 @@ impl Segment {
     /// became free.
     pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
         debug_assert!(size > 0 && offset + size <= self.size());
-        let mut freed = false;
+        let mut freed = 0;
         for count in &mut self.lines[offset / LINE..=(offset + size - 1) / LINE] {
             debug_assert!(*count > 0, "unmarking a free line");
             *count -= 1;
-            if *count == 0 {
-                self.free_lines += 1;
-                freed = true;
-            }
+            freed += usize::from(*count == 0);
         }
+        self.free_lines += freed;
         self.live_bytes -= size;
         self.live_objects -= 1;
-        freed
+        freed > 0
     }
 }
 

@@ -9,7 +9,7 @@ use slotmap::KeyData;
 use crate::config::Config;
 use crate::error::AllocError;
 use crate::mapping::{Mapping, PAGE};
-use crate::segment::{Segment, LINE};
+use crate::segment::{align_up, Segment, LINE};
 
 /// Where an object's bytes are, packed into 32 bits for the slot table.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -177,7 +177,7 @@ impl Space {
         }
         loop {
             if let Some(c) = self.cursor {
-                let start = c.pos.next_multiple_of(align);
+                let start = align_up(c.pos, align);
                 let seg = self.segments[c.seg as usize]
                     .as_mut()
                     .expect("cursor segment exists");
@@ -293,15 +293,16 @@ impl Space {
     }
 
     /// Records that `key` now names an object placed at `place`, so that
-    /// compaction can find it.
-    pub(crate) fn note_object(&mut self, place: Place, key: KeyData) {
-        if let Some(id) = place.segment_id() {
-            self.segments[id as usize]
-                .as_mut()
-                .expect("object's segment exists")
-                .objects
-                .push(key);
-        }
+    /// compaction can find it. Returns the segment id if its object list has
+    /// grown past twice its live objects and should be pruned.
+    #[inline]
+    pub(crate) fn note_object(&mut self, place: Place, key: KeyData) -> Option<u32> {
+        let id = place.segment_id()?;
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("object's segment exists");
+        seg.objects.push(key);
+        (seg.objects.len() > 2 * seg.live_objects + 32).then_some(id)
     }
 
     /// Gives back the `size` bytes at `ptr` that [`Space::alloc`] returned

@@ -1,0 +1,85 @@
+//! Compaction speed: bytes moved per second by `compact()` on a heap with 50%
+//! holes, next to a plain memcpy of the same bytes; and the latency of one
+//! `compact_step(64 KiB)` (criterion's median; the worst is printed).
+
+use std::time::{Duration, Instant};
+
+use compact_heap::{Handle, Heap};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+
+const TOTAL: usize = 64 << 20;
+
+/// A heap of `TOTAL` bytes in objects of `size`, every other one freed.
+fn half_holes(size: usize) -> (Heap, Vec<Handle<[u8]>>) {
+    let heap = Heap::new();
+    let all: Vec<_> = (0..TOTAL / size)
+        .map(|i| heap.alloc_slice_fill(size, i as u8))
+        .collect();
+    let mut kept = Vec::with_capacity(all.len() / 2);
+    for (i, h) in all.into_iter().enumerate() {
+        if i % 2 == 0 {
+            heap.free(h);
+        } else {
+            kept.push(h);
+        }
+    }
+    (heap, kept)
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compact_50pct_holes");
+    g.sample_size(10);
+    for size in [64usize, 1024, 16 * 1024] {
+        g.throughput(Throughput::Bytes((TOTAL / 2) as u64));
+        g.bench_with_input(
+            BenchmarkId::new("compact-heap compact()", size),
+            &size,
+            |b, &size| {
+                b.iter_batched(
+                    || half_holes(size),
+                    |(heap, kept)| {
+                        let r = heap.compact();
+                        assert!(r.bytes_moved > TOTAL / 4, "most live bytes move");
+                        (heap, kept)
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
+    }
+    let src = vec![1u8; TOTAL / 2];
+    let mut dst = vec![0u8; TOTAL / 2];
+    g.bench_function("memcpy", |b| {
+        b.iter(|| dst.copy_from_slice(std::hint::black_box(&src)))
+    });
+    g.finish();
+}
+
+fn step_latency(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compact_step_64KiB");
+    for size in [64usize, 1024] {
+        let mut worst = Duration::ZERO;
+        let mut state = half_holes(size);
+        g.bench_with_input(BenchmarkId::new("latency", size), &size, |b, &size| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let r = state.0.compact_step(64 * 1024);
+                    let d = t.elapsed();
+                    total += d;
+                    worst = worst.max(d);
+                    if r.finished {
+                        state = half_holes(size); // not timed
+                    }
+                }
+                total
+            })
+        });
+        eprintln!("compact_step(64 KiB), {size} B objects: worst {worst:?}");
+    }
+    g.finish();
+}
+
+criterion_group!(benches, throughput, step_latency);
+criterion_main!(benches);
