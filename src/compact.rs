@@ -154,18 +154,27 @@ impl RawHeap {
             }
             self.evac.pos = 0;
         }
+        let (count, bytes) = self.space.release_emptied();
+        report.segments_released += count;
+        report.bytes_released += bytes;
+        self.totals.bytes_released += bytes as u64;
         report.finished = true;
         true
     }
 
-    /// Source `id` is done: give it back if empty, else make it a normal segment.
+    /// Source `id` is done: keep it as an emptied target (or unmap it) if
+    /// empty, else make it a normal segment.
     fn end_source(&mut self, id: u32, report: &mut CompactReport) {
         let seg = self.space.segment(id).expect("source segment exists");
         if seg.live_objects == 0 {
-            let bytes = self.space.release_segment(id);
-            report.segments_released += 1;
-            report.bytes_released += bytes;
-            self.totals.bytes_released += bytes as u64;
+            // Reused as a target for the rest of the pass (unmapped at its end),
+            // or unmapped now.
+            let bytes = self.space.keep_emptied(id);
+            if bytes > 0 {
+                report.segments_released += 1;
+                report.bytes_released += bytes;
+                self.totals.bytes_released += bytes as u64;
+            }
         } else {
             // Pinned (or dying) objects keep it; a later pass tries again.
             self.prune_objects(id);

@@ -183,12 +183,13 @@ impl RawHeap {
 
     /// Drops one pin of `key`. Returns true if that was the last pin of a
     /// freed object: the caller must then [`RawHeap::finish_zombie`] it.
+    ///
+    /// The caller must own one pin of `key` (a guard's), of the given kind.
     #[inline]
     pub(crate) fn unpin(&self, key: KeyData, exclusive: bool, sync: bool) -> bool {
-        let slot = self
-            .table
-            .get(key)
-            .expect("a pinned slot stays in the table");
+        // SAFETY: the caller holds a pin of `key` (a guard's), and a pinned
+        // slot is never removed from the table (I5), so `key` is valid.
+        let slot = unsafe { self.table.get_pinned(key) };
         let delta = if exclusive { EXCLUSIVE } else { 1 };
         let prev = if sync {
             slot.borrow.fetch_sub(delta, Ordering::Release)

@@ -69,6 +69,10 @@ pub(crate) struct Space {
     /// skips mmap, page faults and munmap). At most [`SPARE_MAPPINGS`];
     /// `compact()` gives them back.
     spare: Vec<Mapping>,
+    /// Segments that compaction emptied during the pass in progress. They are
+    /// the first targets (their pages are already faulted in) and go back to
+    /// the OS when the pass ends, if still empty.
+    emptied: Vec<u32>,
     cursor: Option<Cursor>,
     /// Segments that may have holes. Entries may be stale; `Segment::queued`
     /// says whether an id is (still) in here.
@@ -90,6 +94,7 @@ impl Space {
             large: Vec::new(),
             free_large: Vec::new(),
             spare: Vec::new(),
+            emptied: Vec::new(),
             cursor: None,
             recyclable: Vec::new(),
             held: 0,
@@ -225,6 +230,16 @@ impl Space {
                     seg: id,
                     pos,
                     limit,
+                });
+            }
+        }
+        while let Some(id) = self.emptied.pop() {
+            if let Some(seg) = self.segments.get(id as usize).and_then(Option::as_ref) {
+                debug_assert_eq!(seg.live_objects, 0, "an emptied segment is empty");
+                return Ok(Cursor {
+                    seg: id,
+                    pos: 0,
+                    limit: seg.size(),
                 });
             }
         }
@@ -389,6 +404,37 @@ impl Space {
         seg.mapped_bytes()
     }
 
+    /// A compaction source that ended empty: keep it as a target for the
+    /// rest of the pass instead of unmapping it now, if fewer than
+    /// [`EMPTIED_KEPT`] are kept; else unmap it. Returns the bytes unmapped.
+    pub(crate) fn keep_emptied(&mut self, id: u32) -> usize {
+        let seg = self.segments[id as usize].as_mut().expect("segment exists");
+        debug_assert_eq!(seg.live_objects, 0);
+        seg.evacuating = false;
+        if self.emptied.len() >= EMPTIED_KEPT {
+            return self.release_segment(id);
+        }
+        seg.objects.clear();
+        self.emptied.push(id);
+        0
+    }
+
+    /// The end of a pass: unmaps the emptied segments that are still empty.
+    /// Returns how many, and their bytes.
+    pub(crate) fn release_emptied(&mut self) -> (usize, usize) {
+        let (mut count, mut bytes) = (0, 0);
+        for id in core::mem::take(&mut self.emptied) {
+            let unused = self.segments[id as usize]
+                .as_ref()
+                .is_some_and(|s| s.live_objects == 0);
+            if unused && self.cursor.is_none_or(|c| c.seg != id) {
+                bytes += self.release_segment(id);
+                count += 1;
+            }
+        }
+        (count, bytes)
+    }
+
     /// Stops allocating into the current segment (it is queued if it has holes).
     pub(crate) fn drop_cursor(&mut self) {
         let Some(c) = self.cursor.take() else { return };
@@ -417,6 +463,10 @@ impl Space {
         }
     }
 }
+
+/// How many emptied segments a compaction pass keeps as warm targets (more
+/// would only be unmapped in one go at the pass's end: a latency spike).
+const EMPTIED_KEPT: usize = 2;
 
 /// How many freed large-object mappings are kept for reuse.
 const SPARE_MAPPINGS: usize = 2;

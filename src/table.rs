@@ -105,6 +105,17 @@ impl Table {
         self.map.get(DefaultKey::from(key))
     }
 
+    /// The slot of a key that is pinned, without checking the version.
+    ///
+    /// # Safety
+    /// `key` must be pinned (then its slot is occupied: I5 in docs/DESIGN.md).
+    #[inline]
+    pub(crate) unsafe fn get_pinned(&self, key: KeyData) -> &Slot {
+        debug_assert!(self.get(key).is_some_and(Slot::is_pinned));
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.map.get_unchecked(DefaultKey::from(key)) }
+    }
+
     #[inline]
     pub(crate) fn get_mut(&mut self, key: KeyData) -> Option<&mut Slot> {
         self.map.get_mut(DefaultKey::from(key))
