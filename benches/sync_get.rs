@@ -1,12 +1,13 @@
-//! `SyncHeap::get` throughput on 1 and 2 reader threads, with and without a
-//! compactor thread that keeps fragmenting and compacting the same heap.
-//! The number to watch: how much reader throughput the compactor costs.
+//! `SyncHeap::get` throughput on 1 and 2 reader threads, alone and while the
+//! background compactor (`Policy::default()`: a 64 KiB slice every
+//! millisecond) compacts the same heap, which is re-fragmented before each
+//! measured batch (not timed). The number to watch: how much reader
+//! throughput the compactor costs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use compact_heap::{Config, Handle, SyncHeap};
+use compact_heap::{Config, Handle, Policy, SyncHeap};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const OBJECTS: usize = 100_000;
@@ -24,18 +25,19 @@ fn reader(heap: &SyncHeap, hs: &[Handle<[u64; 4]>], seed: u64, reads: u64) -> u6
     sum
 }
 
-/// Allocates garbage, frees every other object, compacts in 64 KiB slices; repeats.
-fn compactor(heap: &SyncHeap, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let junk: Vec<_> = (0..20_000u64).map(|i| heap.alloc([i; 8])).collect();
-        for h in junk.iter().step_by(2) {
-            heap.free(*h);
-        }
-        while !stop.load(Ordering::Relaxed) && !heap.compact_step(64 * 1024).finished {}
-        for h in junk.iter().skip(1).step_by(2) {
-            heap.free(*h);
+/// Garbage for the compactor: 8 MiB of objects, every other one freed.
+/// Garbage for the compactor: `n` objects of 64 bytes, every other one freed.
+fn fragment(heap: &SyncHeap, n: u64) -> Vec<Handle<[u64; 8]>> {
+    let all: Vec<_> = (0..n).map(|i| heap.alloc([i; 8])).collect();
+    let mut kept = Vec::with_capacity(all.len() / 2);
+    for (i, h) in all.into_iter().enumerate() {
+        if i % 2 == 0 {
+            heap.free(h);
+        } else {
+            kept.push(h);
         }
     }
+    kept
 }
 
 fn sync_get(c: &mut Criterion) {
@@ -55,29 +57,40 @@ fn sync_get(c: &mut Criterion) {
             };
             g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
                 b.iter_custom(|iters| {
-                    let stop = Arc::new(AtomicBool::new(false));
-                    let bg = with_compactor.then(|| {
-                        let (heap, stop) = (heap.clone(), stop.clone());
-                        std::thread::spawn(move || compactor(&heap, &stop))
-                    });
-                    let mut total = Duration::ZERO;
-                    for i in 0..iters {
-                        let t = Instant::now();
-                        let readers: Vec<_> = (0..threads)
-                            .map(|k| {
-                                let (heap, hs) = (heap.clone(), hs.clone());
-                                std::thread::spawn(move || reader(&heap, &hs, i * 31 + k, READS))
+                    // Enough garbage that compaction goes on for the whole
+                    // run (a batch of reads takes a few slices' time).
+                    let junk = if with_compactor {
+                        fragment(&heap, (8192 * iters).min(1 << 21))
+                    } else {
+                        Vec::new()
+                    };
+                    let compactor =
+                        with_compactor.then(|| heap.compactor(Policy::default()).spawn());
+                    let start = Arc::new(std::sync::Barrier::new(threads as usize + 1));
+                    let readers: Vec<_> = (0..threads)
+                        .map(|k| {
+                            let (heap, hs, start) = (heap.clone(), hs.clone(), start.clone());
+                            std::thread::spawn(move || {
+                                start.wait();
+                                let t = Instant::now();
+                                std::hint::black_box(reader(&heap, &hs, k * 31 + 7, READS * iters));
+                                t.elapsed()
                             })
-                            .collect();
-                        for r in readers {
-                            std::hint::black_box(r.join().unwrap());
-                        }
-                        total += t.elapsed();
+                        })
+                        .collect();
+                    start.wait();
+                    let total: Duration = readers
+                        .into_iter()
+                        .map(|r| r.join().unwrap())
+                        .max()
+                        .unwrap();
+                    if let Some(c) = compactor {
+                        c.stop();
                     }
-                    stop.store(true, Ordering::Relaxed);
-                    if let Some(bg) = bg {
-                        bg.join().unwrap();
+                    for h in junk {
+                        heap.free(h);
                     }
+                    heap.compact();
                     total
                 })
             });

@@ -43,8 +43,12 @@ pub(crate) struct Segment {
     pub(crate) objects: Vec<KeyData>,
     /// A compaction source: nothing is allocated here until its pass ends.
     pub(crate) evacuating: bool,
-    /// Whether the segment's id is in the space's recyclable list.
-    pub(crate) queued: bool,
+    /// The size class of the recyclable list this segment is queued in, if any.
+    pub(crate) queued: Option<u8>,
+    /// Invariant: the longest run of free lines, exactly, whenever the
+    /// segment is queued as recyclable (the cursor's own segment may have a
+    /// stale value; leaving it rescans).
+    pub(crate) max_hole: usize,
 }
 
 impl Segment {
@@ -61,7 +65,8 @@ impl Segment {
             live_objects: 0,
             objects: Vec::new(),
             evacuating: false,
-            queued: false,
+            queued: None,
+            max_hole: size / LINE,
         })
     }
 
@@ -85,6 +90,7 @@ impl Segment {
 
     /// Lines on which no object lies.
     #[inline]
+    #[cfg(test)]
     pub(crate) fn free_lines(&self) -> usize {
         self.free_lines
     }
@@ -162,12 +168,44 @@ impl Segment {
         (i..lines.len()).find(|&j| hit(lines[j]))
     }
 
-    /// Whether the segment has enough free lines to be worth recycling: a
-    /// sixteenth of them (scanning a segment for one free line would cost
-    /// more than the line is worth; compaction collects the rest).
+    /// Whether the segment is worth recycling: a hole of eight lines (1 KiB),
+    /// or a sixteenth of its lines free (scanning a segment for one free
+    /// line would cost more than the line is worth; compaction collects the rest).
     #[inline]
     pub(crate) fn is_recyclable(&self) -> bool {
-        self.free_lines > 0 && self.free_lines >= self.lines.len() / 16
+        self.free_lines > 0 && (self.max_hole >= 8 || self.free_lines >= self.lines.len() / 16)
+    }
+
+    /// Recomputes [`Segment::max_hole`] from the line counts.
+    pub(crate) fn rescan_holes(&mut self) {
+        let n = self.lines.len();
+        let (mut line, mut best) = (0, 0);
+        while let Some(start) = self.next_line(line, true) {
+            let end = self.next_line(start, false).unwrap_or(n);
+            best = best.max(end - start);
+            line = end;
+        }
+        self.max_hole = best;
+    }
+
+    /// After [`Segment::unmark`] of `[offset, offset + size)`: widens
+    /// [`Segment::max_hole`] to the free runs that now cover those lines.
+    pub(crate) fn grow_hole_around(&mut self, offset: usize, size: usize) {
+        let n = self.lines.len();
+        let (mut line, last) = (offset / LINE, (offset + size - 1) / LINE);
+        while line <= last {
+            if self.lines[line] != 0 {
+                line += 1;
+                continue;
+            }
+            let mut start = line;
+            while start > 0 && self.lines[start - 1] == 0 {
+                start -= 1;
+            }
+            let end = self.next_line(line, false).unwrap_or(n);
+            self.max_hole = self.max_hole.max(end - start);
+            line = end;
+        }
     }
 
     /// Whether lines `first..=last` are all free (a debug check).
@@ -224,6 +262,24 @@ mod tests {
         assert!(s.unmark(LINE - 8, 16));
         assert_eq!(s.find_hole(0, 2 * LINE, 8), Some((0, 3 * LINE)));
         assert_eq!((s.live_objects, s.live_bytes), (1, LINE));
+    }
+
+    #[test]
+    fn the_longest_hole_is_tracked_through_frees() {
+        let mut s = Segment::new(16 * LINE).unwrap();
+        for i in 0..16 {
+            s.mark(i * LINE, LINE);
+        }
+        s.rescan_holes();
+        assert_eq!(s.max_hole, 0);
+        for i in [3, 5, 4, 9] {
+            s.unmark(i * LINE, LINE);
+            s.grow_hole_around(i * LINE, LINE);
+        }
+        assert_eq!(s.max_hole, 3, "lines 3, 4, 5 joined");
+        let widened = s.max_hole;
+        s.rescan_holes();
+        assert_eq!(s.max_hole, widened, "the incremental figure is exact");
     }
 
     #[test]

@@ -74,9 +74,12 @@ pub(crate) struct Space {
     /// the OS when the pass ends, if still empty.
     emptied: Vec<u32>,
     cursor: Option<Cursor>,
-    /// Segments that may have holes. Entries may be stale; `Segment::queued`
-    /// says whether an id is (still) in here.
-    recyclable: Vec<u32>,
+    /// Segments worth recycling, by size class of their longest hole
+    /// (`floor(log2(lines))`): a request takes the smallest class that fits,
+    /// so small objects fill small holes and big holes wait for big objects.
+    /// Entries may be stale; `Segment::queued` says which class (if any) holds
+    /// a segment now.
+    recyclable: Vec<Vec<u32>>,
     /// Invariant: the sum of the lengths of all mappings held.
     held: usize,
     segment_count: usize,
@@ -96,7 +99,7 @@ impl Space {
             spare: Vec::new(),
             emptied: Vec::new(),
             cursor: None,
-            recyclable: Vec::new(),
+            recyclable: vec![Vec::new(); CLASSES],
             held: 0,
             segment_count: 0,
             large_count: 0,
@@ -133,7 +136,7 @@ impl Space {
             + self.large.capacity() * size_of::<Option<Mapping>>()
             + (self.free_segments.capacity()
                 + self.free_large.capacity()
-                + self.recyclable.capacity())
+                + self.recyclable.iter().map(Vec::capacity).sum::<usize>())
                 * size_of::<u32>()
     }
 
@@ -212,25 +215,39 @@ impl Space {
         }
     }
 
-    /// A recyclable segment with a hole that fits, or else a fresh segment.
+    /// A recyclable segment with a hole that fits (the smallest size class
+    /// that does), or a segment emptied by compaction, or a fresh segment.
     fn next_segment(&mut self, size: usize, align: usize) -> Result<Cursor, AllocError> {
-        while let Some(id) = self.recyclable.pop() {
-            let Some(seg) = self.segments.get_mut(id as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            if !seg.queued {
-                continue;
-            }
-            seg.queued = false;
-            if seg.evacuating || seg.free_lines() == 0 {
-                continue;
-            }
-            if let Some((pos, limit)) = seg.find_hole(0, size, align) {
-                return Ok(Cursor {
-                    seg: id,
-                    pos,
-                    limit,
-                });
+        let needed = (size + align.saturating_sub(LINE)).div_ceil(LINE);
+        for class in class_of(needed)..CLASSES {
+            let mut i = self.recyclable[class].len();
+            let mut examined = 0;
+            while i > 0 && examined < 16 {
+                i -= 1;
+                examined += 1;
+                let id = self.recyclable[class][i];
+                let Some(seg) = self.segments.get_mut(id as usize).and_then(Option::as_mut) else {
+                    self.recyclable[class].swap_remove(i);
+                    continue;
+                };
+                if seg.queued != Some(class as u8) || seg.evacuating {
+                    self.recyclable[class].swap_remove(i); // stale entry
+                    continue;
+                }
+                if seg.max_hole < needed {
+                    continue; // same class, smaller hole: leave it for smaller requests
+                }
+                self.recyclable[class].swap_remove(i);
+                seg.queued = None;
+                if let Some((pos, limit)) = seg.find_hole(0, size, align) {
+                    return Ok(Cursor {
+                        seg: id,
+                        pos,
+                        limit,
+                    });
+                }
+                // The hole is long enough but alignment does not fit: requeue.
+                self.queue(id);
             }
         }
         while let Some(id) = self.emptied.pop() {
@@ -358,6 +375,9 @@ impl Space {
         if seg.evacuating {
             return 0;
         }
+        if line_freed && current != Some(id) {
+            seg.grow_hole_around(offset, size);
+        }
         if seg.live_objects == 0 {
             if current == Some(id) {
                 // Keep the segment we allocate into, and start it over.
@@ -371,11 +391,24 @@ impl Space {
             }
             return self.release_segment(id);
         }
-        if line_freed && !seg.queued && current != Some(id) && seg.is_recyclable() {
-            seg.queued = true;
-            self.recyclable.push(id);
+        if line_freed && current != Some(id) {
+            self.queue(id);
         }
         0
+    }
+
+    /// Puts segment `id` (not the cursor's, not evacuating, `max_hole` exact)
+    /// in the recyclable class of its longest hole, if it is worth recycling.
+    fn queue(&mut self, id: u32) {
+        let seg = self.segments[id as usize].as_mut().expect("segment exists");
+        if seg.evacuating || !seg.is_recyclable() {
+            return;
+        }
+        let class = class_of(seg.max_hole);
+        if seg.queued != Some(class as u8) {
+            seg.queued = Some(class as u8);
+            self.recyclable[class].push(id);
+        }
     }
 
     /// Bytes of the spare large-object mappings.
@@ -443,9 +476,9 @@ impl Space {
             .expect("cursor segment exists");
         if seg.live_objects == 0 && !seg.evacuating {
             self.release_segment(c.seg);
-        } else if seg.is_recyclable() && !seg.queued && !seg.evacuating {
-            seg.queued = true;
-            self.recyclable.push(c.seg);
+        } else if !seg.evacuating {
+            seg.rescan_holes();
+            self.queue(c.seg);
         }
     }
 
@@ -457,11 +490,22 @@ impl Space {
         }
         let seg = self.segments[id as usize].as_mut().expect("segment exists");
         seg.evacuating = on;
-        if !on && seg.is_recyclable() && !seg.queued {
-            seg.queued = true;
-            self.recyclable.push(id);
+        if on {
+            seg.queued = None;
+        } else {
+            seg.rescan_holes();
+            self.queue(id);
         }
     }
+}
+
+/// Size classes of recyclable segments: `floor(log2(longest hole in lines))`.
+const CLASSES: usize = usize::BITS as usize;
+
+/// The size class of a hole of `lines` lines (at least 1).
+#[inline]
+fn class_of(lines: usize) -> usize {
+    (usize::BITS - 1 - lines.max(1).leading_zeros()) as usize
 }
 
 /// How many emptied segments a compaction pass keeps as warm targets (more
