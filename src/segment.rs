@@ -145,7 +145,7 @@ impl Segment {
         let hit = |c: u8| (c == 0) == free;
         let lines = &self.lines;
         let mut i = from;
-        while i % 8 != 0 && i < lines.len() {
+        while !i.is_multiple_of(8) && i < lines.len() {
             if hit(lines[i]) {
                 return Some(i);
             }

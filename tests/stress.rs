@@ -120,7 +120,7 @@ fn workers_and_a_compactor_agree_on_every_value() {
                     match r % 10 {
                         0..=2 => {
                             next_id += 1;
-                            if r % 3 == 0 {
+                            if r.is_multiple_of(3) {
                                 let len = 2 + (r >> 8) as usize % 300;
                                 let mut v = vec![next_id; len];
                                 v[len - 1] = next_id.wrapping_mul(31);
@@ -148,7 +148,7 @@ fn workers_and_a_compactor_agree_on_every_value() {
                         7 if !slices.is_empty() => {
                             let i = (r >> 8) as usize % slices.len();
                             check_slice(&heap, slices[i].0, slices[i].1);
-                            if r % 2 == 0 {
+                            if r.is_multiple_of(2) {
                                 let (h, _) = slices.swap_remove(i);
                                 assert!(heap.free(h));
                             }

@@ -271,10 +271,10 @@ impl Driver<'_> {
     fn op(&mut self) {
         self.report.ops += 1;
         self.report.peak_live = self.report.peak_live.max(self.keys.live_bytes);
-        if self.report.ops % TICK == 0 {
+        if self.report.ops.is_multiple_of(TICK) {
             self.store.tick();
         }
-        if self.report.ops % self.every == 0 {
+        if self.report.ops.is_multiple_of(self.every) {
             self.sample();
         }
     }
