@@ -103,7 +103,7 @@ fn main() {
 
     let mut md = format!(
         "Footprint at {} MiB live target, seed loop {} iterations. RSS is above each process's baseline; ratios are RSS / live bytes.\n\n\
-         | workload | contender | peak RSS / live | RSS / live at phase ends | ops/s | moved MiB | compacting s |\n|---|---|---|---|---|---|---|\n",
+         | workload | contender | peak RSS / live | RSS / live at phase ends | held / live at end | ops/s | moved MiB | compacting s |\n|---|---|---|---|---|---|---|---|\n",
         args.scale_mib, args.seed_iterations
     );
     let mut csv = String::from("workload,contender,peak_ratio,final_ratio,phase_ratios,ops_per_sec,bytes_moved,compact_seconds,peak_rss,peak_live\n");
@@ -126,9 +126,14 @@ fn main() {
             } else {
                 phases.join(" ")
             };
+            let held = r
+                .phase_ends
+                .last()
+                .and_then(|s| s.held.map(|h| format!("{:.2}", ratio(h, s.live))))
+                .unwrap_or_else(|| "–".into());
             let _ = writeln!(
                 md,
-                "| {} | {c} | {:.2} | {phases} | {:.0} | {:.1} | {:.2} |",
+                "| {} | {c} | {:.2} | {phases} | {held} | {:.0} | {:.1} | {:.2} |",
                 w.name(),
                 r.peak_ratio(),
                 r.ops_per_sec(),
