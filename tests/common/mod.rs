@@ -35,47 +35,61 @@ pub trait Subject {
 /// A heap under test.
 pub struct TestHeap<H>(pub H);
 
-impl Subject for TestHeap<Heap> {
-    fn alloc<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
-        self.0.alloc(value)
-    }
-    fn alloc_slice<T: Copy + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
-        self.0.alloc_slice(src)
-    }
-    fn alloc_slice_clone<T: Clone + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
-        self.0.alloc_slice_clone(src)
-    }
-    fn alloc_from_iter<T: Send + Sync + 'static>(&self, items: Vec<T>) -> Handle<[T]> {
-        self.0.alloc_from_iter(items)
-    }
-    fn alloc_str(&self, src: &str) -> Handle<str> {
-        self.0.alloc_str(src)
-    }
-    fn get<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<Ref<'_, T>> {
-        self.0.get(h)
-    }
-    fn try_get<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Result<Ref<'_, T>, BorrowError> {
-        self.0.try_get(h)
-    }
-    fn get_mut<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<RefMut<'_, T>> {
-        self.0.get_mut(h)
-    }
-    fn free<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> bool {
-        self.0.free(h)
-    }
-    fn remove<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Result<T, RemoveError> {
-        self.0.remove(h)
-    }
-    fn compact(&self) -> CompactReport {
-        self.0.compact()
-    }
-    fn compact_step(&self, budget: usize) -> CompactReport {
-        self.0.compact_step(budget)
-    }
-    fn stats(&self) -> HeapStats {
-        self.0.stats()
-    }
+/// Both heaps have the same methods; one impl serves each.
+macro_rules! subject {
+    ($heap:ty) => {
+        impl Subject for TestHeap<$heap> {
+            fn alloc<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
+                self.0.alloc(value)
+            }
+            fn alloc_slice<T: Copy + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
+                self.0.alloc_slice(src)
+            }
+            fn alloc_slice_clone<T: Clone + Send + Sync + 'static>(
+                &self,
+                src: &[T],
+            ) -> Handle<[T]> {
+                self.0.alloc_slice_clone(src)
+            }
+            fn alloc_from_iter<T: Send + Sync + 'static>(&self, items: Vec<T>) -> Handle<[T]> {
+                self.0.alloc_from_iter(items)
+            }
+            fn alloc_str(&self, src: &str) -> Handle<str> {
+                self.0.alloc_str(src)
+            }
+            fn get<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<Ref<'_, T>> {
+                self.0.get(h)
+            }
+            fn try_get<T: ?Sized + Object + Sync>(
+                &self,
+                h: Handle<T>,
+            ) -> Result<Ref<'_, T>, BorrowError> {
+                self.0.try_get(h)
+            }
+            fn get_mut<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<RefMut<'_, T>> {
+                self.0.get_mut(h)
+            }
+            fn free<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> bool {
+                self.0.free(h)
+            }
+            fn remove<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Result<T, RemoveError> {
+                self.0.remove(h)
+            }
+            fn compact(&self) -> CompactReport {
+                self.0.compact()
+            }
+            fn compact_step(&self, budget: usize) -> CompactReport {
+                self.0.compact_step(budget)
+            }
+            fn stats(&self) -> HeapStats {
+                self.0.stats()
+            }
+        }
+    };
 }
+
+subject!(Heap);
+subject!(compact_heap::SyncHeap);
 
 /// Records every drop of a [`Tracked`] value by id.
 #[derive(Default, Debug)]
@@ -818,46 +832,4 @@ fn check<S: Subject>(heap: &S, log: &DropLog, m: &Model, held: &[Held<'_>]) {
         "values dropped so far"
     );
     let _ = HashMap::<u8, u8>::new;
-}
-
-impl Subject for TestHeap<compact_heap::SyncHeap> {
-    fn alloc<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
-        self.0.alloc(value)
-    }
-    fn alloc_slice<T: Copy + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
-        self.0.alloc_slice(src)
-    }
-    fn alloc_slice_clone<T: Clone + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
-        self.0.alloc_slice_clone(src)
-    }
-    fn alloc_from_iter<T: Send + Sync + 'static>(&self, items: Vec<T>) -> Handle<[T]> {
-        self.0.alloc_from_iter(items)
-    }
-    fn alloc_str(&self, src: &str) -> Handle<str> {
-        self.0.alloc_str(src)
-    }
-    fn get<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<Ref<'_, T>> {
-        self.0.get(h)
-    }
-    fn try_get<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Result<Ref<'_, T>, BorrowError> {
-        self.0.try_get(h)
-    }
-    fn get_mut<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<RefMut<'_, T>> {
-        self.0.get_mut(h)
-    }
-    fn free<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> bool {
-        self.0.free(h)
-    }
-    fn remove<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Result<T, RemoveError> {
-        self.0.remove(h)
-    }
-    fn compact(&self) -> CompactReport {
-        self.0.compact()
-    }
-    fn compact_step(&self, budget: usize) -> CompactReport {
-        self.0.compact_step(budget)
-    }
-    fn stats(&self) -> HeapStats {
-        self.0.stats()
-    }
 }
