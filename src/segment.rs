@@ -31,6 +31,9 @@ pub(crate) struct Segment {
     /// bytes overlap `[i * LINE, (i + 1) * LINE)`. A line with count 0 holds
     /// no byte that anyone may read, so it may be handed out again.
     lines: Box<[u8]>,
+    /// Invariant: bit `i % 64` of word `i / 64` is set iff line `i` exists
+    /// and `lines[i] == 0`. Hole searches read 64 lines at a time from it.
+    free_bits: Box<[u64]>,
     /// Invariant: the number of zero entries in `lines`.
     free_lines: usize,
     /// Bytes of the live and dying objects in this segment.
@@ -57,9 +60,15 @@ impl Segment {
         debug_assert_eq!(size % LINE, 0);
         let mapping = Mapping::new(size, LINE)?;
         let lines = vec![0u8; size / LINE].into_boxed_slice();
+        let mut free_bits = vec![u64::MAX; lines.len().div_ceil(64)].into_boxed_slice();
+        if !lines.len().is_multiple_of(64) {
+            // Lines past the end are never free.
+            *free_bits.last_mut().expect("a segment has lines") = (1u64 << (lines.len() % 64)) - 1;
+        }
         Some(Segment {
             mapping,
             free_lines: lines.len(),
+            free_bits,
             lines,
             live_bytes: 0,
             live_objects: 0,
@@ -79,6 +88,7 @@ impl Segment {
     pub(crate) fn metadata_bytes(&self) -> usize {
         core::mem::size_of::<Segment>()
             + self.lines.len()
+            + self.free_bits.len() * core::mem::size_of::<u64>()
             + self.objects.capacity() * core::mem::size_of::<KeyData>()
     }
 
@@ -123,6 +133,14 @@ impl Segment {
         align: usize,
     ) -> Option<(usize, usize)> {
         let n = self.lines.len();
+        let needed = size.div_ceil(LINE);
+        if align <= LINE && needed <= 16 {
+            // A line-aligned start fits: the first run of `needed` free lines.
+            let start = self.first_run(from, needed)?;
+            let end = self.next_line(start, false).unwrap_or(n);
+            debug_assert!(end - start >= needed);
+            return Some((start * LINE, end * LINE));
+        }
         let mut line = from;
         while line < n {
             // Skip used lines, then measure the run of free ones.
@@ -137,35 +155,58 @@ impl Segment {
         None
     }
 
-    /// The first line at or after `from` that is free (`free`) or used (`!free`).
-    /// Scans eight line counts at a time.
+    /// The first line at or after `from` that is free (`free`) or used
+    /// (`!free`), from the free-line bits, 64 lines at a time.
     fn next_line(&self, from: usize, free: bool) -> Option<usize> {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGHS: u64 = 0x8080_8080_8080_8080;
-        let hit = |c: u8| (c == 0) == free;
-        let lines = &self.lines;
-        let mut i = from;
-        while !i.is_multiple_of(8) && i < lines.len() {
-            if hit(lines[i]) {
-                return Some(i);
-            }
-            i += 1;
+        let n = self.lines.len();
+        if from >= n {
+            return None;
         }
-        for chunk in lines[i..].chunks_exact(8) {
-            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            // Bytes that match: zero bytes (the classic has-zero trick, whose
-            // lowest flag is exact) or non-zero bytes.
-            let flags = if free {
-                w.wrapping_sub(ONES) & !w & HIGHS
+        let bits = |w: usize| {
+            if free {
+                self.free_bits[w]
             } else {
-                w
-            };
-            if flags != 0 {
-                return Some(i + flags.trailing_zeros() as usize / 8);
+                !self.free_bits[w]
             }
-            i += 8;
+        };
+        let mut w = from / 64;
+        let mut word = bits(w) & (u64::MAX << (from % 64));
+        loop {
+            if word != 0 {
+                let line = w * 64 + word.trailing_zeros() as usize;
+                return (line < n).then_some(line);
+            }
+            w += 1;
+            if w == self.free_bits.len() {
+                return None;
+            }
+            word = bits(w);
         }
-        (i..lines.len()).find(|&j| hit(lines[j]))
+    }
+
+    /// The first line at or after `from` that starts `k` (1..=64) free lines.
+    fn first_run(&self, from: usize, k: usize) -> Option<usize> {
+        debug_assert!((1..=64).contains(&k));
+        let words = self.free_bits.len();
+        let mut w = from / 64;
+        while w < words {
+            // Bits of this word and the next, so runs may cross the boundary.
+            let z = u128::from(self.free_bits[w])
+                | (u128::from(self.free_bits.get(w + 1).copied().unwrap_or(0)) << 64);
+            let mut starts = z;
+            for shift in 1..k {
+                starts &= z >> shift; // bit p stays iff bits p..=p+shift are free
+            }
+            let mut starts = starts as u64;
+            if w == from / 64 {
+                starts &= u64::MAX << (from % 64);
+            }
+            if starts != 0 {
+                return Some(w * 64 + starts.trailing_zeros() as usize);
+            }
+            w += 1;
+        }
+        None
     }
 
     /// Whether the segment is worth recycling: a hole of eight lines (1 KiB),
@@ -178,14 +219,24 @@ impl Segment {
 
     /// Recomputes [`Segment::max_hole`] from the line counts.
     pub(crate) fn rescan_holes(&mut self) {
-        let n = self.lines.len();
-        let (mut line, mut best) = (0, 0);
-        while let Some(start) = self.next_line(line, true) {
-            let end = self.next_line(start, false).unwrap_or(n);
-            best = best.max(end - start);
-            line = end;
+        // `run`: free lines running into the current word from the previous ones.
+        let (mut best, mut run) = (0usize, 0usize);
+        for &x in self.free_bits.iter() {
+            if x == u64::MAX {
+                run += 64;
+                continue;
+            }
+            best = best.max(run + x.trailing_ones() as usize);
+            // The longest run inside the word: each step shortens every run by one.
+            let (mut y, mut len) = (x, 0);
+            while y != 0 {
+                y &= y << 1;
+                len += 1;
+            }
+            best = best.max(len);
+            run = x.leading_ones() as usize;
         }
-        self.max_hole = best;
+        self.max_hole = best.max(run);
     }
 
     /// After [`Segment::unmark`] of `[offset, offset + size)`: widens
@@ -217,11 +268,14 @@ impl Segment {
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());
         let mut newly_used = 0;
-        for count in &mut self.lines[offset / LINE..=(offset + size - 1) / LINE] {
+        for line in offset / LINE..=(offset + size - 1) / LINE {
+            let count = self.lines[line];
             // At most LINE one-byte objects plus one spanning object share a line.
-            debug_assert!(*count < u8::MAX);
-            newly_used += usize::from(*count == 0); // branch-free: vectorises for big objects
-            *count += 1;
+            debug_assert!(count < u8::MAX);
+            let was_free = u64::from(count == 0); // branch-free
+            newly_used += was_free as usize;
+            self.free_bits[line / 64] &= !(was_free << (line % 64));
+            self.lines[line] = count + 1;
         }
         self.free_lines -= newly_used;
         self.live_bytes += size;
@@ -233,10 +287,13 @@ impl Segment {
     pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
         debug_assert!(size > 0 && offset + size <= self.size());
         let mut freed = 0;
-        for count in &mut self.lines[offset / LINE..=(offset + size - 1) / LINE] {
-            debug_assert!(*count > 0, "unmarking a free line");
-            *count -= 1;
-            freed += usize::from(*count == 0);
+        for line in offset / LINE..=(offset + size - 1) / LINE {
+            let count = self.lines[line];
+            debug_assert!(count > 0, "unmarking a free line");
+            let now_free = u64::from(count == 1); // branch-free
+            freed += now_free as usize;
+            self.free_bits[line / 64] |= now_free << (line % 64);
+            self.lines[line] = count - 1;
         }
         self.free_lines += freed;
         self.live_bytes -= size;
@@ -296,6 +353,39 @@ mod tests {
             let plain_used = (from..64).find(|&j| s.lines[j] != 0);
             assert_eq!(s.next_line(from, true), plain_free, "free from {from}");
             assert_eq!(s.next_line(from, false), plain_used, "used from {from}");
+        }
+    }
+
+    #[test]
+    fn bit_searches_agree_with_the_line_counts() {
+        // A fixed pseudo-random pattern over several words of bits.
+        for seed in 1..40u64 {
+            let mut s = Segment::new(256 * LINE).unwrap();
+            let mut x = seed;
+            for line in 0..256 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 3 == 0 {
+                    s.mark(line * LINE, LINE);
+                }
+            }
+            let free: Vec<bool> = s.lines.iter().map(|&c| c == 0).collect();
+            let mut longest = 0;
+            for k in 1..=16 {
+                for from in [0, 1, 63, 64, 100, 200] {
+                    let plain =
+                        (from..256).find(|&p| p + k <= 256 && free[p..p + k].iter().all(|&f| f));
+                    assert_eq!(s.first_run(from, k), plain, "seed {seed} k {k} from {from}");
+                }
+            }
+            let mut run = 0;
+            for &f in &free {
+                run = if f { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
+            s.rescan_holes();
+            assert_eq!(s.max_hole, longest, "seed {seed}");
         }
     }
 

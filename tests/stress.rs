@@ -91,6 +91,14 @@ fn workers_and_a_compactor_agree_on_every_value() {
     );
     created.fetch_add(64, Ordering::Relaxed);
 
+    // Holes from the start, so the compactor has work while the workers run:
+    // every other object of a block of 64-byte objects is freed.
+    let junk: Vec<_> = (0..if cfg!(miri) { 0 } else { 20_000u64 })
+        .map(|i| heap.alloc_slice(&[i; 8]))
+        .collect();
+    for h in junk.iter().step_by(2) {
+        heap.free(*h);
+    }
     let compactor = {
         let (heap, stop) = (heap.clone(), stop.clone());
         thread::spawn(move || {
