@@ -52,6 +52,8 @@ pub(crate) struct Segment {
     /// segment is queued as recyclable (the cursor's own segment may have a
     /// stale value; leaving it rescans).
     pub(crate) max_hole: usize,
+    /// The first line of that longest run (meaningful when `max_hole > 0`).
+    pub(crate) max_hole_at: usize,
 }
 
 impl Segment {
@@ -76,6 +78,7 @@ impl Segment {
             evacuating: false,
             queued: None,
             max_hole: size / LINE,
+            max_hole_at: 0,
         })
     }
 
@@ -219,26 +222,40 @@ impl Segment {
 
     /// Recomputes [`Segment::max_hole`] from the line counts.
     pub(crate) fn rescan_holes(&mut self) {
-        // `run`: free lines running into the current word from the previous ones.
-        let (mut best, mut run) = (0usize, 0usize);
-        for &x in self.free_bits.iter() {
+        // `run` free lines, starting at `run_at`, run into the current word.
+        let (mut best, mut best_at, mut run, mut run_at) = (0usize, 0usize, 0usize, 0usize);
+        for (w, &x) in self.free_bits.iter().enumerate() {
             if x == u64::MAX {
+                if run == 0 {
+                    run_at = w * 64;
+                }
                 run += 64;
                 continue;
             }
-            best = best.max(run + x.trailing_ones() as usize);
-            // The longest run inside the word: each step shortens every run by one.
-            let (mut y, mut len) = (x, 0);
+            let joined = run + x.trailing_ones() as usize;
+            if joined > best {
+                (best, best_at) = (joined, if run > 0 { run_at } else { w * 64 });
+            }
+            // The longest run inside the word: each step shortens every run by
+            // one; the last non-empty step marks where the longest runs end.
+            let (mut y, mut ends, mut len) = (x, 0u64, 0usize);
             while y != 0 {
+                ends = y;
                 y &= y << 1;
                 len += 1;
             }
-            best = best.max(len);
+            if len > best {
+                (best, best_at) = (len, w * 64 + ends.trailing_zeros() as usize + 1 - len);
+            }
             run = x.leading_ones() as usize;
+            run_at = w * 64 + 64 - run;
         }
-        self.max_hole = best.max(run);
+        if run > best {
+            (best, best_at) = (run, run_at);
+        }
+        self.max_hole = best;
+        self.max_hole_at = best_at;
     }
-
     /// After [`Segment::unmark`] of `[offset, offset + size)`: widens
     /// [`Segment::max_hole`] to the free runs that now cover those lines.
     pub(crate) fn grow_hole_around(&mut self, offset: usize, size: usize) {
@@ -249,13 +266,28 @@ impl Segment {
                 line += 1;
                 continue;
             }
-            let mut start = line;
-            while start > 0 && self.lines[start - 1] == 0 {
-                start -= 1;
-            }
+            let start = self.prev_used(line).map_or(0, |used| used + 1);
             let end = self.next_line(line, false).unwrap_or(n);
-            self.max_hole = self.max_hole.max(end - start);
+            if end - start > self.max_hole {
+                (self.max_hole, self.max_hole_at) = (end - start, start);
+            }
             line = end;
+        }
+    }
+
+    /// The last used line before `line`, from the free-line bits.
+    fn prev_used(&self, line: usize) -> Option<usize> {
+        let mut w = line / 64;
+        let mut used = !self.free_bits[w] & ((1u64 << (line % 64)) - 1);
+        loop {
+            if used != 0 {
+                return Some(w * 64 + 63 - used.leading_zeros() as usize);
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            used = !self.free_bits[w];
         }
     }
 
@@ -267,17 +299,21 @@ impl Segment {
     /// Records an object at `[offset, offset + size)` (size > 0).
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());
+        let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
         let mut newly_used = 0;
-        for line in offset / LINE..=(offset + size - 1) / LINE {
-            let count = self.lines[line];
+        for count in &mut self.lines[first..=last] {
             // At most LINE one-byte objects plus one spanning object share a line.
-            debug_assert!(count < u8::MAX);
-            let was_free = u64::from(count == 0); // branch-free
-            newly_used += was_free as usize;
-            self.free_bits[line / 64] &= !(was_free << (line % 64));
-            self.lines[line] = count + 1;
+            debug_assert!(*count < u8::MAX);
+            newly_used += usize::from(*count == 0); // branch-free: vectorises
+            *count += 1;
         }
         self.free_lines -= newly_used;
+        // Every line of the range is used now: clear its bits a word at a time.
+        for w in first / 64..=last / 64 {
+            let lo = if w == first / 64 { first % 64 } else { 0 };
+            let hi = if w == last / 64 { last % 64 } else { 63 };
+            self.free_bits[w] &= !((u64::MAX >> (63 - hi)) & (u64::MAX << lo));
+        }
         self.live_bytes += size;
         self.live_objects += 1;
     }
@@ -333,7 +369,7 @@ mod tests {
             s.unmark(i * LINE, LINE);
             s.grow_hole_around(i * LINE, LINE);
         }
-        assert_eq!(s.max_hole, 3, "lines 3, 4, 5 joined");
+        assert_eq!((s.max_hole, s.max_hole_at), (3, 3), "lines 3, 4, 5 joined");
         let widened = s.max_hole;
         s.rescan_holes();
         assert_eq!(s.max_hole, widened, "the incremental figure is exact");
@@ -386,6 +422,18 @@ mod tests {
             }
             s.rescan_holes();
             assert_eq!(s.max_hole, longest, "seed {seed}");
+            if longest > 0 {
+                let at = s.max_hole_at;
+                assert!(
+                    free[at..at + longest].iter().all(|&f| f),
+                    "seed {seed}: the longest hole is where it says"
+                );
+                assert!(at == 0 || !free[at - 1], "seed {seed}: it starts there");
+            }
+            for line in [1, 64, 65, 130, 255] {
+                let plain = (0..line).rev().find(|&p| !free[p]);
+                assert_eq!(s.prev_used(line), plain, "seed {seed} line {line}");
+            }
         }
     }
 

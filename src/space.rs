@@ -239,6 +239,22 @@ impl Space {
                 }
                 self.recyclable[class].swap_remove(i);
                 seg.queued = None;
+                if align <= LINE {
+                    // The longest hole is known exactly: start there, no search.
+                    let (pos, limit) = (
+                        seg.max_hole_at * LINE,
+                        (seg.max_hole_at + seg.max_hole) * LINE,
+                    );
+                    debug_assert_eq!(
+                        seg.find_hole(seg.max_hole_at, size, align),
+                        Some((pos, limit))
+                    );
+                    return Ok(Cursor {
+                        seg: id,
+                        pos,
+                        limit,
+                    });
+                }
                 if let Some((pos, limit)) = seg.find_hole(0, size, align) {
                     return Ok(Cursor {
                         seg: id,
