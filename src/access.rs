@@ -48,10 +48,9 @@ pub(crate) fn try_alloc_copy<E: Engine, T: ?Sized + Object>(
 ) -> Result<Handle<T>, AllocError> {
     e.exclusive(|raw| {
         let (key, ptr) = raw.alloc(&T::INFO, src.meta())?;
-        // SAFETY: `alloc` reserved `size_of_val(src)` bytes at `ptr`, aligned
-        // for `T`, that `src` (a live borrow) cannot overlap, and nothing can
-        // reach them while we hold the engine. Callers pass only `Copy` slices
-        // and `str`, so a bitwise copy is a valid, independent value.
+        // `alloc` reserved `size_of_val(src)` bytes at `ptr`, aligned for `T`;
+        // callers pass only `Copy` slices and `str`, so a bitwise copy is a value.
+        // SAFETY: fresh bytes `src` cannot overlap, unreachable while we hold the engine.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 (src as *const T).cast::<u8>(),

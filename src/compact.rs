@@ -232,10 +232,9 @@ impl RawHeap {
             };
             let slot = self.table.get_mut(key).expect("slot checked above");
             let src = core::mem::replace(&mut slot.ptr, dst);
-            // SAFETY: `src` is the object's `size` bytes in a source segment and
-            // no guard pins it (checked above; pins need the engine, which we
-            // hold exclusively), so nobody reads or writes them now. `dst` is
-            // fresh memory from `alloc` outside every source, so they do not overlap.
+            // `src` is the object's `size` bytes, unpinned (checked above; pins
+            // need the engine, which we hold); `dst` is fresh, outside every source.
+            // SAFETY: nobody reads or writes `src` now, and the two do not overlap (I8).
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
             slot.place = place;
             // A target list long enough to prune is pruned by a later pass.

@@ -74,11 +74,11 @@ impl Heap {
     /// Runs `f` on the engine.
     #[inline]
     fn with<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {
-        // SAFETY: `Heap` is `!Sync`, so only this thread can be here, and
-        // every caller passes an `f` that runs no user code and does not call
-        // back into the heap, so no other reference to the engine is alive
-        // (the struct invariant). Guards hold no reference into the engine.
-        f(unsafe { &mut *self.raw.get() })
+        // `Heap` is `!Sync`, so only this thread is here; callers pass an `f`
+        // that runs no user code, and guards hold no reference into the engine.
+        // SAFETY: so no other reference to the engine is alive (I6).
+        let raw = unsafe { &mut *self.raw.get() };
+        f(raw)
     }
 
     /// Allocates `value` and returns its handle.
