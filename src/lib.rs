@@ -91,7 +91,10 @@ pub use heap::Heap;
 pub use object::Object;
 pub use stats::{CompactReport, HeapStats};
 pub use sync::SyncHeap;
-#[cfg(not(loom))]
+#[cfg(all(
+    not(loom),
+    any(not(target_family = "wasm"), target_feature = "atomics")
+))]
 pub use sync::{Compactor, CompactorHandle, Policy};
 
 /// The README's examples, compiled and run as doctests.

@@ -4,13 +4,32 @@
 //! The primitives are switched in this one place: std's atomics and
 //! parking_lot's locks normally, loom's model-checked versions under
 //! `cfg(loom)` (as sharded-slab does), so the same code is checked.
+//!
+//! The background [`Compactor`] is a thread, so it exists only on targets
+//! with threads: not on WebAssembly without the `atomics` target feature
+//! (`wasm32-unknown-unknown`, `wasm32-wasip1`), where `std::thread::spawn`
+//! cannot work. [`SyncHeap`] itself builds everywhere.
 
-#[cfg(not(loom))]
+#[cfg(all(
+    not(loom),
+    any(not(target_family = "wasm"), target_feature = "atomics")
+))]
 mod compactor;
 mod heap;
 
-#[cfg(not(loom))]
+#[cfg(all(
+    not(loom),
+    any(not(target_family = "wasm"), target_feature = "atomics")
+))]
 pub use compactor::{Compactor, CompactorHandle, Policy};
+
+/// Without threads there is no compactor to read the heap's pressure gauge;
+/// this keeps it (and what it reads) compiled and checked all the same.
+#[cfg(all(
+    not(loom),
+    not(any(not(target_family = "wasm"), target_feature = "atomics"))
+))]
+const _: fn(&SyncHeap) -> (usize, usize, usize, bool) = SyncHeap::pressure;
 pub use heap::SyncHeap;
 
 #[cfg(loom)]
