@@ -51,7 +51,11 @@ pub(super) fn map(len: usize) -> Option<NonNull<u8>> {
         // Grow by what the free range at the end of memory lacks (the first
         // time; if another allocator grew memory meanwhile, by all of `len`).
         let end = memory_size::<0>() as u64 * WASM_PAGE;
-        let tail = if attempt == 0 { pool.free_at_end(end) } else { 0 };
+        let tail = if attempt == 0 {
+            pool.free_at_end(end)
+        } else {
+            0
+        };
         let pages = (len - tail).div_ceil(WASM_PAGE);
         let old = memory_grow::<0>(usize::try_from(pages).ok()?);
         if old == usize::MAX {
@@ -185,7 +189,13 @@ mod tests {
         assert!(f.give(2 * K, K));
         assert_eq!(f.ranges.len(), 2);
         assert!(f.give(K, K)); // fills the gap: one range
-        assert_eq!(f.ranges, [Range { start: 0, len: 3 * K }]);
+        assert_eq!(
+            f.ranges,
+            [Range {
+                start: 0,
+                len: 3 * K
+            }]
+        );
         assert_eq!(f.take(3 * K), Some(0));
         assert!(f.ranges.is_empty());
     }
@@ -230,7 +240,9 @@ mod tests {
         };
         let mut x = 12345u64;
         let mut size = || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (192 + (x >> 33) % 128) * K // 768..1280 KiB
         };
         let first = size();

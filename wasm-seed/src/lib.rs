@@ -35,6 +35,7 @@ const SMALL: usize = 64;
 const COMPACT_EVERY: u64 = 100;
 
 /// Where the tensors live.
+#[allow(clippy::large_enum_variant)] // one of them, made once
 enum Store {
     /// In a compact-heap; `current` is the tensor alive between iterations.
     Heap { heap: Heap, current: Handle<[u8]> },
@@ -96,7 +97,7 @@ impl SeedLoop {
                 heap.free(*current);
                 heap.free(small);
                 *current = next;
-                if (i + 1) % COMPACT_EVERY == 0 {
+                if (i + 1).is_multiple_of(COMPACT_EVERY) {
                     heap.compact();
                 }
             }
