@@ -52,6 +52,14 @@
 //! docs/DESIGN.md has the layout, the slot states, the pin protocol and the
 //! invariants every `unsafe` block relies on.
 //!
+//! # Targets
+//! Every target Rust's `std` supports. Segments come from `mmap` on unix,
+//! from linear memory on `wasm32` (kept and reused when freed, since wasm
+//! memory never shrinks), and from the global allocator elsewhere; the
+//! `alloc-segments` feature picks the global allocator everywhere. Where
+//! there are no threads (wasm without `atomics`) there is no background
+//! `Compactor`: call [`Heap::compact_step`] or [`SyncHeap::compact_step`].
+//!
 //! # Compared with
 //! - **slotmap**: the same generational handles (this crate's table *is* a
 //!   `SlotMap`), but values live inline in one `Vec`: unsized values need a

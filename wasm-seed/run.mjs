@@ -118,9 +118,9 @@ function chart(results) {
     s += `<text x="${(L + W - R) / 2}" y="18" text-anchor="middle" font-size="13">` +
       `Seed loop in wasm, ${esc(tensor.name)} tensors: linear memory</text>\n`;
     for (const m of [1, 4, 16, 64, 256, 1024, 4096]) {
-      const yy = y(m * MIB);
+      const yy = y(m * MIB).toFixed(1);
       s += `<line x1="${L}" x2="${W - R}" y1="${yy}" y2="${yy}" stroke="#ddd"/>` +
-        `<text x="${L - 6}" y="${yy + 4}" text-anchor="end">${m >= 1024 ? m / 1024 + " GiB" : m + " MiB"}</text>\n`;
+        `<text x="${L - 6}" y="${(Number(yy) + 4).toFixed(1)}" text-anchor="end">${m >= 1024 ? m / 1024 + " GiB" : m + " MiB"}</text>\n`;
     }
     for (let k = 0; k <= 4; k++) {
       const i = (iterations * k) / 4, xx = x(i);
@@ -136,7 +136,7 @@ function chart(results) {
         `${r.variant.dash ? ` stroke-dasharray="${r.variant.dash}"` : ""} points="${pts}"/>\n`;
       if (r.ended !== "ok") {
         const [i, b] = r.samples[r.samples.length - 1];
-        s += `<text x="${x(i) + 4}" y="${y(b) + 4}" fill="${r.variant.color}">✕ trap</text>\n`;
+        s += `<text x="${(x(i) + 4).toFixed(1)}" y="${(y(b) + 4).toFixed(1)}" fill="${r.variant.color}">✕ trap</text>\n`;
       }
     }
     s += "</g>\n";

@@ -5,9 +5,9 @@
 //!
 //! | target | source | freed blocks |
 //! |---|---|---|
-//! | unix (Linux, macOS, the BSDs, …) | [`mmap`]: anonymous `mmap`, lengths rounded to the OS page size read with `sysconf` | `munmap`: the pages go back to the OS (memory from `malloc` may stay in malloc's arena) |
-//! | `wasm32` | [`linear`]: pages of linear memory from `memory.grow` | kept in a free list and reused: wasm memory never shrinks |
-//! | anything else (Windows, …), Miri, or the `alloc-segments` feature | [`alloc`]: the global allocator with page-aligned layouts | `dealloc` |
+//! | unix (Linux, macOS, the BSDs, …) | `mmap.rs`: anonymous `mmap`, lengths rounded to the OS page size read with `sysconf` | `munmap`: the pages go back to the OS (memory from `malloc` may stay in malloc's arena) |
+//! | `wasm32` | `linear.rs`: pages of linear memory from `memory.grow` | kept in a free list and reused: wasm memory never shrinks |
+//! | anything else (Windows, …), Miri, or the `alloc-segments` feature | `alloc.rs`: the global allocator with page-aligned layouts | `dealloc` |
 //!
 //! A source only promises: `map(len)` (`len` a non-zero multiple of [`PAGE`])
 //! returns `len` writable bytes aligned to at least [`PAGE`], or `None` when
