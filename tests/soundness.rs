@@ -40,8 +40,8 @@ fn a_spare_mapping_never_takes_an_object_that_overflows_it() {
         // its usable bytes start wherever the 64 KiB boundary falls.
         let over = heap.alloc_slice_fill(5, Block(round));
         heap.free(over); // kept as a spare
-        // A byte slice as long as that whole mapping (5 × 64 KiB + 60 KiB):
-        // before the fix it took the spare and ran past its end.
+                         // A byte slice as long as that whole mapping (5 × 64 KiB + 60 KiB):
+                         // before the fix it took the spare and ran past its end.
         let len = 5 * 65536 + 65536 - 4096;
         let buffer = heap.alloc_slice_fill(len, 0xAB_u8);
         assert!(heap.get(buffer).unwrap().iter().all(|&b| b == 0xAB));
@@ -81,7 +81,9 @@ fn install_hook() {
 fn a_panic_hook_may_use_the_heap_that_panicked() {
     install_hook();
     let heap = Rc::new(Heap::with_config(
-        Config::default().segment_size(64 * 1024).memory_limit(64 * 1024),
+        Config::default()
+            .segment_size(64 * 1024)
+            .memory_limit(64 * 1024),
     ));
     let keep = heap.alloc(5u64);
     let hook_saw = Rc::new(RefCell::new(Vec::new()));
@@ -116,7 +118,9 @@ fn a_panic_hook_may_use_the_sync_heap_that_panicked() {
     let (done, result) = mpsc::channel();
     std::thread::spawn(move || {
         let heap = Arc::new(SyncHeap::with_config(
-            Config::default().segment_size(64 * 1024).memory_limit(64 * 1024),
+            Config::default()
+                .segment_size(64 * 1024)
+                .memory_limit(64 * 1024),
         ));
         let calls = Arc::new(AtomicUsize::new(0));
         {
@@ -154,7 +158,9 @@ fn a_failed_alloc_from_iter_drops_its_items_once_with_the_heap_unchanged() {
     let items = (0..1000).map(|_| Counted(Arc::clone(&drops)));
     let failed = catch_unwind(AssertUnwindSafe(|| heap.alloc_from_iter(items)));
     let message = failed.unwrap_err();
-    let message = message.downcast_ref::<String>().expect("a formatted message");
+    let message = message
+        .downcast_ref::<String>()
+        .expect("a formatted message");
     assert!(message.contains("out of memory"), "{message}");
     assert_eq!(drops.load(Ordering::Relaxed), 1000);
     assert_eq!((heap.len(), heap.get(keep).unwrap()[99]), (1, 1));
@@ -170,7 +176,11 @@ fn a_panicking_ref_map_unpins_the_object() {
         let _part: Ref<'_, str> = Ref::map(heap.get(h).unwrap(), |_| panic!("in map"));
     }));
     assert!(mapped.is_err());
-    assert_eq!(heap.stats().pinned_objects, 0, "the pin went with the guard");
+    assert_eq!(
+        heap.stats().pinned_objects,
+        0,
+        "the pin went with the guard"
+    );
     let mapped = catch_unwind(AssertUnwindSafe(|| {
         let _part: RefMut<'_, str> = RefMut::map(heap.get_mut(h).unwrap(), |_| panic!("in map"));
     }));
@@ -225,7 +235,10 @@ fn under_a_memory_limit_compaction_makes_room_in_a_fragmented_heap() {
     let limit = 16 * segment;
     let (heap, kept) = half_full(Config::default().segment_size(segment).memory_limit(limit));
     let live = heap.stats().live_bytes;
-    assert!(live * 2 >= limit * 9 / 10 && live * 2 <= limit, "half full: {live}");
+    assert!(
+        live * 2 >= limit * 9 / 10 && live * 2 <= limit,
+        "half full: {live}"
+    );
     // 1 KiB objects fit no 256-byte hole: each needs room made by compaction.
     let mut big = Vec::new();
     while heap.stats().live_bytes < limit * 85 / 100 {
@@ -242,7 +255,11 @@ fn under_a_memory_limit_compaction_makes_room_in_a_fragmented_heap() {
     let stats = heap.stats();
     assert!(stats.held_bytes <= limit);
     for (i, h) in kept.iter().enumerate() {
-        assert_eq!(heap.get(*h).unwrap()[255], (2 * i + 1) as u8, "nothing lost");
+        assert_eq!(
+            heap.get(*h).unwrap()[255],
+            (2 * i + 1) as u8,
+            "nothing lost"
+        );
     }
     for (i, h) in big.iter().enumerate() {
         assert_eq!(heap.get(*h).unwrap()[1023], i as u8);

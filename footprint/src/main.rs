@@ -10,8 +10,13 @@
 //! Writes target/footprint/results.md, results.csv and one SVG chart per workload.
 
 mod alloc_switch;
+// Shared with the crate's fragmentation example, which is published; this
+// harness is not, so the files live there.
+#[path = "../../examples/fragmentation/chart.rs"]
 mod chart;
+#[path = "../../examples/fragmentation/stores.rs"]
 mod stores;
+#[path = "../../examples/fragmentation/workloads.rs"]
 mod workloads;
 
 use std::fmt::Write as _;

@@ -9,9 +9,9 @@ use slotmap::KeyData;
 
 use super::{RwLock, ENGINE_HOLDER};
 use crate::access;
-use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::compact::Budget;
 use crate::config::Config;
+use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
@@ -270,7 +270,11 @@ impl SyncHeap {
 
     /// Bytes held from the OS and bytes live, and whether a compaction pass
     /// is in progress: what a background compactor decides by.
-    #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out
+    // Used by the compactor, which loom builds and thread-less targets leave out.
+    #[cfg_attr(
+        any(loom, all(target_family = "wasm", not(target_feature = "atomics"))),
+        allow(dead_code)
+    )]
     pub(crate) fn pressure(&self) -> (usize, usize, usize, bool) {
         self.shared(|raw| {
             (
