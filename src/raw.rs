@@ -397,8 +397,10 @@ pub(crate) fn drop_all(values: Vec<Droppable>) {
     let mut rest = Rest(values.into_iter());
     // `by_ref`: if a drop panics, `rest` still holds the values after it.
     for (ptr, meta, drop_fn) in rest.0.by_ref() {
-        // SAFETY: each entry is a live value of the type its drop function
-        // was made for, listed once; the heap is ending, so nothing reads it after.
+        // SAFETY: each entry is an initialised value still in the table (live,
+        // or a zombie whose last guard was forgotten), of the type its drop
+        // function was made for (I2, I9), listed once; the heap is ending and
+        // no guard can be used any more, so nothing reads it after.
         unsafe { drop_fn(ptr.as_ptr(), meta) };
     }
 }
