@@ -368,3 +368,21 @@ fn _assert_send_sync() {
     fn both<T: Send + Sync>() {}
     both::<SyncHeap>();
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap::tests::panic_message;
+
+    #[test]
+    fn re_entry_from_the_lock_holding_thread_is_refused_not_deadlocked() {
+        let heap = SyncHeap::new();
+        let h = heap.alloc(7u32);
+        let message = panic_message(|| heap.exclusive(|_| heap.len()));
+        assert!(message.contains("re-entered"), "{message}");
+        assert!(panic_message(|| heap.get(h).is_some()).contains("heap poisoned"));
+        // Another heap on the same thread is still usable.
+        let other = SyncHeap::new();
+        assert_eq!(*other.get(other.alloc(1u8)).unwrap(), 1);
+    }
+}
