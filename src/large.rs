@@ -44,13 +44,14 @@ impl LargeObjects {
     }
 
     /// Takes a spare mapping that `size` bytes aligned to `align` fit in and
-    /// that is no longer than a fresh mapping for them would be.
+    /// that is as long as a fresh mapping for them would be (so the heap's
+    /// figures do not depend on which mapping an object got).
     pub(crate) fn take_spare(&mut self, size: usize, align: usize) -> Option<Mapping> {
         let fresh = Mapping::length_for(size, align)?;
         let i = self
             .spare
             .iter()
-            .position(|m| m.fits(size, align) && m.len() <= fresh)?;
+            .position(|m| m.len() == fresh && m.fits(size, align))?;
         Some(self.spare.swap_remove(i))
     }
 
@@ -109,6 +110,7 @@ mod tests {
         assert!(large.remove_to_spare(id).is_none());
         // Same mapping length, page alignment: a fresh mapping would be `len`
         // bytes, but from the spare's start fewer than `len` are usable.
+        // (Before the fix, the length alone decided, and this overflowed.)
         assert!(
             large.take_spare(len, 8).is_none(),
             "the spare's usable bytes decide, not its length"
