@@ -152,6 +152,13 @@ impl RawHeap {
         report
     }
 
+    /// Starts a pass for a paced step: any gain of a segment is worth it,
+    /// and every segment but the cursor's is a candidate (the heap is past
+    /// its threshold, so even dense segments may have to give way).
+    pub(crate) fn begin_paced_pass(&mut self) -> bool {
+        self.begin_pass(1, 8)
+    }
+
     /// Chooses the sources of a new pass. Candidates are all segments but the
     /// one being allocated into, sparsest first; the pass takes the prefix of
     /// them that frees the most segments (k sources whose live bytes fit in

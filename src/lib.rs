@@ -93,7 +93,7 @@ mod stats;
 mod sync;
 mod table;
 
-pub use config::Config;
+pub use config::{Config, Pacing};
 pub use error::{AllocError, BorrowError, RemoveError};
 pub use guard::{Ref, RefMut};
 pub use handle::Handle;

@@ -7,12 +7,12 @@ use core::ptr::NonNull;
 
 use slotmap::KeyData;
 
-use crate::compact::Evacuation;
-use crate::config::Config;
+use crate::compact::{Budget, Evacuation};
+use crate::config::{Config, Pacing};
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
-use crate::stats::HeapStats;
+use crate::stats::{CompactReport, HeapStats};
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::table::{Slot, Table, EXCLUSIVE, SHARED, ZOMBIE};
 
@@ -23,6 +23,8 @@ pub(crate) struct Totals {
     pub(crate) objects_moved: u64,
     pub(crate) bytes_moved: u64,
     pub(crate) bytes_released: u64,
+    pub(crate) paced_bytes_moved: u64,
+    pub(crate) paced_steps: u64,
 }
 
 /// The engine: table + space + compaction state.
@@ -39,6 +41,10 @@ pub(crate) struct RawHeap {
     /// read path). Only changed with plain loads and stores.
     pinned: AtomicUsize,
     limited: bool,
+    /// Compaction paid for by allocation and free, if on.
+    pacing: Option<Pacing>,
+    /// Bytes of compaction work owed (see [`Pacing`]).
+    debt: usize,
 }
 
 /// An object whose handle is gone but whose bytes are still reserved: its
@@ -123,6 +129,8 @@ impl RawHeap {
             live_bytes: 0,
             pinned: AtomicUsize::new(0),
             limited: config.memory_limit.is_some(),
+            pacing: config.pacing,
+            debt: 0,
         }
     }
 
@@ -138,6 +146,9 @@ impl RawHeap {
         if self.table.is_full() {
             return Err(AllocError::OutOfMemory);
         }
+        // Before the new object exists: a step must not move bytes that the
+        // caller has yet to write.
+        self.pace(layout.size());
         let (ptr, place) = loop {
             match self.space.alloc(layout.size(), layout.align()) {
                 Ok(found) => break found,
@@ -291,6 +302,40 @@ impl RawHeap {
         // place of one allocation; the slot is gone, so this is the only
         // release of it, and the value was dropped or moved out (Dying's contract).
         unsafe { self.space.release(dying.ptr, dying.size, dying.place) };
+        self.pace(dying.size);
+    }
+
+    /// Adds the debt of allocating or freeing `bytes`, and pays it with one
+    /// bounded compaction step if it is due and the heap holds too much.
+    #[inline]
+    fn pace(&mut self, bytes: usize) {
+        let Some(pacing) = self.pacing else { return };
+        self.debt = self.debt.saturating_add(bytes.saturating_mul(pacing.rate));
+        if self.debt >= pacing.step {
+            self.paced_step(pacing);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn paced_step(&mut self, pacing: Pacing) {
+        let budget = core::mem::take(&mut self.debt).min(pacing.max_step);
+        let held = self.space.held_bytes() - self.space.spare_bytes();
+        let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
+        if !self.evac.active() && (held as f64 <= allowed || !self.begin_paced_pass()) {
+            return;
+        }
+        let moved = self.totals.bytes_moved;
+        let mut report = CompactReport::default();
+        self.run_pass(
+            Budget {
+                bytes: budget,
+                oversize: false,
+            },
+            &mut report,
+        );
+        self.totals.paced_steps += 1;
+        self.totals.paced_bytes_moved += self.totals.bytes_moved - moved;
     }
 
     #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out
@@ -344,6 +389,8 @@ impl RawHeap {
             objects_moved: self.totals.objects_moved,
             bytes_moved: self.totals.bytes_moved,
             bytes_released: self.totals.bytes_released,
+            paced_bytes_moved: self.totals.paced_bytes_moved,
+            paced_steps: self.totals.paced_steps,
         }
     }
 
