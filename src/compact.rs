@@ -153,10 +153,10 @@ impl RawHeap {
     }
 
     /// Starts a pass for a paced step: any gain of a segment is worth it,
-    /// and every segment but the cursor's is a candidate (the heap is past
-    /// its threshold, so even dense segments may have to give way).
+    /// but only segments at most 7/8 full are sources, so that at worst 7
+    /// bytes move for each byte given back.
     pub(crate) fn begin_paced_pass(&mut self) -> bool {
-        self.begin_pass(1, 8)
+        self.begin_pass(1, 7)
     }
 
     /// Chooses the sources of a new pass. Candidates are all segments but the
