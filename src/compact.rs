@@ -12,6 +12,7 @@ use core::ptr;
 use crate::raw::RawHeap;
 use crate::space::Place;
 use crate::stats::CompactReport;
+use crate::table::Loc;
 
 /// The state of the compaction pass in progress, if any.
 #[derive(Debug, Default)]
@@ -266,7 +267,7 @@ impl RawHeap {
                 self.evac.pos += 1;
                 continue;
             };
-            if slot.place.segment_id() != Some(id) {
+            if slot.loc.segment_id() != Some(id) {
                 // Stale entry: freed, or moved away and noted in another list.
                 self.evac.pos += 1;
                 continue;
@@ -276,8 +277,9 @@ impl RawHeap {
                 self.evac.pos += 1;
                 continue;
             }
-            let size = slot.size();
-            let align = slot.info.align;
+            let size = self.size_of(slot);
+            let align = self.types.info(slot.ty).align;
+            let (src, len) = self.locate(slot);
             if size > *left {
                 if size <= budget.bytes || (budget.oversize && *left < budget.bytes) {
                     return Evacuated::Paused;
@@ -292,13 +294,20 @@ impl RawHeap {
             let Ok((dst, place)) = self.space.alloc(size, align) else {
                 return Evacuated::OutOfMemory;
             };
-            let slot = self.table.get_mut(key).expect("slot checked above");
-            let src = core::mem::replace(&mut slot.ptr, dst);
+            let target = place
+                .segment_id()
+                .expect("an object from a segment moves to one");
+            let offset = self
+                .space
+                .segment(target)
+                .expect("target exists")
+                .offset_of(dst);
             // `src` is the object's `size` bytes, unpinned (checked above; pins
             // need the engine, which we hold); `dst` is fresh, outside every source.
             // SAFETY: nobody reads or writes `src` now, and the two do not overlap (I8).
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
-            slot.place = place;
+            let slot = self.table.get_mut(key).expect("slot checked above");
+            slot.loc = Loc::segment(target, offset, len);
             // A target list long enough to prune is pruned by a later pass.
             let _ = self.space.note_object(place, key);
             // SAFETY: the object's bytes at `src` were reserved by one alloc in

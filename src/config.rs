@@ -35,12 +35,15 @@ impl Config {
     /// get a mapping of their own. Smaller segments give memory back sooner;
     /// larger ones map less often.
     ///
+    /// A heap maps at most 65 534 segments (64 GiB of 1 MiB segments) besides
+    /// its large objects.
+    ///
     /// # Panics
-    /// If `bytes` is not a power of two between 4 KiB and 1 GiB.
+    /// If `bytes` is not a power of two between 4 KiB and 16 MiB.
     pub fn segment_size(mut self, bytes: usize) -> Config {
         assert!(
-            bytes.is_power_of_two() && (4096..=1 << 30).contains(&bytes),
-            "segment size must be a power of two between 4 KiB and 1 GiB, got {bytes}"
+            bytes.is_power_of_two() && (4096..=1 << 24).contains(&bytes),
+            "segment size must be a power of two between 4 KiB and 16 MiB, got {bytes}"
         );
         self.segment_size = bytes;
         self

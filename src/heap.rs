@@ -436,7 +436,7 @@ impl Heap {
         &self,
         handle: Handle<T>,
     ) -> Option<core::ptr::NonNull<u8>> {
-        self.shared(|raw| raw.live_slot::<T>(handle.key()).map(|s| s.ptr))
+        self.shared(|raw| raw.live_slot::<T>(handle.key()).map(|s| raw.locate(s).0))
     }
 }
 
@@ -533,7 +533,7 @@ pub(crate) mod tests {
         use crate::table::SHARED;
         let heap = Heap::new();
         let h = heap.alloc(1u8);
-        let word = |value: u32| {
+        let word = |value: u16| {
             heap.exclusive(|raw| {
                 raw.table
                     .get(h.key())
@@ -542,7 +542,7 @@ pub(crate) mod tests {
                     .store(value, Ordering::Relaxed)
             })
         };
-        word(SHARED - 1); // as if 2³⁰ − 2 guards were alive
+        word(SHARED - 1); // as if 16 382 guards were alive
         let last = heap.get(h).unwrap();
         let message = panic_message(|| heap.get(h).is_some());
         assert!(message.contains("too many shared borrows"), "{message}");

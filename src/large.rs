@@ -17,6 +17,8 @@ const SPARE_MAPPINGS: usize = 2;
 pub(crate) struct LargeObjects {
     /// Mappings of live (or dying) large objects, by id; `None` for free ids.
     mappings: Vec<Option<Mapping>>,
+    /// The slice length of each large object, by id (the slot has no room for it).
+    metas: Vec<usize>,
     free_ids: Vec<u32>,
     /// Mappings of freed large objects, oldest first, at most [`SPARE_MAPPINGS`].
     spare: Vec<Mapping>,
@@ -39,6 +41,7 @@ impl LargeObjects {
     pub(crate) fn metadata_bytes(&self) -> usize {
         use core::mem::size_of;
         self.mappings.capacity() * size_of::<Option<Mapping>>()
+            + self.metas.capacity() * size_of::<usize>()
             + self.free_ids.capacity() * size_of::<u32>()
             + self.spare.capacity() * size_of::<Mapping>()
     }
@@ -66,9 +69,30 @@ impl LargeObjects {
             }
             None => {
                 self.mappings.push(Some(mapping));
+                self.metas.push(0);
                 (self.mappings.len() - 1) as u32
             }
         }
+    }
+
+    /// The first byte of large object `id`.
+    #[inline]
+    pub(crate) fn start(&self, id: usize) -> core::ptr::NonNull<u8> {
+        self.mappings[id]
+            .as_ref()
+            .expect("large object's mapping exists")
+            .start()
+    }
+
+    /// The slice length of large object `id`.
+    #[inline]
+    pub(crate) fn meta(&self, id: usize) -> usize {
+        self.metas[id]
+    }
+
+    /// Records the slice length of large object `id`.
+    pub(crate) fn set_meta(&mut self, id: usize, meta: usize) {
+        self.metas[id] = meta;
     }
 
     /// The large object `id` is gone: keep its mapping as a spare. Returns

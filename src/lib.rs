@@ -92,6 +92,7 @@ mod space;
 mod stats;
 mod sync;
 mod table;
+mod types;
 
 pub use config::{Config, Pacing};
 pub use error::{AllocError, BorrowError, RemoveError};
