@@ -219,7 +219,7 @@ impl Table {
         let (index, version) = if self.free != 0 {
             let index = (self.free - 1) as usize;
             let slot = &mut self.slots[index];
-            debug_assert!(slot.version % 2 == 0, "a listed slot is vacant");
+            debug_assert!(slot.version.is_multiple_of(2), "a listed slot is vacant");
             self.free = slot.loc.0 as u32;
             slot.version += 1;
             slot.ty = ty;
