@@ -168,9 +168,6 @@ impl RawHeap {
             Loc::nowhere(meta)
         };
         let key = self.table.insert(ty, loc);
-        if let Some(id) = self.space.note_object(place, key) {
-            self.prune_objects(id);
-        }
         self.live_bytes += layout.size();
         Ok((key, ptr))
     }
@@ -394,16 +391,6 @@ impl RawHeap {
     /// Whether `key` is a live handle of a `T`.
     pub(crate) fn contains<T: ?Sized + Object>(&self, key: KeyData) -> bool {
         self.live_slot::<T>(key).is_some()
-    }
-
-    /// Removes stale keys from segment `id`'s object list.
-    pub(crate) fn prune_objects(&mut self, id: u32) {
-        let table = &self.table;
-        let seg = self.space.segment_mut(id).expect("segment exists");
-        seg.objects
-            .retain(|&k| table.get(k).is_some_and(|s| s.loc.segment_id() == Some(id)));
-        seg.objects.sort_unstable_by_key(|k| k.as_ffi());
-        seg.objects.dedup();
     }
 
     /// The heap's figures. `scan_pins`: count pinned objects by walking the

@@ -4,8 +4,6 @@
 
 use core::ptr::NonNull;
 
-use slotmap::KeyData;
-
 use crate::config::Config;
 use crate::error::AllocError;
 use crate::large::LargeObjects;
@@ -174,11 +172,6 @@ impl Space {
     #[inline]
     pub(crate) fn segment(&self, id: u32) -> Option<&Segment> {
         self.segments.get(id as usize)?.as_ref()
-    }
-
-    #[inline]
-    pub(crate) fn segment_mut(&mut self, id: u32) -> Option<&mut Segment> {
-        self.segments.get_mut(id as usize)?.as_mut()
     }
 
     /// Ids of all segments, for choosing compaction sources.
@@ -361,19 +354,6 @@ impl Space {
         Ok((ptr, Place::large(self.large.insert(mapping))))
     }
 
-    /// Records that `key` now names an object placed at `place`, so that
-    /// compaction can find it. Returns the segment id if its object list has
-    /// grown past twice its live objects and should be pruned.
-    #[inline]
-    pub(crate) fn note_object(&mut self, place: Place, key: KeyData) -> Option<u32> {
-        let id = place.segment_id()?;
-        let seg = self.segments[id as usize]
-            .as_mut()
-            .expect("object's segment exists");
-        seg.objects.push(key);
-        (seg.objects.len() > 2 * seg.live_objects + 32).then_some(id)
-    }
-
     /// Gives back the `size` bytes at `ptr` that [`Space::alloc`] returned
     /// with `place`. Returns the bytes given back to the OS.
     ///
@@ -477,7 +457,6 @@ impl Space {
         if self.emptied.len() >= EMPTIED_KEPT {
             return self.release_segment(id);
         }
-        seg.objects.clear();
         self.emptied.push(id);
         0
     }

@@ -256,12 +256,6 @@ impl Table {
         unsafe { self.slots.get_unchecked(split(key).0) }
     }
 
-    #[inline]
-    pub(crate) fn get_mut(&mut self, key: KeyData) -> Option<&mut Slot> {
-        let (index, version) = split(key);
-        self.slots.get_mut(index).filter(|s| s.version == version)
-    }
-
     /// Counts a slot that the caller just marked [`ZOMBIE`].
     pub(crate) fn count_zombie(&mut self) {
         self.zombies += 1;
@@ -302,6 +296,40 @@ impl Table {
     /// Bytes of the table itself.
     pub(crate) fn metadata_bytes(&self) -> usize {
         self.slots.capacity() * core::mem::size_of::<Slot>()
+    }
+
+    /// One past the highest slot index in use or vacant.
+    pub(crate) fn slots_len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The occupied slot at `index`, whichever key occupies it.
+    #[inline]
+    pub(crate) fn slot_at(&self, index: u32) -> Option<&Slot> {
+        self.slots
+            .get(index as usize)
+            .filter(|s| s.version % 2 == 1)
+    }
+
+    /// The occupied slot at `index`, whichever key occupies it.
+    #[inline]
+    pub(crate) fn slot_at_mut(&mut self, index: u32) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(index as usize)
+            .filter(|s| s.version % 2 == 1)
+    }
+
+    /// The occupied slots with indices in `range` (within [`Table::slots_len`]).
+    pub(crate) fn range(
+        &self,
+        range: core::ops::Range<usize>,
+    ) -> impl Iterator<Item = (u32, &Slot)> + '_ {
+        let start = range.start;
+        self.slots[range]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.version % 2 == 1)
+            .map(move |(i, s)| ((start + i) as u32, s))
     }
 
     /// All occupied slots: live, zombie and retired.
