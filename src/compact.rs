@@ -135,6 +135,7 @@ impl RawHeap {
             while self.make_room() {}
         }
         self.release_spares(report);
+        self.table.release_vacant();
         report.finished = true;
     }
 

@@ -124,11 +124,17 @@ mod tests {
     #[test]
     fn a_spare_is_reused_only_where_the_object_fits_from_its_aligned_start() {
         let mut large = LargeObjects::default();
-        // An over-aligned mapping usually starts part-way in; make sure one does.
-        let over = (0..64)
-            .map(|_| Mapping::new(300 * 1024, 1 << 16).unwrap())
-            .find(|m| m.usable() < m.len())
-            .expect("some 64 KiB-aligned start is not the mapping's first page");
+        // An over-aligned mapping usually starts part-way in; make sure one
+        // does (holding on to the others, so each attempt gets a new address).
+        let mut tried = Vec::new();
+        let over = loop {
+            let m = Mapping::new(300 * 1024, 1 << 16).unwrap();
+            if m.usable() < m.len() {
+                break m;
+            }
+            assert!(tried.len() < 64, "no 64 KiB-aligned start part-way in");
+            tried.push(m);
+        };
         let len = over.len();
         let id = large.insert(over);
         assert!(large.remove_to_spare(id).is_none());

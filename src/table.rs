@@ -163,12 +163,35 @@ impl Loc {
     }
 }
 
-/// The handle table.
+/// Slots per chunk of the table (16 KiB).
+const CHUNK: usize = 1024;
+
+/// What the table knows of one chunk of slots.
+#[derive(Debug, Default, Clone, Copy)]
+struct ChunkMeta {
+    /// The first vacant slot on this chunk's free list, + 1 (0: none).
+    free: u16,
+    /// Slots never handed out since the chunk was materialized (they follow
+    /// `CHUNK - fresh`; not on the free list).
+    fresh: u16,
+    /// Occupied slots.
+    occupied: u16,
+    /// The version every slot starts at when the chunk is materialized:
+    /// above every version its slots had before it was released.
+    floor: u32,
+}
+
+/// The handle table: chunks of [`CHUNK`] slots. New objects take a slot in
+/// the lowest chunk that has one vacant, so a table that shrinks keeps its
+/// occupied slots together, and [`Table::release_vacant`] gives wholly
+/// vacant chunks back.
 #[derive(Debug)]
 pub(crate) struct Table {
-    slots: Vec<Slot>,
-    /// The first vacant slot's index + 1; 0 if none.
-    free: u32,
+    /// `None`: released (every slot vacant; versions resume at `floor`).
+    chunks: Vec<Option<Box<[Slot]>>>,
+    meta: Vec<ChunkMeta>,
+    /// Bit `c` is set iff chunk `c` has a vacant slot.
+    vacant: Vec<u64>,
     /// Occupied slots: live, zombie and retired.
     occupied: usize,
     /// Slots retired for good.
@@ -186,11 +209,18 @@ fn split(key: KeyData) -> (usize, u32) {
     (bits as u32 as usize, (bits >> 32) as u32)
 }
 
+/// The key of the slot at `index` with `version`.
+#[inline]
+fn key_of(index: usize, version: u32) -> KeyData {
+    KeyData::from_ffi((u64::from(version) << 32) | index as u64)
+}
+
 impl Table {
     pub(crate) fn new() -> Table {
         Table {
-            slots: Vec::new(),
-            free: 0,
+            chunks: Vec::new(),
+            meta: Vec::new(),
+            vacant: Vec::new(),
             occupied: 0,
             retired: 0,
             zombies: 0,
@@ -207,7 +237,56 @@ impl Table {
     /// Whether the table cannot take another slot (indices are 32 bits).
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
-        self.free == 0 && self.slots.len() >= u32::MAX as usize - 1
+        self.occupied >= u32::MAX as usize - CHUNK
+    }
+
+    fn set_vacant(&mut self, chunk: usize, on: bool) {
+        let (w, bit) = (chunk / 64, 1u64 << (chunk % 64));
+        if w >= self.vacant.len() {
+            self.vacant.resize(w + 1, 0);
+        }
+        if on {
+            self.vacant[w] |= bit;
+        } else {
+            self.vacant[w] &= !bit;
+        }
+    }
+
+    /// The lowest chunk with a vacant slot, made ready to hand it out.
+    fn chunk_with_room(&mut self) -> usize {
+        let found = self
+            .vacant
+            .iter()
+            .enumerate()
+            .find(|(_, &w)| w != 0)
+            .map(|(i, w)| i * 64 + w.trailing_zeros() as usize);
+        let c = match found {
+            Some(c) => c,
+            None => {
+                self.chunks.push(None);
+                self.meta.push(ChunkMeta::default());
+                self.set_vacant(self.chunks.len() - 1, true);
+                self.chunks.len() - 1
+            }
+        };
+        if self.chunks[c].is_none() {
+            let floor = self.meta[c].floor;
+            let slots = (0..CHUNK)
+                .map(|_| Slot {
+                    version: floor,
+                    borrow: AtomicU16::new(0),
+                    ty: UNIT_TYPE,
+                    loc: Loc(0),
+                })
+                .collect();
+            self.chunks[c] = Some(slots);
+            self.meta[c] = ChunkMeta {
+                fresh: CHUNK as u16,
+                floor,
+                ..ChunkMeta::default()
+            };
+        }
+        c
     }
 
     /// Occupies a slot with an object of type `ty` at `loc`, unpinned.
@@ -215,34 +294,56 @@ impl Table {
     #[inline]
     pub(crate) fn insert(&mut self, ty: u16, loc: Loc) -> KeyData {
         debug_assert!(!self.is_full());
-        self.occupied += 1;
-        let (index, version) = if self.free != 0 {
-            let index = (self.free - 1) as usize;
-            let slot = &mut self.slots[index];
-            debug_assert!(slot.version.is_multiple_of(2), "a listed slot is vacant");
-            self.free = slot.loc.0 as u32;
-            slot.version += 1;
-            slot.ty = ty;
-            slot.loc = loc;
-            slot.borrow = AtomicU16::new(0);
-            (index, slot.version)
+        let c = self.chunk_with_room();
+        let meta = &mut self.meta[c];
+        let slots = self.chunks[c].as_mut().expect("made ready");
+        let i = if meta.free != 0 {
+            let i = usize::from(meta.free - 1);
+            meta.free = slots[i].loc.0 as u16;
+            i
         } else {
-            self.slots.push(Slot {
-                version: 1,
-                borrow: AtomicU16::new(0),
-                ty,
-                loc,
-            });
-            (self.slots.len() - 1, 1)
+            let i = CHUNK - usize::from(meta.fresh);
+            meta.fresh -= 1;
+            i
         };
-        KeyData::from_ffi((u64::from(version) << 32) | index as u64)
+        meta.occupied += 1;
+        let full = usize::from(meta.occupied) == CHUNK;
+        let slot = &mut slots[i];
+        debug_assert!(slot.version.is_multiple_of(2), "a vacant slot");
+        slot.version = slot.version.wrapping_add(1);
+        slot.ty = ty;
+        slot.loc = loc;
+        slot.borrow = AtomicU16::new(0);
+        let key = key_of(c * CHUNK + i, slot.version);
+        if full {
+            self.set_vacant(c, false);
+        }
+        self.occupied += 1;
+        key
+    }
+
+    /// The slot at `index`, occupied or vacant, if its chunk is materialized.
+    #[inline]
+    fn at(&self, index: usize) -> Option<&Slot> {
+        self.chunks
+            .get(index / CHUNK)?
+            .as_deref()?
+            .get(index % CHUNK)
+    }
+
+    #[inline]
+    fn at_mut(&mut self, index: usize) -> Option<&mut Slot> {
+        self.chunks
+            .get_mut(index / CHUNK)?
+            .as_deref_mut()?
+            .get_mut(index % CHUNK)
     }
 
     /// The slot of `key`, whatever its state (live, zombie, retired).
     #[inline]
     pub(crate) fn get(&self, key: KeyData) -> Option<&Slot> {
         let (index, version) = split(key);
-        self.slots.get(index).filter(|s| s.version == version)
+        self.at(index).filter(|s| s.version == version)
     }
 
     /// The slot of a key that is pinned, without checking the version.
@@ -252,8 +353,16 @@ impl Table {
     #[inline]
     pub(crate) unsafe fn get_pinned(&self, key: KeyData) -> &Slot {
         debug_assert!(self.get(key).is_some_and(Slot::is_pinned));
-        // SAFETY: a pinned key's slot exists (guaranteed by the caller).
-        unsafe { self.slots.get_unchecked(split(key).0) }
+        let index = split(key).0;
+        // SAFETY: a pinned key's slot is occupied (guaranteed by the caller),
+        // so its chunk is materialized and the index is in it.
+        unsafe {
+            self.chunks
+                .get_unchecked(index / CHUNK)
+                .as_deref()
+                .unwrap_unchecked()
+                .get_unchecked(index % CHUNK)
+        }
     }
 
     /// Counts a slot that the caller just marked [`ZOMBIE`].
@@ -266,26 +375,59 @@ impl Table {
     /// retired instead of vacated.
     pub(crate) fn remove(&mut self, key: KeyData) -> Option<(u16, Loc)> {
         let (index, version) = split(key);
-        let slot = self.slots.get_mut(index).filter(|s| s.version == version)?;
+        let retire = version >= self.retire_at;
+        let (c, i) = (index / CHUNK, index % CHUNK);
+        let next_free = self.meta.get(c).map_or(0, |m| m.free);
+        let slot = self.at_mut(index).filter(|s| s.version == version)?;
         let held = (slot.ty, slot.loc);
-        if slot.is_dead() {
-            // A zombie finishing (retired slots are never removed: their
-            // dead marker has no pins, and no caller removes those).
-            debug_assert!(slot.borrow.load(Ordering::Relaxed) == ZOMBIE);
-            self.zombies -= 1;
-        }
-        if version >= self.retire_at {
-            self.retired += 1;
+        let was_zombie = slot.is_dead();
+        // A zombie finishing (retired slots are never removed: their dead
+        // marker has no pins, and no caller removes those).
+        debug_assert!(!was_zombie || slot.borrow.load(Ordering::Relaxed) == ZOMBIE);
+        if retire {
             slot.borrow = AtomicU16::new(ZOMBIE);
             slot.ty = UNIT_TYPE;
             slot.loc = Loc::nowhere(0);
-            return Some(held);
+        } else {
+            slot.version = version.wrapping_add(1);
+            slot.loc = Loc(u64::from(next_free));
+            let meta = &mut self.meta[c];
+            meta.free = i as u16 + 1;
+            meta.occupied -= 1;
+            self.occupied -= 1;
+            self.set_vacant(c, true);
         }
-        slot.version = version.wrapping_add(1);
-        slot.loc = Loc(u64::from(self.free));
-        self.free = index as u32 + 1;
-        self.occupied -= 1;
+        if was_zombie {
+            self.zombies -= 1;
+        }
+        if retire {
+            self.retired += 1;
+        }
         Some(held)
+    }
+
+    /// Gives back the memory of every chunk with no occupied slot, keeping
+    /// a version floor for each so no old handle can match a slot again.
+    /// Returns the bytes released.
+    pub(crate) fn release_vacant(&mut self) -> usize {
+        let mut released = 0;
+        for (c, chunk) in self.chunks.iter_mut().enumerate() {
+            let meta = &mut self.meta[c];
+            let Some(slots) = chunk.as_deref() else {
+                continue;
+            };
+            if meta.occupied != 0 {
+                continue;
+            }
+            // Vacant versions are even; the next occupant gets floor + 1.
+            meta.floor = slots.iter().map(|s| s.version).max().unwrap_or(0);
+            debug_assert!(meta.floor.is_multiple_of(2));
+            *chunk = None;
+            released += CHUNK * core::mem::size_of::<Slot>();
+        }
+        // A released chunk keeps its entry and its floor (20 bytes per
+        // 16 KiB of slots given back).
+        released
     }
 
     /// Number of objects whose handles are live.
@@ -295,28 +437,29 @@ impl Table {
 
     /// Bytes of the table itself.
     pub(crate) fn metadata_bytes(&self) -> usize {
-        self.slots.capacity() * core::mem::size_of::<Slot>()
+        use core::mem::size_of;
+        let materialized = self.chunks.iter().filter(|c| c.is_some()).count();
+        materialized * CHUNK * size_of::<Slot>()
+            + self.chunks.capacity() * size_of::<Option<Box<[Slot]>>>()
+            + self.meta.capacity() * size_of::<ChunkMeta>()
+            + self.vacant.capacity() * size_of::<u64>()
     }
 
-    /// One past the highest slot index in use or vacant.
+    /// One past the highest slot index there is.
     pub(crate) fn slots_len(&self) -> usize {
-        self.slots.len()
+        self.chunks.len() * CHUNK
     }
 
     /// The occupied slot at `index`, whichever key occupies it.
     #[inline]
     pub(crate) fn slot_at(&self, index: u32) -> Option<&Slot> {
-        self.slots
-            .get(index as usize)
-            .filter(|s| s.version % 2 == 1)
+        self.at(index as usize).filter(|s| s.version % 2 == 1)
     }
 
     /// The occupied slot at `index`, whichever key occupies it.
     #[inline]
     pub(crate) fn slot_at_mut(&mut self, index: u32) -> Option<&mut Slot> {
-        self.slots
-            .get_mut(index as usize)
-            .filter(|s| s.version % 2 == 1)
+        self.at_mut(index as usize).filter(|s| s.version % 2 == 1)
     }
 
     /// The occupied slots with indices in `range` (within [`Table::slots_len`]).
@@ -324,23 +467,21 @@ impl Table {
         &self,
         range: core::ops::Range<usize>,
     ) -> impl Iterator<Item = (u32, &Slot)> + '_ {
-        let start = range.start;
-        self.slots[range]
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.version % 2 == 1)
-            .map(move |(i, s)| ((start + i) as u32, s))
+        range.filter_map(move |i| self.slot_at(i as u32).map(|s| (i as u32, s)))
     }
 
     /// All occupied slots: live, zombie and retired.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (KeyData, &Slot)> {
-        self.slots
+        self.chunks
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.version % 2 == 1)
-            .map(|(i, s)| {
-                let key = KeyData::from_ffi((u64::from(s.version) << 32) | i as u64);
-                (key, s)
+            .filter_map(|(c, chunk)| Some((c, chunk.as_deref()?)))
+            .flat_map(|(c, slots)| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.version % 2 == 1)
+                    .map(move |(i, s)| (key_of(c * CHUNK + i, s.version), s))
             })
     }
 }
@@ -378,6 +519,50 @@ mod tests {
         );
         assert_eq!(Loc::large(5).segment_id(), None);
         assert_eq!(Loc::segment(9, 8, 7).segment_id(), Some(9));
+    }
+
+    #[test]
+    fn slots_come_from_the_lowest_chunk_with_room() {
+        let mut t = Table::new();
+        let keys: Vec<KeyData> = (0..3 * CHUNK)
+            .map(|_| t.insert(1, Loc::nowhere(0)))
+            .collect();
+        // Vacate one slot high up and one low down: the low one is taken first.
+        t.remove(keys[2 * CHUNK + 5]).unwrap();
+        t.remove(keys[7]).unwrap();
+        let k = t.insert(1, Loc::nowhere(0));
+        assert_eq!(split(k).0, 7);
+        let k = t.insert(1, Loc::nowhere(0));
+        assert_eq!(split(k).0, 2 * CHUNK + 5);
+    }
+
+    #[test]
+    fn wholly_vacant_chunks_are_released_and_old_handles_stay_stale() {
+        let mut t = Table::new();
+        let keys: Vec<KeyData> = (0..3 * CHUNK)
+            .map(|_| t.insert(1, Loc::nowhere(0)))
+            .collect();
+        let full = t.metadata_bytes();
+        // Empty the middle chunk, and all but one slot of the last.
+        for k in &keys[CHUNK..3 * CHUNK - 1] {
+            t.remove(*k).unwrap();
+        }
+        assert_eq!(t.release_vacant(), CHUNK * 16);
+        assert!(t.metadata_bytes() <= full - CHUNK * 16);
+        for k in &keys[CHUNK..2 * CHUNK] {
+            assert!(t.get(*k).is_none(), "a released slot is vacant");
+        }
+        // The released chunk comes back when the lower ones are full; its
+        // slots start above every version they had.
+        let again: Vec<KeyData> = (0..CHUNK).map(|_| t.insert(2, Loc::nowhere(0))).collect();
+        assert!(again
+            .iter()
+            .all(|k| (CHUNK..2 * CHUNK).contains(&split(*k).0)));
+        for (old, new) in keys[CHUNK..2 * CHUNK].iter().zip(&again) {
+            assert!(split(*new).1 > split(*old).1);
+            assert!(t.get(*old).is_none());
+        }
+        assert_eq!(t.live(), CHUNK + CHUNK + 1);
     }
 
     #[test]
