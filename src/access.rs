@@ -12,7 +12,7 @@ use slotmap::KeyData;
 
 use crate::engine::Engine;
 use crate::error::{AllocError, BorrowError, RemoveError};
-use crate::guard::{PinOwner, Ref, RefMut};
+use crate::guard::{Pin, PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
 use crate::raw::{drop_then_release, Dying, Freed, PinError};
@@ -109,11 +109,13 @@ pub(crate) fn try_get<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<Ref<'_, T>, BorrowError> {
-    let ptr = e
-        .shared(|raw| raw.pin::<T>(h.key(), false, E::SYNC))
+    let (ptr, word) = e
+        .try_pin(|raw| raw.pin::<T>(h.key(), false, E::SYNC))
+        .unwrap_or_else(|why| why.fail())
         .map_err(PinError::or_panic)?;
-    // SAFETY: `pin` took a shared pin for this guard on a live `T` at `ptr`.
-    Ok(unsafe { Ref::new(ptr, h.key(), e) })
+    // SAFETY: `pin` raised `word`, the borrow word of `h`'s slot, for this
+    // guard's shared pin on a live `T` at `ptr`.
+    Ok(unsafe { Ref::new(ptr, Pin::new(word, h.key(), e, false, E::SYNC)) })
 }
 
 /// An exclusive guard, or why there is none.
@@ -122,11 +124,13 @@ pub(crate) fn try_get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<RefMut<'_, T>, BorrowError> {
-    let ptr = e
-        .shared(|raw| raw.pin::<T>(h.key(), true, E::SYNC))
+    let (ptr, word) = e
+        .try_pin(|raw| raw.pin::<T>(h.key(), true, E::SYNC))
+        .unwrap_or_else(|why| why.fail())
         .map_err(PinError::or_panic)?;
-    // SAFETY: `pin` took the exclusive pin for this guard on a live `T` at `ptr`.
-    Ok(unsafe { RefMut::new(ptr, h.key(), e) })
+    // SAFETY: `pin` raised `word`, the borrow word of `h`'s slot, for this
+    // guard's exclusive pin on a live `T` at `ptr`.
+    Ok(unsafe { RefMut::new(ptr, Pin::new(word, h.key(), e, true, E::SYNC)) })
 }
 
 /// `get`: `None` when stale, a panic on a borrow conflict.
@@ -196,13 +200,13 @@ fn drop_dying<E: Engine>(e: &E, dying: Dying) {
     });
 }
 
-/// What a guard's drop does: unpin, and finish a zombie if this was its last
-/// pin. Never panics (guards drop during unwinding): if the engine cannot be
-/// entered, the pin is leaked and the object stays pinned, which is safe.
-pub(crate) fn unpin<E: Engine>(e: &E, key: KeyData, exclusive: bool) {
-    if e.try_shared(|raw| raw.unpin(key, exclusive, E::SYNC)) == Ok(true) {
-        if let Ok(dying) = e.try_exclusive(|raw| raw.finish_zombie(key)) {
-            drop_dying(e, dying);
-        }
+/// What the guard that drops the last pin of a freed object does: unlink
+/// it, drop its value, release its memory. Never panics (guards drop during
+/// unwinding): if the engine cannot be entered (poisoned), the object is
+/// leaked, which is safe.
+#[cold]
+pub(crate) fn finish_zombie<E: Engine>(e: &E, key: KeyData) {
+    if let Ok(dying) = e.try_exclusive(|raw| raw.finish_zombie(key)) {
+        drop_dying(e, dying);
     }
 }

@@ -411,7 +411,7 @@ impl Heap {
 
     /// The heap's figures now.
     pub fn stats(&self) -> HeapStats {
-        self.shared(|raw| raw.stats(false))
+        self.shared(|raw| raw.stats())
     }
 
     /// Number of live objects.
@@ -452,12 +452,25 @@ impl Engine for Heap {
     fn try_shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
         self.with(|raw| f(raw))
     }
+
+    #[inline]
+    fn try_pin<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
+        match self.state.get() {
+            IDLE => {}
+            BUSY => return Err(Unavailable::Reentered),
+            _ => return Err(Unavailable::Poisoned),
+        }
+        // `state` is IDLE: no reference to the engine is alive, and `Heap` is
+        // `!Sync`. `f` cannot panic or run user code (`try_pin`'s contract),
+        // so nothing can enter the engine until it returns.
+        // SAFETY: so no `&mut` to the engine exists while this `&` does (I6).
+        Ok(f(unsafe { &*self.raw.get() }))
+    }
 }
 
 impl PinOwner for Heap {
-    #[inline]
-    fn unpin(&self, key: KeyData, exclusive: bool) {
-        access::unpin(self, key, exclusive);
+    fn finish_zombie(&self, key: KeyData) {
+        access::finish_zombie(self, key);
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
 use crate::stats::{CompactReport, HeapStats};
-use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU16, Ordering};
 use crate::table::{Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
 use crate::types::Types;
 
@@ -39,10 +39,6 @@ pub(crate) struct RawHeap {
     pub(crate) totals: Totals,
     /// Invariant: the sum of the sizes of the objects whose handles are live.
     live_bytes: usize,
-    /// Objects with at least one pin, kept by the single-threaded heap (the
-    /// concurrent one counts by scanning, to keep a shared counter off its
-    /// read path). Only changed with plain loads and stores.
-    pinned: AtomicUsize,
     limited: bool,
     /// Compaction paid for by allocation and free, if on.
     pacing: Option<Pacing>,
@@ -119,7 +115,6 @@ impl RawHeap {
             evac: Evacuation::default(),
             totals: Totals::default(),
             live_bytes: 0,
-            pinned: AtomicUsize::new(0),
             limited: config.memory_limit.is_some(),
             pacing: config.pacing,
             debt: 0,
@@ -175,19 +170,26 @@ impl RawHeap {
     /// The address and slice length of the object in `slot` (live or dying).
     #[inline]
     pub(crate) fn locate(&self, slot: &Slot) -> (NonNull<u8>, usize) {
-        match slot.loc.decode() {
+        self.try_locate(slot)
+            .expect("a live or dying object has a location")
+    }
+
+    /// [`RawHeap::locate`] that never panics (for `pin`, see `Engine::try_pin`):
+    /// `None` only if the table and the space disagree, which they never do.
+    #[inline]
+    pub(crate) fn try_locate(&self, slot: &Slot) -> Option<(NonNull<u8>, usize)> {
+        Some(match slot.loc.decode() {
             Where::Segment { id, offset, len } => {
                 // SAFETY: the object's bytes are at `offset` in segment `id` (I2),
                 // so the offset is inside the segment's mapping.
-                (unsafe { self.space.base(id).add(offset) }, len)
+                (unsafe { self.space.try_base(id)?.add(offset) }, len)
             }
-            Where::Large { id } => (self.space.large_start(id), self.space.large_meta(id)),
+            Where::Large { id } => self.space.try_large(id)?,
             Where::Nowhere { len } => {
-                let align = self.types.info(slot.ty).align;
-                let dangling = core::ptr::without_provenance_mut(align);
-                (NonNull::new(dangling).expect("align is non-zero"), len)
+                let align = self.types.try_info(slot.ty)?.align;
+                (NonNull::new(core::ptr::without_provenance_mut(align))?, len)
             }
-        }
+        })
     }
 
     /// Bytes of the object in `slot`.
@@ -226,7 +228,8 @@ impl RawHeap {
         (!slot.is_dead() && self.types.is::<T>(slot.ty)).then_some(slot)
     }
 
-    /// Pins the object of `key`, shared or exclusive, and returns a pointer to it.
+    /// Pins the object of `key`, shared or exclusive, and returns a pointer
+    /// to it and to the borrow word the pin raised (for the guard to lower).
     ///
     /// `sync` selects an atomic read-modify-write (other threads may pin the
     /// same slot at once) over a plain load and store (one thread only).
@@ -236,13 +239,23 @@ impl RawHeap {
         key: KeyData,
         exclusive: bool,
         sync: bool,
-    ) -> Result<NonNull<T>, PinError> {
-        let slot = self.live_slot::<T>(key).ok_or(BorrowError::Stale)?;
+    ) -> Result<(NonNull<T>, NonNull<AtomicU16>), PinError> {
+        let slot = self
+            .table
+            .get(key)
+            .filter(|s| self.types.is::<T>(s.ty))
+            .ok_or(BorrowError::Stale)?;
         let word = &slot.borrow;
         let mut cur = word.load(Ordering::Relaxed);
         loop {
-            if cur & EXCLUSIVE != 0 {
-                return Err(BorrowError::BorrowedMut.into());
+            if cur & (ZOMBIE | EXCLUSIVE) != 0 {
+                let dead = cur & ZOMBIE != 0;
+                return Err(if dead {
+                    BorrowError::Stale
+                } else {
+                    BorrowError::BorrowedMut
+                }
+                .into());
             }
             let new = if exclusive {
                 if cur != 0 {
@@ -257,10 +270,6 @@ impl RawHeap {
             };
             if !sync {
                 word.store(new, Ordering::Relaxed);
-                if cur == 0 {
-                    self.pinned
-                        .store(self.pinned.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                }
                 break;
             }
             match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
@@ -268,35 +277,14 @@ impl RawHeap {
                 Err(seen) => cur = seen,
             }
         }
-        let (data, meta) = self.locate(slot);
+        let Some((data, meta)) = self.try_locate(slot) else {
+            // Unreachable while the invariants hold; never a panic here.
+            word.fetch_sub(if exclusive { EXCLUSIVE } else { 1 }, Ordering::Relaxed);
+            return Err(BorrowError::Stale.into());
+        };
         let ptr = T::from_raw_parts(data.as_ptr(), if T::INFO.is_slice { meta } else { 0 });
         // SAFETY: object addresses are never null (mapped memory or an aligned dangling address).
-        Ok(unsafe { NonNull::new_unchecked(ptr) })
-    }
-
-    /// Drops one pin of `key`. Returns true if that was the last pin of a
-    /// freed object: the caller must then [`RawHeap::finish_zombie`] it.
-    ///
-    /// The caller must own one pin of `key` (a guard's), of the given kind.
-    #[inline]
-    pub(crate) fn unpin(&self, key: KeyData, exclusive: bool, sync: bool) -> bool {
-        // SAFETY: the caller holds a pin of `key` (a guard's), and a pinned
-        // slot is never removed from the table (I5), so `key` is valid.
-        let slot = unsafe { self.table.get_pinned(key) };
-        let delta = if exclusive { EXCLUSIVE } else { 1 };
-        let prev = if sync {
-            slot.borrow.fetch_sub(delta, Ordering::Release)
-        } else {
-            let prev = slot.borrow.load(Ordering::Relaxed);
-            slot.borrow.store(prev - delta, Ordering::Relaxed);
-            if prev & !ZOMBIE == delta {
-                self.pinned
-                    .store(self.pinned.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-            }
-            prev
-        };
-        debug_assert!(prev & !ZOMBIE >= delta, "unpinning an unpinned slot");
-        prev == ZOMBIE | delta
+        Ok((unsafe { NonNull::new_unchecked(ptr) }, NonNull::from(word)))
     }
 
     /// Unlinks the zombie of `key` whose last pin just went.
@@ -316,11 +304,25 @@ impl RawHeap {
         let Some(slot) = self.live_slot::<T>(key) else {
             return Freed::Stale;
         };
-        let (size, pinned) = (self.size_of(slot), slot.is_pinned());
+        let size = self.size_of(slot);
+        // Guards lower the word without the engine (another thread's, on
+        // `SyncHeap`): mark the zombie only while a pin is left, so that
+        // exactly one of us sees the last pin go. No pin can be *taken* now:
+        // that needs the engine, which we hold exclusively.
+        let word = &slot.borrow;
+        let mut cur = word.load(Ordering::Acquire);
+        let pinned = loop {
+            if cur == 0 {
+                break false;
+            }
+            match word.compare_exchange_weak(cur, cur | ZOMBIE, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break true,
+                Err(seen) => cur = seen,
+            }
+        };
         self.live_bytes -= size;
         if pinned {
-            let slot = self.table.get(key).expect("checked above");
-            slot.borrow.fetch_or(ZOMBIE, Ordering::Relaxed);
             self.table.count_zombie();
             return Freed::Deferred;
         }
@@ -393,9 +395,9 @@ impl RawHeap {
         self.live_slot::<T>(key).is_some()
     }
 
-    /// The heap's figures. `scan_pins`: count pinned objects by walking the
-    /// table (for the concurrent heap, which keeps no counter).
-    pub(crate) fn stats(&self, scan_pins: bool) -> HeapStats {
+    /// The heap's figures. Counting pinned objects walks the table (a
+    /// counter would put a second write on every `get`).
+    pub(crate) fn stats(&self) -> HeapStats {
         let segment_bytes = self.space.segment_count() * self.space.segment_size();
         let held_bytes = self.space.held_bytes();
         let spare_bytes = self.space.spare_bytes();
@@ -410,11 +412,7 @@ impl RawHeap {
                 + self.types.metadata_bytes()
                 + self.space.metadata_bytes()
                 + self.evac.metadata_bytes(),
-            pinned_objects: if scan_pins {
-                self.table.iter().filter(|(_, s)| s.is_pinned()).count()
-            } else {
-                self.pinned.load(Ordering::Relaxed)
-            },
+            pinned_objects: self.table.iter().filter(|(_, s)| s.is_pinned()).count(),
             segments: self.space.segment_count(),
             large_objects: self.space.large_count(),
             compactions: self.totals.compactions,

@@ -255,7 +255,7 @@ impl SyncHeap {
 
     /// The heap's figures now. Counting pinned objects walks the table.
     pub fn stats(&self) -> HeapStats {
-        self.shared(|raw| raw.stats(true))
+        self.shared(|raw| raw.stats())
     }
 
     /// Number of live objects.
@@ -303,6 +303,17 @@ impl Engine for SyncHeap {
         let raw = self.raw.read();
         self.held(holder, || f(&raw))
     }
+
+    #[inline]
+    fn try_pin<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
+        // `f` cannot panic (`try_pin`'s contract), so no panic hook can run
+        // while this thread holds the read lock: no re-entry to refuse.
+        let raw = self.raw.read();
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(Unavailable::Poisoned);
+        }
+        Ok(f(&raw))
+    }
 }
 
 impl SyncHeap {
@@ -339,9 +350,8 @@ impl SyncHeap {
 }
 
 impl PinOwner for SyncHeap {
-    #[inline]
-    fn unpin(&self, key: KeyData, exclusive: bool) {
-        access::unpin(self, key, exclusive);
+    fn finish_zombie(&self, key: KeyData) {
+        access::finish_zombie(self, key);
     }
 }
 
