@@ -8,6 +8,8 @@
 //! after the engine is let go (invariant I6 in docs/DESIGN.md, enforced by
 //! [`engine`](crate::engine)).
 
+use core::ptr::NonNull;
+
 use slotmap::KeyData;
 
 use crate::engine::Engine;
@@ -16,6 +18,7 @@ use crate::guard::{Pin, PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
 use crate::raw::{drop_then_release, Dying, Freed, PinError};
+use crate::sync::atomic::Ordering;
 
 /// Panics with an allocation error, after the engine is let go.
 #[cold]
@@ -206,7 +209,32 @@ fn drop_dying<E: Engine>(e: &E, dying: Dying) {
 /// leaked, which is safe.
 #[cold]
 pub(crate) fn finish_zombie<E: Engine>(e: &E, key: KeyData) {
-    if let Ok(dying) = e.try_exclusive(|raw| raw.finish_zombie(key)) {
+    if let Ok(Some(dying)) = e.try_exclusive(|raw| raw.finish_zombie(key)) {
         drop_dying(e, dying);
     }
+}
+
+/// Opens a read scope (see [`Reader`](crate::Reader)).
+pub(crate) fn begin_read<E: Engine>(e: &E) {
+    e.shared(|raw| raw.readers.fetch_add(1, Ordering::Relaxed));
+}
+
+/// Closes a read scope; the last one drops the values freed meanwhile.
+/// Never panics (it runs when a `Reader` drops, maybe while unwinding).
+pub(crate) fn end_read<E: Engine>(e: &E) {
+    if let Ok(deferred) = e.try_exclusive(|raw| raw.end_read()) {
+        for dying in deferred {
+            drop_dying(e, dying);
+        }
+    }
+}
+
+/// A `&T` for a read scope, or why there is none.
+#[inline]
+pub(crate) fn read_get<E: Engine, T: ?Sized + Object>(
+    e: &E,
+    h: Handle<T>,
+) -> Result<NonNull<T>, BorrowError> {
+    e.try_pin(|raw| raw.peek::<T>(h.key()))
+        .unwrap_or_else(|why| why.fail())
 }

@@ -13,6 +13,7 @@ use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
 use crate::raw::{drop_all, RawHeap};
+use crate::reader::Reader;
 use crate::stats::{CompactReport, HeapStats};
 
 /// A compacting heap: objects behind [`Handle`]s, which the heap may move to
@@ -310,6 +311,30 @@ impl Heap {
         handle: Handle<T>,
     ) -> Result<RefMut<'_, T>, BorrowError> {
         access::try_get_mut(self, handle)
+    }
+
+    /// Opens a read scope: a [`Reader`] that hands out plain `&T` for any
+    /// number of handles, with no pin per read — the way to read many objects
+    /// at once (a guard from [`Heap::get`] pins one object: two writes per
+    /// read). While it lives nothing moves or is dropped, and `get_mut` and
+    /// `remove` report a borrow conflict; see [`Reader`].
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{BorrowError, Heap};
+    ///
+    /// let heap = Heap::new();
+    /// let (a, b) = (heap.alloc(1u32), heap.alloc(2u32));
+    /// let r = heap.read();
+    /// assert_eq!(r.get(a).unwrap() + r.get(b).unwrap(), 3);
+    /// assert_eq!(heap.try_get_mut(a).err(), Some(BorrowError::Borrowed));
+    /// heap.free(b); // dead at once, dropped when `r` goes
+    /// assert!(r.get(b).is_none());
+    /// drop(r);
+    /// *heap.get_mut(a).unwrap() += 1;
+    /// ```
+    pub fn read(&self) -> Reader<'_, Heap> {
+        Reader::open(self, access::begin_read::<Heap>, access::end_read::<Heap>)
     }
 
     /// Whether the handle names a live object.

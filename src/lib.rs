@@ -87,6 +87,7 @@ mod large;
 mod mapping;
 mod object;
 mod raw;
+mod reader;
 mod segment;
 mod space;
 mod stats;
@@ -100,6 +101,7 @@ pub use guard::{Ref, RefMut};
 pub use handle::Handle;
 pub use heap::Heap;
 pub use object::Object;
+pub use reader::Reader;
 pub use stats::{CompactReport, HeapStats};
 pub use sync::SyncHeap;
 #[cfg(all(

@@ -13,7 +13,7 @@ use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
 use crate::stats::{CompactReport, HeapStats};
-use crate::sync::atomic::{AtomicU16, Ordering};
+use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use crate::table::{Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
 use crate::types::Types;
 
@@ -40,6 +40,12 @@ pub(crate) struct RawHeap {
     /// Invariant: the sum of the sizes of the objects whose handles are live.
     live_bytes: usize,
     limited: bool,
+    /// Open read scopes ([`Reader`](crate::Reader)s). While there are any, no
+    /// object moves and no value is dropped or has its bytes released (I12).
+    pub(crate) readers: AtomicUsize,
+    /// Objects freed during a read scope: unlinked, their values dropped and
+    /// bytes released when the last scope ends.
+    pub(crate) deferred: Vec<Dying>,
     /// Compaction paid for by allocation and free, if on.
     pacing: Option<Pacing>,
     /// Bytes of compaction work owed (see [`Pacing`]).
@@ -57,6 +63,13 @@ pub(crate) struct Dying {
     place: Place,
     size: usize,
 }
+
+// SAFETY: a `Dying` records where an unlinked value is; the value is `Send`
+// (and `Sync` in a `SyncHeap`) by the alloc bounds, and only the holder of the
+// `Dying` (with the engine, or dropping the value) touches it.
+unsafe impl Send for Dying {}
+// SAFETY: `&Dying` exposes only the address, type and size, never the value.
+unsafe impl Sync for Dying {}
 
 /// Why [`RawHeap::pin`] gave no pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +129,8 @@ impl RawHeap {
             totals: Totals::default(),
             live_bytes: 0,
             limited: config.memory_limit.is_some(),
+            readers: AtomicUsize::new(0),
+            deferred: Vec::new(),
             pacing: config.pacing,
             debt: 0,
         }
@@ -258,7 +273,7 @@ impl RawHeap {
                 .into());
             }
             let new = if exclusive {
-                if cur != 0 {
+                if cur != 0 || self.reading() {
                     return Err(BorrowError::Borrowed.into());
                 }
                 EXCLUSIVE
@@ -288,12 +303,17 @@ impl RawHeap {
     }
 
     /// Unlinks the zombie of `key` whose last pin just went.
-    pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Dying {
+    pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Option<Dying> {
         let held = self
             .table
             .remove(key)
             .expect("a zombie stays in the table until finished");
-        self.dying(held)
+        let dying = self.dying(held);
+        if self.reading() {
+            self.deferred.push(dying);
+            return None;
+        }
+        Some(dying)
     }
 
     /// Kills the handle `key`. The value is dropped now (by the caller) or,
@@ -327,13 +347,62 @@ impl RawHeap {
             return Freed::Deferred;
         }
         let held = self.table.remove(key).expect("live slot exists");
-        Freed::Now(self.dying(held))
+        let dying = self.dying(held);
+        if self.reading() {
+            // A read scope may hold a `&` to it: drop it when the scope ends.
+            self.deferred.push(dying);
+            return Freed::Deferred;
+        }
+        Freed::Now(dying)
+    }
+
+    /// Whether a read scope is open: nothing may move or be dropped.
+    #[inline]
+    pub(crate) fn reading(&self) -> bool {
+        self.readers.load(Ordering::Relaxed) != 0
+    }
+
+    /// Ends a read scope. Returns the objects freed during the scopes, to
+    /// drop and release, if this was the last.
+    pub(crate) fn end_read(&mut self) -> Vec<Dying> {
+        let before = self.readers.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "ending a read scope that is not open");
+        if before == 1 {
+            core::mem::take(&mut self.deferred)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A pointer to the object of `key` for a read scope: no pin is taken
+    /// (the scope keeps every object in place), but a `RefMut` excludes it.
+    /// Never panics (see `Engine::try_pin`).
+    #[inline]
+    pub(crate) fn peek<T: ?Sized + Object>(&self, key: KeyData) -> Result<NonNull<T>, BorrowError> {
+        let slot = self
+            .table
+            .get(key)
+            .filter(|s| self.types.is::<T>(s.ty))
+            .ok_or(BorrowError::Stale)?;
+        let cur = slot.borrow.load(Ordering::Acquire);
+        if cur & (ZOMBIE | EXCLUSIVE) != 0 {
+            let dead = cur & ZOMBIE != 0;
+            return Err(if dead {
+                BorrowError::Stale
+            } else {
+                BorrowError::BorrowedMut
+            });
+        }
+        let (data, meta) = self.try_locate(slot).ok_or(BorrowError::Stale)?;
+        let ptr = T::from_raw_parts(data.as_ptr(), if T::INFO.is_slice { meta } else { 0 });
+        // SAFETY: object addresses are never null (mapped memory or an aligned dangling address).
+        Ok(unsafe { NonNull::new_unchecked(ptr) })
     }
 
     /// Unlinks the unpinned object of `key` so that the caller can move its value out.
     pub(crate) fn remove<T: Object>(&mut self, key: KeyData) -> Result<Dying, RemoveError> {
         let slot = self.live_slot::<T>(key).ok_or(RemoveError::Stale)?;
-        if slot.is_pinned() {
+        if slot.is_pinned() || self.reading() {
             return Err(RemoveError::Pinned);
         }
         let size = self.size_of(slot);
@@ -366,6 +435,9 @@ impl RawHeap {
     #[inline(never)]
     fn paced_step(&mut self, pacing: Pacing) {
         let budget = core::mem::take(&mut self.debt).min(pacing.max_step);
+        if self.reading() {
+            return; // a read scope: nothing moves
+        }
         let held = self.space.held_bytes() - self.space.spare_bytes();
         let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
         if !self.evac.active() && (held as f64 <= allowed || !self.begin_paced_pass()) {
@@ -430,13 +502,15 @@ impl RawHeap {
     /// slots hold no value (their type is `()`). Memory stays mapped until
     /// the space drops.
     pub(crate) fn take_all_for_drop(&mut self) -> Vec<Droppable> {
-        self.table
+        let deferred = core::mem::take(&mut self.deferred);
+        deferred
             .iter()
-            .filter_map(|(_, s)| {
+            .filter_map(|d| d.info.drop.map(|drop| (d.ptr, d.meta, drop)))
+            .chain(self.table.iter().filter_map(|(_, s)| {
                 let drop = self.types.info(s.ty).drop?;
                 let (ptr, meta) = self.locate(s);
                 Some((ptr, meta, drop))
-            })
+            }))
             .collect()
     }
 }

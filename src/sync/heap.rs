@@ -17,6 +17,7 @@ use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
 use crate::raw::{drop_all, RawHeap};
+use crate::reader::Reader;
 use crate::stats::{CompactReport, HeapStats};
 
 /// How many bytes a full compaction moves per hold of the write lock:
@@ -201,6 +202,19 @@ impl SyncHeap {
         handle: Handle<T>,
     ) -> Result<RefMut<'_, T>, BorrowError> {
         access::try_get_mut(self, handle)
+    }
+
+    /// Opens a read scope: a [`Reader`] that hands out plain `&T` for any
+    /// number of handles, with no pin per read — the way to read many objects
+    /// at once (a guard from [`SyncHeap::get`] pins one object: two writes per
+    /// read). While it lives nothing moves or is dropped, and `get_mut` and
+    /// `remove` report a borrow conflict; see [`Reader`].
+    pub fn read(&self) -> Reader<'_, SyncHeap> {
+        Reader::open(
+            self,
+            access::begin_read::<SyncHeap>,
+            access::end_read::<SyncHeap>,
+        )
     }
 
     /// Whether the handle names a live object.
