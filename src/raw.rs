@@ -434,15 +434,21 @@ impl RawHeap {
     #[cold]
     #[inline(never)]
     fn paced_step(&mut self, pacing: Pacing) {
-        let budget = core::mem::take(&mut self.debt).min(pacing.max_step);
         if self.reading() {
+            self.debt = 0;
             return; // a read scope: nothing moves
         }
         let held = self.space.held_bytes() - self.space.spare_bytes();
         let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
         if !self.evac.active() && (held as f64 <= allowed || !self.begin_paced_pass()) {
+            self.debt = 0; // nothing to do: no debt carried into better times
             return;
         }
+        // One step of `max_step` now (a smaller one would skip, for the rest
+        // of the pass, every object bigger than it); what is owed beyond it
+        // is paid by later calls.
+        let budget = pacing.max_step;
+        self.debt = self.debt.saturating_sub(budget);
         let moved = self.totals.bytes_moved;
         let mut report = CompactReport::default();
         self.run_pass(
