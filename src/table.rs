@@ -256,6 +256,8 @@ pub(crate) struct Table {
     meta: Vec<ChunkMeta>,
     /// Bit `c` is set iff chunk `c` has a vacant slot.
     vacant: Vec<u64>,
+    /// No word of `vacant` below this one has a bit set.
+    vacant_from: usize,
     /// Occupied slots: live, zombie and retired.
     occupied: usize,
     /// Slots retired for good.
@@ -285,6 +287,7 @@ impl Table {
             chunks: Vec::new(),
             meta: Vec::new(),
             vacant: Vec::new(),
+            vacant_from: 0,
             occupied: 0,
             retired: 0,
             zombies: 0,
@@ -311,6 +314,7 @@ impl Table {
         }
         if on {
             self.vacant[w] |= bit;
+            self.vacant_from = self.vacant_from.min(w);
         } else {
             self.vacant[w] &= !bit;
         }
@@ -318,12 +322,13 @@ impl Table {
 
     /// The lowest chunk with a vacant slot, made ready to hand it out.
     fn chunk_with_room(&mut self) -> usize {
-        let found = self
-            .vacant
+        let from = self.vacant_from;
+        let found = self.vacant[from.min(self.vacant.len())..]
             .iter()
-            .enumerate()
-            .find(|(_, &w)| w != 0)
-            .map(|(i, w)| i * 64 + w.trailing_zeros() as usize);
+            .position(|&w| w != 0)
+            .map(|i| from + i);
+        self.vacant_from = found.unwrap_or(self.vacant.len());
+        let found = found.map(|w| w * 64 + self.vacant[w].trailing_zeros() as usize);
         let c = match found {
             Some(c) => c,
             None => {
