@@ -320,8 +320,13 @@ impl Engine for SyncHeap {
 
     #[inline]
     fn try_pin<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
-        // `f` cannot panic (`try_pin`'s contract), so no panic hook can run
-        // while this thread holds the read lock: no re-entry to refuse.
+        // A thread inside this heap's engine is only here from a panic hook
+        // (after a bug): refuse rather than wait for our own lock. `f` cannot
+        // panic (`try_pin`'s contract), so this read of the holder is enough:
+        // nothing can re-enter while we hold the read lock.
+        if ENGINE_HOLDER.with(|h| h.get()) == (self as *const SyncHeap).addr() {
+            return Err(Unavailable::Reentered);
+        }
         let raw = self.raw.read();
         if self.poisoned.load(Ordering::Relaxed) {
             return Err(Unavailable::Poisoned);
