@@ -164,14 +164,8 @@ pub(crate) fn get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
 
 /// Kills the handle; drops the value now or when its last guard goes.
 pub(crate) fn free<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> bool {
-    let freed = e.exclusive(|raw| match raw.free::<T>(h.key()) {
-        // No drop glue, no user code: release at once.
-        Freed::Now(dying) if dying.info.drop.is_none() => {
-            raw.release(dying);
-            Freed::Released
-        }
-        other => other,
-    });
+    // (Values without drop glue are released inside `free` itself.)
+    let freed = e.exclusive(|raw| raw.free::<T>(h.key()));
     match freed {
         Freed::Stale => false,
         Freed::Deferred | Freed::Released => true,

@@ -214,7 +214,16 @@ impl RawHeap {
         if !info.is_slice {
             return info.elem_size;
         }
-        info.size(self.locate(slot).1)
+        info.size(self.meta_of(slot.loc))
+    }
+
+    /// The slice length of the object at `loc` (no address needed).
+    #[inline]
+    fn meta_of(&self, loc: Loc) -> usize {
+        match loc.decode() {
+            Where::Segment { len, .. } | Where::Nowhere { len } => len,
+            Where::Large { id } => self.space.try_large(id).map_or(0, |(_, meta)| meta),
+        }
     }
 
     /// The object that `ty` and `loc` (a slot's, just unlinked) describe.
@@ -347,6 +356,12 @@ impl RawHeap {
             return Freed::Deferred;
         }
         let held = self.table.remove(key).expect("live slot exists");
+        if self.types.info(held.0).drop.is_none() && !self.reading() {
+            // No drop glue, no reader: nothing to run, give the bytes back now.
+            let dying = self.dying(held);
+            self.release(dying);
+            return Freed::Released;
+        }
         let dying = self.dying(held);
         if self.reading() {
             // A read scope may hold a `&` to it: drop it when the scope ends.
