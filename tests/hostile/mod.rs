@@ -1424,6 +1424,7 @@ fn put<S: Subject, T: Send + Sync + Poke + 'static>(
                     "alloc panicked: {:?}",
                     p.downcast_ref::<String>()
                 );
+                m.objs[o].state = State::Dead; // never was live
                 alloc_failed(m, size, align, before);
                 // The value was dropped by `alloc`, during its panic.
                 m.objs[o].state = State::Dead;
@@ -1720,6 +1721,7 @@ fn step<'h, S: Subject>(
                             "alloc_from_iter panicked: {:?}",
                             p.downcast_ref::<String>()
                         );
+                        m.objs[o].state = State::Dead; // never was live
                         alloc_failed(m, n * size_of::<Hostile>(), 8, before);
                     }
                     // Every item was dropped (collected ones during the unwind,
@@ -1777,6 +1779,7 @@ fn step<'h, S: Subject>(
                             "alloc_slice_clone panicked: {:?}",
                             p.downcast_ref::<String>()
                         );
+                        m.objs[o].state = State::Dead; // never was live
                         alloc_failed(m, n * size_of::<Hostile>(), 8, before);
                     }
                     m.objs[o].state = State::Dead;
