@@ -1,27 +1,27 @@
 //! The operations both heaps share, written once over [`Engine`]: how to
 //! reach the [`RawHeap`] exclusively and shared. [`Heap`](crate::Heap) reaches
 //! it through an `UnsafeCell` on one thread; [`SyncHeap`](crate::SyncHeap)
-//! through a read-write lock. User code (drops, iterators, clones) always
-//! runs outside both (invariant I6 in docs/DESIGN.md).
+//! through a read-write lock.
+//!
+//! Every closure passed to the engine here returns a value and never panics;
+//! user code (drops, iterators, clones) and the panics the API documents run
+//! after the engine is let go (invariant I6 in docs/DESIGN.md, enforced by
+//! [`engine`](crate::engine)).
 
 use slotmap::KeyData;
 
+use crate::engine::Engine;
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
-use crate::raw::{drop_then_release, Dying, Freed, RawHeap};
+use crate::raw::{drop_then_release, Dying, Freed, PinError};
 
-/// Access to a heap's engine.
-pub(crate) trait Engine {
-    /// Whether other threads may pin and unpin while we hold shared access.
-    const SYNC: bool;
-
-    /// Runs `f` with the engine to itself. `f` must run no user code.
-    fn exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R;
-
-    /// Runs `f` with shared access (pins and unpins only). `f` must run no user code.
-    fn shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> R;
+/// Panics with an allocation error, after the engine is let go.
+#[cold]
+#[inline(never)]
+pub(crate) fn alloc_failed(err: AllocError) -> ! {
+    panic!("compact_heap: {err}")
 }
 
 /// Allocates `value`; gives it back on failure.
@@ -88,10 +88,8 @@ pub(crate) fn alloc_from_iter<E: Engine, T: Send + 'static>(
     iter: impl IntoIterator<Item = T>,
 ) -> Handle<[T]> {
     let mut items: Vec<T> = iter.into_iter().collect();
-    e.exclusive(|raw| {
-        let (key, ptr) = raw
-            .alloc(&<[T]>::INFO, items.len())
-            .unwrap_or_else(|err| panic!("compact_heap: {err}"));
+    let made = e.exclusive(|raw| {
+        let (key, ptr) = raw.alloc(&<[T]>::INFO, items.len())?;
         // SAFETY: `alloc` reserved room for `items.len()` `T`s at `ptr`, and we
         // hold the engine. The values move: `set_len(0)` makes the Vec forget
         // them, so each is owned once, by the heap.
@@ -99,8 +97,10 @@ pub(crate) fn alloc_from_iter<E: Engine, T: Send + 'static>(
             core::ptr::copy_nonoverlapping(items.as_ptr(), ptr.as_ptr().cast::<T>(), items.len());
             items.set_len(0);
         }
-        Handle::new(key)
-    })
+        Ok(Handle::new(key))
+    });
+    // On failure the items drop here (user code), with the engine let go.
+    made.unwrap_or_else(|err| alloc_failed(err))
 }
 
 /// A shared guard, or why there is none.
@@ -109,7 +109,9 @@ pub(crate) fn try_get<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<Ref<'_, T>, BorrowError> {
-    let ptr = e.shared(|raw| raw.pin::<T>(h.key(), false, E::SYNC))?;
+    let ptr = e
+        .shared(|raw| raw.pin::<T>(h.key(), false, E::SYNC))
+        .map_err(PinError::or_panic)?;
     // SAFETY: `pin` took a shared pin for this guard on a live `T` at `ptr`.
     Ok(unsafe { Ref::new(ptr, h.key(), e) })
 }
@@ -120,7 +122,9 @@ pub(crate) fn try_get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<RefMut<'_, T>, BorrowError> {
-    let ptr = e.shared(|raw| raw.pin::<T>(h.key(), true, E::SYNC))?;
+    let ptr = e
+        .shared(|raw| raw.pin::<T>(h.key(), true, E::SYNC))
+        .map_err(PinError::or_panic)?;
     // SAFETY: `pin` took the exclusive pin for this guard on a live `T` at `ptr`.
     Ok(unsafe { RefMut::new(ptr, h.key(), e) })
 }
@@ -183,15 +187,22 @@ pub(crate) fn remove<E: Engine, T: Send + 'static>(e: &E, h: Handle<T>) -> Resul
     })
 }
 
-/// Drops a dying value outside the engine, then releases its memory.
+/// Drops a dying value outside the engine, then releases its memory. This
+/// runs while a panic unwinds too, so it never panics itself: if the engine
+/// cannot be entered (poisoned), the bytes stay reserved — leaked, not reused.
 fn drop_dying<E: Engine>(e: &E, dying: Dying) {
-    drop_then_release(dying, |dying| e.exclusive(|raw| raw.release(dying)));
+    drop_then_release(dying, |dying| {
+        let _ = e.try_exclusive(|raw| raw.release(dying));
+    });
 }
 
-/// What a guard's drop does: unpin, and finish a zombie if this was its last pin.
+/// What a guard's drop does: unpin, and finish a zombie if this was its last
+/// pin. Never panics (guards drop during unwinding): if the engine cannot be
+/// entered, the pin is leaked and the object stays pinned, which is safe.
 pub(crate) fn unpin<E: Engine>(e: &E, key: KeyData, exclusive: bool) {
-    if e.shared(|raw| raw.unpin(key, exclusive, E::SYNC)) {
-        let dying = e.exclusive(|raw| raw.finish_zombie(key));
-        drop_dying(e, dying);
+    if e.try_shared(|raw| raw.unpin(key, exclusive, E::SYNC)) == Ok(true) {
+        if let Ok(dying) = e.try_exclusive(|raw| raw.finish_zombie(key)) {
+            drop_dying(e, dying);
+        }
     }
 }

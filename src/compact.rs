@@ -20,6 +20,9 @@ pub(crate) struct Evacuation {
     sources: Vec<u32>,
     /// Index into the object list of `sources.last()`.
     pos: usize,
+    /// Whether a pass since the last full compaction ran out of memory for
+    /// targets (under a memory limit), leaving sources unevacuated.
+    starved: bool,
 }
 
 impl Evacuation {
@@ -46,6 +49,56 @@ impl RawHeap {
         report
     }
 
+    /// Makes room under the memory limit, for an allocation that found none:
+    /// gives back the spare mappings, finishes a pass in progress, then
+    /// evacuates one segment at a time, sparsest first, into the holes of the
+    /// others (a full pass would need fresh segments for targets, which the
+    /// limit forbids). Returns whether held memory went down; stops at the
+    /// first segment given back.
+    pub(crate) fn make_room(&mut self) -> bool {
+        let held = self.space.held_bytes();
+        let mut report = CompactReport::default();
+        self.release_spares(&mut report);
+        while !self.run_pass(Budget::ALL, &mut report) {}
+        if self.space.held_bytes() < held {
+            return true;
+        }
+        self.space.drop_cursor();
+        let cap = self.space.segment_size();
+        let mut candidates = self.segment_fill();
+        candidates.retain(|&(live, _)| live < cap);
+        let free: usize = candidates.iter().map(|&(live, _)| cap - live).sum();
+        for (live, id) in candidates {
+            // Its objects can only go to the free bytes of the others.
+            if free - (cap - live) < live || self.space.segment(id).is_none() {
+                continue;
+            }
+            self.start_pass(vec![id]);
+            while !self.run_pass(Budget::ALL, &mut report) {}
+            if self.space.held_bytes() < held {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `(live bytes, id)` of every segment but the one being allocated into,
+    /// sparsest first.
+    fn segment_fill(&self) -> Vec<(usize, u32)> {
+        let current = self.space.current_segment();
+        let mut fill: Vec<(usize, u32)> = self
+            .space
+            .segment_ids()
+            .filter(|&id| Some(id) != current)
+            .map(|id| {
+                let seg = self.space.segment(id).expect("listed segment exists");
+                (seg.live_bytes, id)
+            })
+            .collect();
+        fill.sort_unstable();
+        fill
+    }
+
     /// Starts the pass of a full compaction (after any earlier pass ended):
     /// every segment is a candidate, the allocation cursor's too.
     ///
@@ -61,10 +114,20 @@ impl RawHeap {
 
     /// The end of a full compaction: the spare large mappings go back too.
     pub(crate) fn finish_full_compaction(&mut self, report: &mut CompactReport) {
+        if core::mem::take(&mut self.evac.starved) {
+            // Under the memory limit the pass found no targets: go on one
+            // source at a time, into the holes of the other segments.
+            while self.make_room() {}
+        }
+        self.release_spares(report);
+        report.finished = true;
+    }
+
+    /// Unmaps the spare large-object mappings.
+    fn release_spares(&mut self, report: &mut CompactReport) {
         let spare = self.space.release_spares();
         report.bytes_released += spare;
         self.totals.bytes_released += spare as u64;
-        report.finished = true;
     }
 
     /// An incremental compaction: moves at most `budget` bytes. Starts a pass
@@ -98,23 +161,8 @@ impl RawHeap {
     fn begin_pass(&mut self, min_gain: usize, eighths: usize) -> bool {
         debug_assert!(!self.evac.active());
         let cap = self.space.segment_size();
-        let current = self.space.current_segment();
-        let mut candidates: Vec<(usize, u32)> = self
-            .space
-            .segment_ids()
-            .filter(|&id| Some(id) != current)
-            .map(|id| {
-                (
-                    self.space
-                        .segment(id)
-                        .expect("listed segment exists")
-                        .live_bytes,
-                    id,
-                )
-            })
-            .filter(|&(live, _)| live < cap && live * 8 <= cap * eighths)
-            .collect();
-        candidates.sort_unstable();
+        let mut candidates = self.segment_fill();
+        candidates.retain(|&(live, _)| live < cap && live * 8 <= cap * eighths);
         let (mut best, mut best_gain, mut sum) = (0, 0isize, 0usize);
         for (i, &(live, _)) in candidates.iter().enumerate() {
             sum += live;
@@ -128,12 +176,18 @@ impl RawHeap {
         }
         candidates.truncate(best);
         // Sparsest last: it is evacuated first.
-        self.evac.sources = candidates.into_iter().rev().map(|(_, id)| id).collect();
+        self.start_pass(candidates.into_iter().rev().map(|(_, id)| id).collect());
+        self.evac.active()
+    }
+
+    /// Starts a pass over `sources` (the next one last).
+    fn start_pass(&mut self, sources: Vec<u32>) {
+        debug_assert!(!self.evac.active());
+        self.evac.sources = sources;
         self.evac.pos = 0;
         for &id in &self.evac.sources {
             self.space.set_evacuating(id, true);
         }
-        self.evac.active()
     }
 
     /// Evacuates sources until the pass is done (returns true, also when no
@@ -148,6 +202,7 @@ impl RawHeap {
                 }
                 Evacuated::OutOfMemory => {
                     // No room for targets: end the pass, every source as it is.
+                    self.evac.starved = true;
                     for id in core::mem::take(&mut self.evac.sources) {
                         self.end_source(id, report);
                     }

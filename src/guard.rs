@@ -22,6 +22,11 @@ pub(crate) trait PinOwner {
 /// A shared borrow of an object in a heap. The object is pinned (never moved)
 /// while this guard lives.
 ///
+/// A guard that is never dropped (`mem::forget`) pins its object for the rest
+/// of the heap's life: it never moves, `get_mut` and `remove` report it
+/// borrowed, and `free` kills only its handle. Its value is dropped when the
+/// heap drops. Sound, like a leaked `Rc`, but a leak.
+///
 /// # Examples
 /// ```
 /// use compact_heap::{Heap, Ref};
@@ -51,14 +56,15 @@ impl<'h, T: ?Sized> Ref<'h, T> {
     }
 
     /// Makes a guard for a part of the borrowed object (a field, an element),
-    /// keeping the object pinned.
+    /// keeping the object pinned. If `f` panics, `orig` is dropped (and the
+    /// object unpinned) as the panic unwinds.
     ///
     /// An associated function, as for `std::cell::Ref::map`: write `Ref::map(r, ...)`.
     pub fn map<U: ?Sized, F: FnOnce(&T) -> &U>(orig: Ref<'h, T>, f: F) -> Ref<'h, U> {
+        // `orig` stays an ordinary guard while user code runs; only when `f`
+        // has returned does its pin pass to the new guard.
+        let ptr = NonNull::from(f(&*orig));
         let orig = ManuallyDrop::new(orig);
-        // SAFETY: `orig` holds a shared pin, so `ptr` is valid for reads and
-        // stays put; the returned reference is derived from it.
-        let ptr = NonNull::from(f(unsafe { orig.ptr.as_ref() }));
         Ref {
             ptr,
             key: orig.key,
@@ -99,6 +105,7 @@ impl<T: ?Sized + fmt::Display> fmt::Display for Ref<'_, T> {
 
 /// An exclusive borrow of an object in a heap. The object is pinned (never
 /// moved) while this guard lives, and no other guard of it can exist.
+/// Forgetting one leaks its pin, as for [`Ref`].
 ///
 /// # Examples
 /// ```
@@ -137,11 +144,17 @@ impl<'h, T: ?Sized> RefMut<'h, T> {
     }
 
     /// Makes a guard for a part of the borrowed object, keeping it pinned.
-    pub fn map<U: ?Sized, F: FnOnce(&mut T) -> &mut U>(orig: RefMut<'h, T>, f: F) -> RefMut<'h, U> {
-        let mut orig = ManuallyDrop::new(orig);
-        // SAFETY: `orig` holds the exclusive pin, so `ptr` is valid for reads
-        // and writes and nobody else reaches it; `orig` is never used again.
-        let ptr = NonNull::from(f(unsafe { orig.ptr.as_mut() }));
+    /// If `f` panics, `orig` is dropped (and the object unpinned) as the
+    /// panic unwinds.
+    pub fn map<U: ?Sized, F: FnOnce(&mut T) -> &mut U>(
+        mut orig: RefMut<'h, T>,
+        f: F,
+    ) -> RefMut<'h, U> {
+        // `orig` stays an ordinary guard while user code runs; only when `f`
+        // has returned does its pin pass to the new guard. The pointer is
+        // derived from `orig`'s exclusive borrow, and `orig` is not used again.
+        let ptr = NonNull::from(f(&mut *orig));
+        let orig = ManuallyDrop::new(orig);
         RefMut {
             ptr,
             key: orig.key,

@@ -1,11 +1,12 @@
 //! [`Heap`]: the single-threaded compacting heap.
 
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 
 use slotmap::KeyData;
 
-use crate::access::{self, Engine};
+use crate::access;
+use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::config::Config;
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::guard::{PinOwner, Ref, RefMut};
@@ -47,10 +48,19 @@ use crate::stats::{CompactReport, HeapStats};
 /// ```
 pub struct Heap {
     /// The engine. Invariant: a reference to it exists only inside
-    /// [`Heap::with`], which runs no user code; `Heap` is not `Sync`, so one
-    /// thread at a time is in there.
+    /// `try_exclusive`/`try_shared` (see [`Engine`]), exactly while `state`
+    /// is [`BUSY`]; `Heap` is not `Sync`, so one thread at a time is in there.
     raw: UnsafeCell<RawHeap>,
+    /// [`IDLE`], [`BUSY`] or [`POISONED`].
+    state: Cell<u8>,
 }
+
+/// No reference to the engine is alive.
+const IDLE: u8 = 0;
+/// A reference to the engine is alive (in this thread's stack).
+const BUSY: u8 = 1;
+/// A panic unwound out of the engine: refuse all use.
+const POISONED: u8 = 2;
 
 impl Default for Heap {
     fn default() -> Heap {
@@ -68,17 +78,29 @@ impl Heap {
     pub fn with_config(config: Config) -> Heap {
         Heap {
             raw: UnsafeCell::new(RawHeap::new(&config)),
+            state: Cell::new(IDLE),
         }
     }
 
-    /// Runs `f` on the engine.
+    /// Runs `f` on the engine (the one place that makes `&mut RawHeap`).
     #[inline]
-    fn with<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {
-        // `Heap` is `!Sync`, so only this thread is here; callers pass an `f`
-        // that runs no user code, and guards hold no reference into the engine.
-        // SAFETY: so no other reference to the engine is alive (I6).
+    fn with<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> Result<R, Unavailable> {
+        match self.state.get() {
+            IDLE => {}
+            BUSY => return Err(Unavailable::Reentered),
+            _ => return Err(Unavailable::Poisoned),
+        }
+        self.state.set(BUSY);
+        let sentinel = Sentinel::arm(|| self.state.set(POISONED));
+        // `state` was IDLE, so no reference to the engine is alive, and
+        // `Heap` is `!Sync`, so no other thread is here; until `state` is
+        // IDLE again, every other entry (a panic hook's) is refused above.
+        // SAFETY: this is the only reference to the engine (I6).
         let raw = unsafe { &mut *self.raw.get() };
-        f(raw)
+        let result = f(raw);
+        sentinel.disarm();
+        self.state.set(IDLE);
+        Ok(result)
     }
 
     /// Allocates `value` and returns its handle.
@@ -292,7 +314,7 @@ impl Heap {
 
     /// Whether the handle names a live object.
     pub fn contains<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
-        self.with(|raw| raw.contains::<T>(handle.key()))
+        self.shared(|raw| raw.contains::<T>(handle.key()))
     }
 
     /// Frees the object: its handle is dead at once. The value is dropped now,
@@ -353,7 +375,7 @@ impl Heap {
     /// assert_eq!(heap.get(hs[1]).unwrap()[0], 1);
     /// ```
     pub fn compact(&self) -> CompactReport {
-        self.with(|raw| raw.compact())
+        self.exclusive(|raw| raw.compact())
     }
 
     /// An incremental compaction step that moves at most `budget` bytes;
@@ -384,17 +406,17 @@ impl Heap {
     /// assert!(heap.stats().bytes_released > 0);
     /// ```
     pub fn compact_step(&self, budget: usize) -> CompactReport {
-        self.with(|raw| raw.compact_step(budget))
+        self.exclusive(|raw| raw.compact_step(budget))
     }
 
     /// The heap's figures now.
     pub fn stats(&self) -> HeapStats {
-        self.with(|raw| raw.stats(false))
+        self.shared(|raw| raw.stats(false))
     }
 
     /// Number of live objects.
     pub fn len(&self) -> usize {
-        self.with(|raw| raw.table.live())
+        self.shared(|raw| raw.table.live())
     }
 
     /// Whether no object is live.
@@ -405,7 +427,7 @@ impl Heap {
     /// Test hook: retire slots from this version on (see `table.rs`).
     #[cfg(test)]
     pub(crate) fn set_retire_at(&self, version: u32) {
-        self.with(|raw| raw.table.set_retire_at(version));
+        self.exclusive(|raw| raw.table.set_retire_at(version));
     }
 
     /// Test hook: the address of a live object.
@@ -414,7 +436,7 @@ impl Heap {
         &self,
         handle: Handle<T>,
     ) -> Option<core::ptr::NonNull<u8>> {
-        self.with(|raw| raw.live_slot::<T>(handle.key()).map(|s| s.ptr))
+        self.shared(|raw| raw.live_slot::<T>(handle.key()).map(|s| s.ptr))
     }
 }
 
@@ -422,12 +444,12 @@ impl Engine for Heap {
     const SYNC: bool = false;
 
     #[inline]
-    fn exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {
+    fn try_exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> Result<R, Unavailable> {
         self.with(f)
     }
 
     #[inline]
-    fn shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> R {
+    fn try_shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
         self.with(|raw| f(raw))
     }
 }
@@ -441,6 +463,11 @@ impl PinOwner for Heap {
 
 impl Drop for Heap {
     fn drop(&mut self) {
+        if *self.state.get_mut() == POISONED {
+            // The engine's invariants may be broken: leak the values rather
+            // than risk dropping one twice. The segments are still unmapped.
+            return;
+        }
         // No guard can be alive (they borrow the heap). Drop every value in
         // place; the segments are unmapped after, when the fields drop.
         let values = self.raw.get_mut().take_all_for_drop();

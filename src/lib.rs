@@ -70,10 +70,12 @@
 mod access;
 mod compact;
 mod config;
+mod engine;
 mod error;
 mod guard;
 mod handle;
 mod heap;
+mod large;
 mod mapping;
 mod object;
 mod raw;

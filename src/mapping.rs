@@ -19,6 +19,8 @@ pub(crate) struct Mapping {
     base: NonNull<u8>,
     len: usize,
     /// Offset of the first byte aligned as requested (0 unless `align > PAGE`).
+    /// Invariant: `offset < len` (it is a multiple of the page below `align`,
+    /// and `len` has `align - PAGE` bytes of slack), so `start()` is in bounds.
     offset: usize,
 }
 
@@ -31,19 +33,35 @@ impl Mapping {
     /// Maps at least `size` bytes whose start (see [`Mapping::start`]) is
     /// aligned to `align` (a power of two). Returns `None` if the OS refuses.
     pub(crate) fn new(size: usize, align: usize) -> Option<Mapping> {
-        debug_assert!(align.is_power_of_two());
-        let extra = align.saturating_sub(PAGE);
-        let len = size
-            .max(1)
-            .checked_add(extra)?
-            .checked_next_multiple_of(PAGE)?;
-        if len > isize::MAX as usize {
-            return None;
-        }
+        let len = Mapping::length_for(size, align)?;
         let base = os::map(len)?;
         let offset = base.as_ptr().addr().wrapping_neg() & (align - 1);
-        debug_assert!(offset + size <= len);
-        Some(Mapping { base, len, offset })
+        let mapping = Mapping { base, len, offset };
+        debug_assert!(mapping.fits(size, align));
+        Some(mapping)
+    }
+
+    /// The length of a fresh mapping for `size` bytes aligned to `align` (a
+    /// power of two): page-rounded, with room to slide the start up to an
+    /// `align` boundary. `None` if it overflows `isize`.
+    pub(crate) fn length_for(size: usize, align: usize) -> Option<usize> {
+        debug_assert!(align.is_power_of_two());
+        let len = size
+            .max(1)
+            .checked_add(align.saturating_sub(PAGE))?
+            .checked_next_multiple_of(PAGE)?;
+        (len <= isize::MAX as usize).then_some(len)
+    }
+
+    /// Whether `size` bytes aligned to `align` fit at [`Mapping::start`]:
+    /// the start is aligned and [`Mapping::usable`] bytes cover `size`.
+    ///
+    /// This is the one rule for placing an object in a mapping, fresh or
+    /// reused: the mapping's length alone says nothing, because an
+    /// over-aligned mapping's usable bytes start `offset` bytes in.
+    #[inline]
+    pub(crate) fn fits(&self, size: usize, align: usize) -> bool {
+        self.start().as_ptr().addr() % align == 0 && size <= self.usable()
     }
 
     /// The first usable (aligned) byte.
@@ -51,6 +69,12 @@ impl Mapping {
     pub(crate) fn start(&self) -> NonNull<u8> {
         // SAFETY: `offset < len`, so the result is inside the mapping and non-null.
         unsafe { self.base.add(self.offset) }
+    }
+
+    /// Bytes from [`Mapping::start`] to the end of the mapping.
+    #[inline]
+    pub(crate) fn usable(&self) -> usize {
+        self.len - self.offset
     }
 
     /// Bytes held from the OS by this mapping.

@@ -65,6 +65,38 @@ impl Dying {
     }
 }
 
+/// Why [`RawHeap::pin`] gave no pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PinError {
+    /// A stale handle or a borrow conflict, for the caller.
+    Refused(BorrowError),
+    /// The shared count is full (2³⁰ − 1 guards of one object).
+    TooManyShared,
+}
+
+impl From<BorrowError> for PinError {
+    fn from(err: BorrowError) -> PinError {
+        PinError::Refused(err)
+    }
+}
+
+impl PinError {
+    /// The caller's error, or the panic for an overflowing count (raised
+    /// after the engine is let go, like every panic the API documents).
+    pub(crate) fn or_panic(self) -> BorrowError {
+        match self {
+            PinError::Refused(err) => err,
+            PinError::TooManyShared => too_many_shared(),
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn too_many_shared() -> ! {
+    panic!("compact_heap: too many shared borrows of one object")
+}
+
 /// A value to drop at the heap's end: its address, metadata and drop function.
 pub(crate) type Droppable = (NonNull<u8>, usize, unsafe fn(*mut u8, usize));
 
@@ -103,14 +135,17 @@ impl RawHeap {
         meta: usize,
     ) -> Result<(KeyData, NonNull<u8>), AllocError> {
         let layout = info.layout(meta).ok_or(AllocError::TooLarge)?;
-        let (ptr, place) = match self.space.alloc(layout.size(), layout.align()) {
-            Ok(found) => found,
-            Err(AllocError::OutOfMemory) if self.limited => {
-                // Under a memory limit, make room by compacting, then try once more.
-                self.compact();
-                self.space.alloc(layout.size(), layout.align())?
+        if self.table.is_full() {
+            return Err(AllocError::OutOfMemory);
+        }
+        let (ptr, place) = loop {
+            match self.space.alloc(layout.size(), layout.align()) {
+                Ok(found) => break found,
+                // Under a memory limit, compact until it fits or nothing more
+                // comes back (held memory goes down on every round, so this ends).
+                Err(AllocError::OutOfMemory) if self.limited && self.make_room() => {}
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         };
         let key = self.table.insert(Slot {
             ptr,
@@ -143,24 +178,23 @@ impl RawHeap {
         key: KeyData,
         exclusive: bool,
         sync: bool,
-    ) -> Result<NonNull<T>, BorrowError> {
+    ) -> Result<NonNull<T>, PinError> {
         let slot = self.live_slot::<T>(key).ok_or(BorrowError::Stale)?;
         let word = &slot.borrow;
         let mut cur = word.load(Ordering::Relaxed);
         loop {
             if cur & EXCLUSIVE != 0 {
-                return Err(BorrowError::BorrowedMut);
+                return Err(BorrowError::BorrowedMut.into());
             }
             let new = if exclusive {
                 if cur != 0 {
-                    return Err(BorrowError::Borrowed);
+                    return Err(BorrowError::Borrowed.into());
                 }
                 EXCLUSIVE
             } else {
-                assert!(
-                    cur & SHARED != SHARED,
-                    "too many shared borrows of one object"
-                );
+                if cur & SHARED == SHARED {
+                    return Err(PinError::TooManyShared);
+                }
                 cur + 1
             };
             if !sync {
@@ -313,12 +347,14 @@ impl RawHeap {
         }
     }
 
-    /// Unlinks every live value (at the heap's end) and returns how to drop
-    /// each one that has drop glue. Memory stays mapped until the space drops.
+    /// At the heap's end: how to drop each value still in it that has drop
+    /// glue — live ones, and zombies whose last guard was forgotten
+    /// (`mem::forget`; no guard can be used once the heap drops). Retired
+    /// slots hold no value (their type is `()`). Memory stays mapped until
+    /// the space drops.
     pub(crate) fn take_all_for_drop(&mut self) -> Vec<Droppable> {
         self.table
             .iter()
-            .filter(|(_, s)| !s.is_dead())
             .filter_map(|(_, s)| s.info.drop.map(|d| (s.ptr, s.meta, d)))
             .collect()
     }

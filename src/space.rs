@@ -8,6 +8,7 @@ use slotmap::KeyData;
 
 use crate::config::Config;
 use crate::error::AllocError;
+use crate::large::LargeObjects;
 use crate::mapping::{Mapping, PAGE};
 use crate::segment::{align_up, Segment, LINE};
 
@@ -61,14 +62,9 @@ pub(crate) struct Space {
     /// Segments by id; `None` for released ids, reused through `free_segments`.
     segments: Vec<Option<Segment>>,
     free_segments: Vec<u32>,
-    /// Large-object mappings by id.
-    large: Vec<Option<Mapping>>,
-    free_large: Vec<u32>,
-    /// Mappings of freed large objects, kept for reuse by a large object of
-    /// the same length (a loop that frees a buffer and allocates the next
-    /// skips mmap, page faults and munmap). At most [`SPARE_MAPPINGS`];
-    /// `compact()` gives them back.
-    spare: Vec<Mapping>,
+    /// Objects with a mapping each, and spare mappings for reuse
+    /// (`compact()` gives the spares back).
+    large: LargeObjects,
     /// Segments that compaction emptied during the pass in progress. They are
     /// the first targets (their pages are already faulted in) and go back to
     /// the OS when the pass ends, if still empty.
@@ -83,7 +79,6 @@ pub(crate) struct Space {
     /// Invariant: the sum of the lengths of all mappings held.
     held: usize,
     segment_count: usize,
-    large_count: usize,
 }
 
 impl Space {
@@ -94,15 +89,12 @@ impl Space {
             limit: config.memory_limit.unwrap_or(usize::MAX),
             segments: Vec::new(),
             free_segments: Vec::new(),
-            large: Vec::new(),
-            free_large: Vec::new(),
-            spare: Vec::new(),
+            large: LargeObjects::default(),
             emptied: Vec::new(),
             cursor: None,
             recyclable: vec![Vec::new(); CLASSES],
             held: 0,
             segment_count: 0,
-            large_count: 0,
         }
     }
 
@@ -116,7 +108,7 @@ impl Space {
     }
 
     pub(crate) fn large_count(&self) -> usize {
-        self.large_count
+        self.large.count()
     }
 
     pub(crate) fn segment_size(&self) -> usize {
@@ -133,9 +125,8 @@ impl Space {
                 .flatten()
                 .map(Segment::metadata_bytes)
                 .sum::<usize>()
-            + self.large.capacity() * size_of::<Option<Mapping>>()
+            + self.large.metadata_bytes()
             + (self.free_segments.capacity()
-                + self.free_large.capacity()
                 + self.recyclable.iter().map(Vec::capacity).sum::<usize>())
                 * size_of::<u32>()
     }
@@ -305,16 +296,9 @@ impl Space {
         size: usize,
         align: usize,
     ) -> Result<(NonNull<u8>, Place), AllocError> {
-        let len = size
-            .checked_add(align.saturating_sub(PAGE))
-            .and_then(|n| n.checked_next_multiple_of(PAGE))
-            .ok_or(AllocError::TooLarge)?;
-        let spare = self
-            .spare
-            .iter()
-            .position(|m| m.len() == len && m.start().as_ptr().addr() % align == 0);
-        let mapping = match spare {
-            Some(i) => self.spare.swap_remove(i),
+        let len = Mapping::length_for(size, align).ok_or(AllocError::TooLarge)?;
+        let mapping = match self.large.take_spare(size, align) {
+            Some(spare) => spare,
             None => {
                 if self.held.saturating_add(len) > self.limit {
                     return Err(AllocError::OutOfMemory);
@@ -325,19 +309,10 @@ impl Space {
                 mapping
             }
         };
-        self.large_count += 1;
+        // The object's bytes are `[start, start + size)`: inside the mapping.
+        debug_assert!(mapping.fits(size, align), "a large object fits its mapping");
         let ptr = mapping.start();
-        let id = match self.free_large.pop() {
-            Some(id) => {
-                self.large[id as usize] = Some(mapping);
-                id
-            }
-            None => {
-                self.large.push(Some(mapping));
-                (self.large.len() - 1) as u32
-            }
-        };
-        Ok((ptr, Place::large(id)))
+        Ok((ptr, Place::large(self.large.insert(mapping))))
     }
 
     /// Records that `key` now names an object placed at `place`, so that
@@ -361,16 +336,10 @@ impl Space {
     /// released yet, and nothing may access those bytes afterwards.
     pub(crate) unsafe fn release(&mut self, ptr: NonNull<u8>, size: usize, place: Place) -> usize {
         if let Some(id) = place.large_id() {
-            let mapping = self.large[id as usize]
-                .take()
-                .expect("large object's mapping exists");
-            self.free_large.push(id);
-            self.large_count -= 1;
-            if self.spare.len() == SPARE_MAPPINGS {
-                let oldest = self.spare.remove(0);
+            if let Some(oldest) = self.large.remove_to_spare(id) {
                 self.held -= oldest.len();
+                return oldest.len();
             }
-            self.spare.push(mapping);
             return 0;
         }
         let Some(id) = place.segment_id() else {
@@ -429,13 +398,12 @@ impl Space {
 
     /// Bytes of the spare large-object mappings.
     pub(crate) fn spare_bytes(&self) -> usize {
-        self.spare.iter().map(Mapping::len).sum()
+        self.large.spare_bytes()
     }
 
     /// Unmaps the spare large-object mappings. Returns their bytes.
     pub(crate) fn release_spares(&mut self) -> usize {
-        let bytes = self.spare_bytes();
-        self.spare.clear();
+        let bytes = self.large.release_spares();
         self.held -= bytes;
         bytes
     }
@@ -527,9 +495,6 @@ fn class_of(lines: usize) -> usize {
 /// How many emptied segments a compaction pass keeps as warm targets (more
 /// would only be unmapped in one go at the pass's end: a latency spike).
 const EMPTIED_KEPT: usize = 2;
-
-/// How many freed large-object mappings are kept for reuse.
-const SPARE_MAPPINGS: usize = 2;
 
 /// The byte written over freed and moved-from memory in debug builds.
 pub(crate) const POISON: u8 = 0xD5;

@@ -94,8 +94,17 @@ impl Table {
         self.retire_at = version;
     }
 
+    /// Whether the table cannot take another slot (slotmap panics at 2³² − 2
+    /// slots; the heap reports [`AllocError::OutOfMemory`](crate::AllocError) first).
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        self.map.len() >= (u32::MAX - 2) as usize
+    }
+
+    /// Inserts a slot; the table must not be [full](Table::is_full).
     #[inline]
     pub(crate) fn insert(&mut self, slot: Slot) -> KeyData {
+        debug_assert!(!self.is_full());
         self.map.insert(slot).data()
     }
 

@@ -1,11 +1,15 @@
 //! [`SyncHeap`]: the compacting heap shared between threads.
 
 use core::fmt;
+// Not the loom-switched atomic: the flag is only written and read under the
+// lock, which orders it; loom need not explore it.
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use slotmap::KeyData;
 
-use super::RwLock;
-use crate::access::{self, Engine};
+use super::{RwLock, ENGINE_HOLDER};
+use crate::access;
+use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::compact::Budget;
 use crate::config::Config;
 use crate::error::{AllocError, BorrowError, RemoveError};
@@ -47,6 +51,9 @@ const SLICE: Budget = Budget {
 /// ```
 pub struct SyncHeap {
     raw: RwLock<RawHeap>,
+    /// Set (under the lock) when a panic unwound out of the engine: the
+    /// heap refuses all use from then on. See [`Engine`].
+    poisoned: AtomicBool,
 }
 
 impl Default for SyncHeap {
@@ -65,6 +72,7 @@ impl SyncHeap {
     pub fn with_config(config: Config) -> SyncHeap {
         SyncHeap {
             raw: RwLock::new(RawHeap::new(&config)),
+            poisoned: AtomicBool::new(false),
         }
     }
 
@@ -197,7 +205,7 @@ impl SyncHeap {
 
     /// Whether the handle names a live object.
     pub fn contains<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
-        self.raw.read().contains::<T>(handle.key())
+        self.shared(|raw| raw.contains::<T>(handle.key()))
     }
 
     /// Frees the object: its handle is dead at once. The value is dropped now,
@@ -230,29 +238,29 @@ impl SyncHeap {
     /// ```
     pub fn compact(&self) -> CompactReport {
         let mut report = CompactReport::default();
-        self.raw.write().totals.compactions += 1;
+        self.exclusive(|raw| raw.totals.compactions += 1);
         // Finish a pass in progress (another thread's steps), then run a full one.
-        while !self.raw.write().run_pass(SLICE, &mut report) {}
-        self.raw.write().begin_full_pass();
-        while !self.raw.write().run_pass(SLICE, &mut report) {}
-        self.raw.write().finish_full_compaction(&mut report);
+        while !self.exclusive(|raw| raw.run_pass(SLICE, &mut report)) {}
+        self.exclusive(|raw| raw.begin_full_pass());
+        while !self.exclusive(|raw| raw.run_pass(SLICE, &mut report)) {}
+        self.exclusive(|raw| raw.finish_full_compaction(&mut report));
         report
     }
 
     /// An incremental step that moves at most `budget` bytes, under one hold
     /// of the lock. See [`Heap::compact_step`](crate::Heap::compact_step).
     pub fn compact_step(&self, budget: usize) -> CompactReport {
-        self.raw.write().compact_step(budget)
+        self.exclusive(|raw| raw.compact_step(budget))
     }
 
     /// The heap's figures now. Counting pinned objects walks the table.
     pub fn stats(&self) -> HeapStats {
-        self.raw.read().stats(true)
+        self.shared(|raw| raw.stats(true))
     }
 
     /// Number of live objects.
     pub fn len(&self) -> usize {
-        self.raw.read().table.live()
+        self.shared(|raw| raw.table.live())
     }
 
     /// Whether no object is live.
@@ -264,13 +272,14 @@ impl SyncHeap {
     /// is in progress: what a background compactor decides by.
     #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out
     pub(crate) fn pressure(&self) -> (usize, usize, usize, bool) {
-        let raw = self.raw.read();
-        (
-            raw.space.held_bytes(),
-            raw.live_bytes(),
-            raw.space.segment_size(),
-            raw.evac.active(),
-        )
+        self.shared(|raw| {
+            (
+                raw.space.held_bytes(),
+                raw.live_bytes(),
+                raw.space.segment_size(),
+                raw.evac.active(),
+            )
+        })
     }
 }
 
@@ -278,13 +287,50 @@ impl Engine for SyncHeap {
     const SYNC: bool = true;
 
     #[inline]
-    fn exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {
-        f(&mut self.raw.write())
+    fn try_exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> Result<R, Unavailable> {
+        let holder = self.enter()?;
+        let mut raw = self.raw.write();
+        self.held(holder, || f(&mut raw))
     }
 
     #[inline]
-    fn shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> R {
-        f(&self.raw.read())
+    fn try_shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
+        let holder = self.enter()?;
+        let raw = self.raw.read();
+        self.held(holder, || f(&raw))
+    }
+}
+
+impl SyncHeap {
+    /// Refuses a thread that holds this heap's lock already (a panic hook):
+    /// taking it again would deadlock. Returns what to restore on leaving.
+    #[inline]
+    fn enter(&self) -> Result<usize, Unavailable> {
+        let me = (self as *const SyncHeap).addr();
+        let holder = ENGINE_HOLDER.with(|h| h.replace(me));
+        if holder == me {
+            return Err(Unavailable::Reentered); // `holder` is still `me`: nothing to restore
+        }
+        Ok(holder)
+    }
+
+    /// Runs `f` with the lock held (taken by the caller after [`SyncHeap::enter`]),
+    /// unless the heap is poisoned; poisons it if `f` unwinds.
+    #[inline]
+    fn held<R>(&self, holder: usize, f: impl FnOnce() -> R) -> Result<R, Unavailable> {
+        let leave = || ENGINE_HOLDER.with(|h| h.set(holder));
+        if self.poisoned.load(Ordering::Relaxed) {
+            leave();
+            return Err(Unavailable::Poisoned);
+        }
+        let sentinel = Sentinel::arm(|| {
+            self.poisoned.store(true, Ordering::Relaxed);
+            leave();
+        });
+        let result = f();
+        sentinel.disarm();
+        leave();
+        Ok(result)
     }
 }
 
@@ -297,9 +343,11 @@ impl PinOwner for SyncHeap {
 
 impl Drop for SyncHeap {
     fn drop(&mut self) {
-        // `&mut self`: no guard and no other thread can reach the heap.
-        let values = self.raw.write().take_all_for_drop();
-        drop_all(values);
+        // `&mut self`: no guard and no other thread can reach the heap. If
+        // it is poisoned, its invariants may be broken: leak the values.
+        if let Ok(values) = self.try_exclusive(RawHeap::take_all_for_drop) {
+            drop_all(values);
+        }
     }
 }
 

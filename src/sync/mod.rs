@@ -21,6 +21,20 @@ pub(crate) use std::sync::atomic;
 #[cfg(not(loom))]
 pub(crate) use parking_lot::RwLock;
 
+#[cfg(not(loom))]
+std::thread_local! {
+    /// The address of the [`SyncHeap`] whose lock this thread holds (0:
+    /// none), so that a panic hook that calls that heap again is refused
+    /// instead of deadlocking. See [`Engine`](crate::engine::Engine).
+    pub(crate) static ENGINE_HOLDER: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    // loom runs its threads on one OS thread: its own thread-locals.
+    pub(crate) static ENGINE_HOLDER: core::cell::Cell<usize> = core::cell::Cell::new(0);
+}
+
 #[cfg(loom)]
 pub(crate) use loom_rwlock::RwLock;
 
