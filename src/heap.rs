@@ -6,8 +6,8 @@ use core::fmt;
 use slotmap::KeyData;
 
 use crate::access;
-use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::config::Config;
+use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;

@@ -9,9 +9,9 @@ use slotmap::KeyData;
 
 use super::{RwLock, ENGINE_HOLDER};
 use crate::access;
-use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::compact::Budget;
 use crate::config::Config;
+use crate::engine::{Engine, Sentinel, Unavailable};
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
