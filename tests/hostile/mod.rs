@@ -411,13 +411,18 @@ fn words(tag: u64, w: &[u64]) -> Vec<u64> {
 }
 
 fn bytes_obs(tag: u64, b: &[u8], full: bool) -> Vec<u64> {
-    let mut v = vec![tag, b.len() as u64];
-    if full || b.len() <= 256 {
-        v.extend(b.iter().map(|&x| x as u64));
+    sampled(tag, b.len(), full, |i| b[i])
+}
+
+/// The observation of `n` bytes, byte `i` being `at(i)`: all of them, or
+/// (unless `full`) the first and last 16 and 64 spread between.
+fn sampled(tag: u64, n: usize, full: bool, at: impl Fn(usize) -> u8) -> Vec<u64> {
+    let mut v = vec![tag, n as u64];
+    if full || n <= 256 {
+        v.extend((0..n).map(|i| at(i) as u64));
     } else {
-        let n = b.len();
-        v.extend(b[..16].iter().chain(&b[n - 16..]).map(|&x| x as u64));
-        v.extend((0..64).map(|k| b[k * (n - 1) / 63] as u64));
+        v.extend((0..16).chain(n - 16..n).map(|i| at(i) as u64));
+        v.extend((0..64).map(|k| at(k * (n - 1) / 63) as u64));
     }
     v
 }
@@ -584,9 +589,10 @@ impl Val {
             (Val::Aligned(x), _) => words(6, &[*x]),
             (Val::PageAligned(x), _) => words(7, &[*x as u64]),
             (Val::Huge(seed, fill), _) => {
-                let mut b = vec![*fill; HUGE_BYTES];
-                b[..8].copy_from_slice(&seed.to_le_bytes());
-                bytes_obs(8, &b, full)
+                let head = seed.to_le_bytes();
+                sampled(8, HUGE_BYTES, full, |i| {
+                    head.get(i).copied().unwrap_or(*fill)
+                })
             }
             (Val::Bytes(b), Part::Whole) => bytes_obs(9, b, full),
             (Val::Bytes(b), Part::Inner) => bytes_obs(9, &b[middle(b.len())], full),
