@@ -1,10 +1,13 @@
 //! Evacuation: move unpinned objects out of the sparsest segments, then give
 //! the emptied segments back to the OS.
 //!
-//! A *pass* picks its sources once, then evacuates them one by one, object by
-//! object; [`RawHeap::compact_step`] stops at its byte budget and the next
-//! call goes on where it stopped. Sources are never allocated into while the
-//! pass runs, so an object moves at most once per pass. See docs/DESIGN.md,
+//! A *pass* picks its sources once, sweeps the slot table to find the
+//! objects in them (segments keep no object lists: that would cost bytes per
+//! object), then evacuates them one by one, object by object;
+//! [`RawHeap::compact_step`] stops at its budget and the next call goes on
+//! where it stopped, in the sweep or in the moves. Sources are never
+//! allocated into while the pass runs, so no object arrives in one after the
+//! sweep, and an object moves at most once per pass. See docs/DESIGN.md,
 //! "Compaction".
 
 use core::ptr;
@@ -12,13 +15,22 @@ use core::ptr;
 use crate::raw::RawHeap;
 use crate::space::Place;
 use crate::stats::CompactReport;
+use crate::table::Loc;
 
 /// The state of the compaction pass in progress, if any.
 #[derive(Debug, Default)]
 pub(crate) struct Evacuation {
     /// Segments still to evacuate, the next one last.
     sources: Vec<u32>,
-    /// Index into the object list of `sources.last()`.
+    /// `found[i]`: the slot indices the sweep found in `sources[i]` (a
+    /// superset of its objects when it is evacuated: objects may leave, none
+    /// arrive). Freed when the pass ends.
+    found: Vec<Vec<u32>>,
+    /// While sweeping: the next slot index to look at.
+    sweep: Option<usize>,
+    /// While sweeping: `rank[segment id]` is its index in `sources`, or `u32::MAX`.
+    rank: Vec<u32>,
+    /// Index into `found.last()`.
     pos: usize,
     /// Whether a pass since the last full compaction ran out of memory for
     /// targets (under a memory limit), leaving sources unevacuated.
@@ -27,7 +39,10 @@ pub(crate) struct Evacuation {
 
 impl Evacuation {
     pub(crate) fn metadata_bytes(&self) -> usize {
-        self.sources.capacity() * core::mem::size_of::<u32>()
+        use core::mem::size_of;
+        (self.sources.capacity() + self.rank.capacity()) * size_of::<u32>()
+            + self.found.capacity() * size_of::<Vec<u32>>()
+            + self.found.iter().map(Vec::capacity).sum::<usize>() * size_of::<u32>()
     }
 
     /// Whether a pass is in progress.
@@ -120,6 +135,7 @@ impl RawHeap {
             while self.make_room() {}
         }
         self.release_spares(report);
+        self.table.release_vacant();
         report.finished = true;
     }
 
@@ -152,6 +168,13 @@ impl RawHeap {
         report
     }
 
+    /// Starts a pass for a paced step: any gain of a segment is worth it,
+    /// but only segments at most 7/8 full are sources, so that at worst 7
+    /// bytes move for each byte given back.
+    pub(crate) fn begin_paced_pass(&mut self) -> bool {
+        self.begin_pass(1, 7)
+    }
+
     /// Chooses the sources of a new pass. Candidates are all segments but the
     /// one being allocated into, sparsest first; the pass takes the prefix of
     /// them that frees the most segments (k sources whose live bytes fit in
@@ -180,20 +203,66 @@ impl RawHeap {
         self.evac.active()
     }
 
-    /// Starts a pass over `sources` (the next one last).
+    /// Starts a pass over `sources` (the next one last): its sweep first.
     fn start_pass(&mut self, sources: Vec<u32>) {
         debug_assert!(!self.evac.active());
-        self.evac.sources = sources;
-        self.evac.pos = 0;
-        for &id in &self.evac.sources {
+        let ids = self
+            .space
+            .segment_ids()
+            .last()
+            .map_or(0, |id| id as usize + 1);
+        self.evac.rank = vec![u32::MAX; ids];
+        for (i, &id) in sources.iter().enumerate() {
             self.space.set_evacuating(id, true);
+            self.evac.rank[id as usize] = i as u32;
         }
+        self.evac.found = vec![Vec::new(); sources.len()];
+        self.evac.sources = sources;
+        self.evac.sweep = Some(0);
+        self.evac.pos = 0;
+    }
+
+    /// Sweeps at most `limit` more slots for objects in the sources.
+    /// Returns whether the sweep is done.
+    fn sweep(&mut self, limit: usize) -> bool {
+        let Some(from) = self.evac.sweep else {
+            return true;
+        };
+        let to = from.saturating_add(limit).min(self.table.slots_len());
+        let evac = &mut self.evac;
+        for (index, slot) in self.table.range(from..to) {
+            // Segments mapped since the pass began (ids past `rank`) are no sources.
+            let rank = slot
+                .loc
+                .segment_id()
+                .and_then(|id| evac.rank.get(id as usize));
+            if let Some(&rank) = rank.filter(|&&r| r != u32::MAX) {
+                evac.found[rank as usize].push(index);
+            }
+        }
+        if to < self.table.slots_len() {
+            self.evac.sweep = Some(to);
+            return false;
+        }
+        self.evac.sweep = None;
+        self.evac.rank = Vec::new();
+        true
     }
 
     /// Evacuates sources until the pass is done (returns true, also when no
     /// pass is in progress) or the budget is spent (returns false).
     pub(crate) fn run_pass(&mut self, budget: Budget, report: &mut CompactReport) -> bool {
         let mut left = budget.bytes;
+        // The sweep costs about as much per slot as moving a few bytes.
+        let sweep_limit = if budget.oversize {
+            usize::MAX
+        } else {
+            (budget.bytes / 4).max(1024)
+        };
+        if !self.sweep(sweep_limit) {
+            report.finished = false;
+            return false;
+        }
         while let Some(&id) = self.evac.sources.last() {
             match self.evacuate_segment(id, budget, &mut left, report) {
                 Evacuated::Paused => {
@@ -203,17 +272,20 @@ impl RawHeap {
                 Evacuated::OutOfMemory => {
                     // No room for targets: end the pass, every source as it is.
                     self.evac.starved = true;
+                    self.evac.found.clear();
                     for id in core::mem::take(&mut self.evac.sources) {
                         self.end_source(id, report);
                     }
                 }
                 Evacuated::Done => {
                     self.evac.sources.pop();
+                    self.evac.found.pop();
                     self.end_source(id, report);
                 }
             }
             self.evac.pos = 0;
         }
+        self.evac.found = Vec::new();
         let (count, bytes) = self.space.release_emptied();
         report.segments_released += count;
         report.bytes_released += bytes;
@@ -237,7 +309,6 @@ impl RawHeap {
             }
         } else {
             // Pinned (or dying) objects keep it; a later pass tries again.
-            self.prune_objects(id);
             self.space.set_evacuating(id, false);
         }
     }
@@ -251,16 +322,16 @@ impl RawHeap {
         report: &mut CompactReport,
     ) -> Evacuated {
         loop {
-            let seg = self.space.segment(id).expect("source segment exists");
-            let Some(&key) = seg.objects.get(self.evac.pos) else {
+            let found = self.evac.found.last().expect("a list per source");
+            let Some(&index) = found.get(self.evac.pos) else {
                 return Evacuated::Done;
             };
-            let Some(slot) = self.table.get(key) else {
-                self.evac.pos += 1;
+            let Some(slot) = self.table.slot_at(index) else {
+                self.evac.pos += 1; // freed since the sweep
                 continue;
             };
-            if slot.place.segment_id() != Some(id) {
-                // Stale entry: freed, or moved away and noted in another list.
+            if slot.loc.segment_id() != Some(id) {
+                // Freed since the sweep, its slot reused by an object elsewhere.
                 self.evac.pos += 1;
                 continue;
             }
@@ -269,8 +340,9 @@ impl RawHeap {
                 self.evac.pos += 1;
                 continue;
             }
-            let size = slot.size();
-            let align = slot.info.align;
+            let size = self.size_of(slot);
+            let align = self.types.info(slot.ty).align;
+            let (src, len) = self.locate(slot);
             if size > *left {
                 if size <= budget.bytes || (budget.oversize && *left < budget.bytes) {
                     return Evacuated::Paused;
@@ -285,15 +357,20 @@ impl RawHeap {
             let Ok((dst, place)) = self.space.alloc(size, align) else {
                 return Evacuated::OutOfMemory;
             };
-            let slot = self.table.get_mut(key).expect("slot checked above");
-            let src = core::mem::replace(&mut slot.ptr, dst);
+            let target = place
+                .segment_id()
+                .expect("an object from a segment moves to one");
+            let offset = self
+                .space
+                .segment(target)
+                .expect("target exists")
+                .offset_of(dst);
             // `src` is the object's `size` bytes, unpinned (checked above; pins
             // need the engine, which we hold); `dst` is fresh, outside every source.
             // SAFETY: nobody reads or writes `src` now, and the two do not overlap (I8).
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
-            slot.place = place;
-            // A target list long enough to prune is pruned by a later pass.
-            let _ = self.space.note_object(place, key);
+            let slot = self.table.slot_at_mut(index).expect("slot checked above");
+            slot.loc = Loc::segment(target, offset, len);
             // SAFETY: the object's bytes at `src` were reserved by one alloc in
             // segment `id`; the slot now points at `dst`, so nothing reads `src` again.
             unsafe { self.space.release(src, size, Place::segment(id)) };

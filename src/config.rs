@@ -1,4 +1,5 @@
-//! [`Config`]: the knobs of a heap.
+//! [`Config`]: the knobs of a heap, and [`Pacing`]: how allocation and free
+//! pay for compaction as they go.
 
 /// How a [`Heap`](crate::Heap) lays out memory and how much it may take.
 ///
@@ -10,18 +11,20 @@
 /// let h = heap.alloc(1u32);
 /// assert_eq!(*heap.get(h).unwrap(), 1);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub(crate) segment_size: usize,
     pub(crate) memory_limit: Option<usize>,
+    pub(crate) pacing: Option<Pacing>,
 }
 
 impl Default for Config {
-    /// 1 MiB segments, no memory limit.
+    /// 1 MiB segments, no memory limit, [`Pacing::default`].
     fn default() -> Config {
         Config {
             segment_size: 1 << 20,
             memory_limit: None,
+            pacing: Some(Pacing::default()),
         }
     }
 }
@@ -32,12 +35,15 @@ impl Config {
     /// get a mapping of their own. Smaller segments give memory back sooner;
     /// larger ones map less often.
     ///
+    /// A heap maps at most 65 534 segments (64 GiB of 1 MiB segments) besides
+    /// its large objects.
+    ///
     /// # Panics
-    /// If `bytes` is not a power of two between 4 KiB and 1 GiB.
+    /// If `bytes` is not a power of two between 4 KiB and 16 MiB.
     pub fn segment_size(mut self, bytes: usize) -> Config {
         assert!(
-            bytes.is_power_of_two() && (4096..=1 << 30).contains(&bytes),
-            "segment size must be a power of two between 4 KiB and 1 GiB, got {bytes}"
+            bytes.is_power_of_two() && (4096..=1 << 24).contains(&bytes),
+            "segment size must be a power of two between 4 KiB and 16 MiB, got {bytes}"
         );
         self.segment_size = bytes;
         self
@@ -49,6 +55,130 @@ impl Config {
     /// [`AllocError::OutOfMemory`](crate::AllocError::OutOfMemory), `alloc*` panic.
     pub fn memory_limit(mut self, bytes: usize) -> Config {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// How allocation and free pace compaction ([`Pacing::default`] unless
+    /// set). See [`Pacing`].
+    pub fn pacing(mut self, pacing: Pacing) -> Config {
+        self.pacing = Some(pacing);
+        self
+    }
+
+    /// No paced compaction: memory is compacted only by
+    /// [`Heap::compact`](crate::Heap::compact),
+    /// [`Heap::compact_step`](crate::Heap::compact_step) and a background
+    /// compactor. Allocation and free then never move an object.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{Config, Heap};
+    ///
+    /// let heap = Heap::with_config(Config::default().segment_size(64 * 1024).no_pacing());
+    /// let hs: Vec<_> = (0..10_000u32).map(|i| heap.alloc([i; 16])).collect();
+    /// for h in hs.iter().step_by(2) {
+    ///     heap.free(*h);
+    /// }
+    /// assert_eq!(heap.stats().bytes_moved, 0); // nothing moved by itself
+    /// ```
+    pub fn no_pacing(mut self) -> Config {
+        self.pacing = None;
+        self
+    }
+}
+
+/// Compaction paid for by allocation and free, as a garbage collector paces
+/// marking with allocation: the heap stays near its live data at every
+/// moment, not only after [`Heap::compact`](crate::Heap::compact).
+///
+/// Every `alloc` and every free (`free`, `remove`, a last guard dropping a
+/// freed object) of `n` bytes adds `rate × n` bytes of *debt*. When the debt
+/// reaches [`Pacing::step`] and the heap holds more than
+/// `threshold × live bytes + one segment` (spare large mappings aside), that
+/// call runs one compaction step that moves at most [`Pacing::max_step`]
+/// bytes and clears the debt. So no single call does more than one bounded
+/// step, and a program that allocates and frees at a steady rate has its
+/// holes closed at a proportional rate. Pinned objects never move; objects
+/// larger than the step stay for [`Heap::compact`](crate::Heap::compact).
+///
+/// The defaults (threshold 1.05, rate 4, step 16 KiB, max step 64 KiB) keep a
+/// heap under about 1.10 × live + 2 segments while it churns; a step of
+/// 64 KiB costs tens of microseconds.
+///
+/// # Examples
+/// ```
+/// use compact_heap::{Config, Heap, Pacing};
+///
+/// let heap = Heap::with_config(Config::default().segment_size(64 * 1024));
+/// let hs: Vec<_> = (0..20_000u32).map(|i| heap.alloc([i; 16])).collect();
+/// for h in hs.iter().step_by(2) {
+///     heap.free(*h); // the frees pay for compaction as they go
+/// }
+/// let st = heap.stats();
+/// assert!(st.paced_bytes_moved > 0);
+/// assert!(st.held_bytes as f64 <= 1.10 * st.live_bytes as f64 + 2.0 * 65536.0);
+/// // Tuned: compact only past 1.5 × live, in smaller steps.
+/// let lazy = Config::default().pacing(Pacing::default().threshold(1.5).max_step(16 * 1024));
+/// # let _ = Heap::with_config(lazy);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pacing {
+    pub(crate) threshold: f64,
+    pub(crate) rate: usize,
+    pub(crate) step: usize,
+    pub(crate) max_step: usize,
+}
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing {
+            threshold: 1.05,
+            rate: 4,
+            step: 16 * 1024,
+            max_step: 64 * 1024,
+        }
+    }
+}
+
+impl Pacing {
+    /// Held bytes per live byte above which steps run (plus one segment of slack).
+    ///
+    /// # Panics
+    /// If `ratio` is not at least 1.0.
+    pub fn threshold(mut self, ratio: f64) -> Pacing {
+        assert!(
+            ratio >= 1.0,
+            "pacing threshold must be at least 1.0, got {ratio}"
+        );
+        self.threshold = ratio;
+        self
+    }
+
+    /// Bytes of compaction debt per byte allocated or freed.
+    pub fn rate(mut self, rate: usize) -> Pacing {
+        self.rate = rate;
+        self
+    }
+
+    /// The debt at which a step runs: larger steps run less often, so their
+    /// fixed cost (choosing sources) is spread further.
+    ///
+    /// # Panics
+    /// If `bytes` is 0.
+    pub fn step(mut self, bytes: usize) -> Pacing {
+        assert!(bytes > 0, "pacing step must be positive");
+        self.step = bytes;
+        self
+    }
+
+    /// The most bytes one step moves: the bound on the work one `alloc` or
+    /// free may do.
+    ///
+    /// # Panics
+    /// If `bytes` is 0.
+    pub fn max_step(mut self, bytes: usize) -> Pacing {
+        assert!(bytes > 0, "pacing max_step must be positive");
+        self.max_step = bytes;
         self
     }
 }

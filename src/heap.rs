@@ -436,7 +436,7 @@ impl Heap {
         &self,
         handle: Handle<T>,
     ) -> Option<core::ptr::NonNull<u8>> {
-        self.shared(|raw| raw.live_slot::<T>(handle.key()).map(|s| s.ptr))
+        self.shared(|raw| raw.live_slot::<T>(handle.key()).map(|s| raw.locate(s).0))
     }
 }
 
@@ -490,7 +490,7 @@ fn _assert_send() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -525,6 +525,66 @@ mod tests {
         }
         assert_eq!(heap.len(), 1);
         assert_eq!(*heap.get(next).unwrap(), 99);
+    }
+
+    #[test]
+    fn too_many_shared_borrows_panic_with_the_engine_let_go() {
+        use crate::sync::atomic::Ordering;
+        use crate::table::SHARED;
+        let heap = Heap::new();
+        let h = heap.alloc(1u8);
+        let word = |value: u16| {
+            heap.exclusive(|raw| {
+                raw.table
+                    .get(h.key())
+                    .unwrap()
+                    .borrow
+                    .store(value, Ordering::Relaxed)
+            })
+        };
+        word(SHARED - 1); // as if 16 382 guards were alive
+        let last = heap.get(h).unwrap();
+        let message = panic_message(|| heap.get(h).is_some());
+        assert!(message.contains("too many shared borrows"), "{message}");
+        // Raised outside the engine: the heap is not poisoned, nothing changed.
+        assert_eq!((heap.len(), *last), (1, 1));
+        drop(last);
+        word(0);
+        assert_eq!(heap.remove(h), Ok(1));
+    }
+
+    /// The panic message of `f`, which must panic.
+    pub(crate) fn panic_message<R>(f: impl FnOnce() -> R) -> String {
+        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) else {
+            panic!("expected a panic");
+        };
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_panic_inside_the_engine_poisons_the_heap() {
+        let heap = Heap::new();
+        let h = heap.alloc(String::from("leaked, not dropped twice"));
+        let guard = heap.get(h).unwrap();
+        // Stands for a bug: the engine's own code panics.
+        panic_message(|| heap.exclusive(|_| panic!("a bug")));
+        assert!(panic_message(|| heap.len()).contains("heap poisoned"));
+        assert!(panic_message(|| heap.alloc(1u8)).contains("heap poisoned"));
+        drop(guard); // does not panic: the pin is leaked
+        drop(heap); // leaks the values
+    }
+
+    #[test]
+    fn re_entering_the_engine_is_refused_not_aliased() {
+        let heap = Heap::new();
+        let message = panic_message(|| heap.exclusive(|_| heap.len()));
+        assert!(message.contains("re-entered"), "{message}");
+        // The refusal panicked inside the outer closure: poisoned, as a bug would.
+        assert!(panic_message(|| heap.len()).contains("heap poisoned"));
     }
 
     #[test]

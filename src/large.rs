@@ -17,6 +17,8 @@ const SPARE_MAPPINGS: usize = 2;
 pub(crate) struct LargeObjects {
     /// Mappings of live (or dying) large objects, by id; `None` for free ids.
     mappings: Vec<Option<Mapping>>,
+    /// The slice length of each large object, by id (the slot has no room for it).
+    metas: Vec<usize>,
     free_ids: Vec<u32>,
     /// Mappings of freed large objects, oldest first, at most [`SPARE_MAPPINGS`].
     spare: Vec<Mapping>,
@@ -39,18 +41,20 @@ impl LargeObjects {
     pub(crate) fn metadata_bytes(&self) -> usize {
         use core::mem::size_of;
         self.mappings.capacity() * size_of::<Option<Mapping>>()
+            + self.metas.capacity() * size_of::<usize>()
             + self.free_ids.capacity() * size_of::<u32>()
             + self.spare.capacity() * size_of::<Mapping>()
     }
 
     /// Takes a spare mapping that `size` bytes aligned to `align` fit in and
-    /// that is no longer than a fresh mapping for them would be.
+    /// that is as long as a fresh mapping for them would be (so the heap's
+    /// figures do not depend on which mapping an object got).
     pub(crate) fn take_spare(&mut self, size: usize, align: usize) -> Option<Mapping> {
         let fresh = Mapping::length_for(size, align)?;
         let i = self
             .spare
             .iter()
-            .position(|m| m.fits(size, align) && m.len() <= fresh)?;
+            .position(|m| m.len() == fresh && m.fits(size, align))?;
         Some(self.spare.swap_remove(i))
     }
 
@@ -65,9 +69,30 @@ impl LargeObjects {
             }
             None => {
                 self.mappings.push(Some(mapping));
+                self.metas.push(0);
                 (self.mappings.len() - 1) as u32
             }
         }
+    }
+
+    /// The first byte of large object `id`.
+    #[inline]
+    pub(crate) fn start(&self, id: usize) -> core::ptr::NonNull<u8> {
+        self.mappings[id]
+            .as_ref()
+            .expect("large object's mapping exists")
+            .start()
+    }
+
+    /// The slice length of large object `id`.
+    #[inline]
+    pub(crate) fn meta(&self, id: usize) -> usize {
+        self.metas[id]
+    }
+
+    /// Records the slice length of large object `id`.
+    pub(crate) fn set_meta(&mut self, id: usize, meta: usize) {
+        self.metas[id] = meta;
     }
 
     /// The large object `id` is gone: keep its mapping as a spare. Returns
@@ -99,16 +124,23 @@ mod tests {
     #[test]
     fn a_spare_is_reused_only_where_the_object_fits_from_its_aligned_start() {
         let mut large = LargeObjects::default();
-        // An over-aligned mapping usually starts part-way in; make sure one does.
-        let over = (0..64)
-            .map(|_| Mapping::new(300 * 1024, 1 << 16).unwrap())
-            .find(|m| m.usable() < m.len())
-            .expect("some 64 KiB-aligned start is not the mapping's first page");
+        // An over-aligned mapping usually starts part-way in; make sure one
+        // does (holding on to the others, so each attempt gets a new address).
+        let mut tried = Vec::new();
+        let over = loop {
+            let m = Mapping::new(300 * 1024, 1 << 16).unwrap();
+            if m.usable() < m.len() {
+                break m;
+            }
+            assert!(tried.len() < 64, "no 64 KiB-aligned start part-way in");
+            tried.push(m);
+        };
         let len = over.len();
         let id = large.insert(over);
         assert!(large.remove_to_spare(id).is_none());
         // Same mapping length, page alignment: a fresh mapping would be `len`
         // bytes, but from the spare's start fewer than `len` are usable.
+        // (Before the fix, the length alone decided, and this overflowed.)
         assert!(
             large.take_spare(len, 8).is_none(),
             "the spare's usable bytes decide, not its length"

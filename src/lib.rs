@@ -40,7 +40,7 @@
 //! - [`Heap::compact`] / [`Heap::compact_step`]: move objects to close holes,
 //!   all at once or in budgeted slices. [`Heap::stats`] tells what it holds.
 //! - [`SyncHeap`]: the same, shared between threads, with a background
-//!   [`Compactor`] that compacts in slices.
+//!   `Compactor` that compacts in slices (where there are threads).
 //!
 //! # How it works
 //! Objects live in *segments* (1 MiB blocks mapped from the OS) and are
@@ -51,6 +51,14 @@
 //! `memcpy` each, updates their slots, and unmaps the emptied segments.
 //! docs/DESIGN.md has the layout, the slot states, the pin protocol and the
 //! invariants every `unsafe` block relies on.
+//!
+//! # Targets
+//! Every target Rust's `std` supports. Segments come from `mmap` on unix,
+//! from linear memory on `wasm32` (kept and reused when freed, since wasm
+//! memory never shrinks), and from the global allocator elsewhere; the
+//! `alloc-segments` feature picks the global allocator everywhere. Where
+//! there are no threads (wasm without `atomics`) there is no background
+//! `Compactor`: call [`Heap::compact_step`] or [`SyncHeap::compact_step`].
 //!
 //! # Compared with
 //! - **slotmap**: the same generational handles (this crate's table *is* a
@@ -84,8 +92,9 @@ mod space;
 mod stats;
 mod sync;
 mod table;
+mod types;
 
-pub use config::Config;
+pub use config::{Config, Pacing};
 pub use error::{AllocError, BorrowError, RemoveError};
 pub use guard::{Ref, RefMut};
 pub use handle::Handle;
@@ -93,7 +102,10 @@ pub use heap::Heap;
 pub use object::Object;
 pub use stats::{CompactReport, HeapStats};
 pub use sync::SyncHeap;
-#[cfg(not(loom))]
+#[cfg(all(
+    not(loom),
+    any(not(target_family = "wasm"), target_feature = "atomics")
+))]
 pub use sync::{Compactor, CompactorHandle, Policy};
 
 /// The README's examples, compiled and run as doctests.

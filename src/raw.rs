@@ -7,14 +7,15 @@ use core::ptr::NonNull;
 
 use slotmap::KeyData;
 
-use crate::compact::Evacuation;
-use crate::config::Config;
+use crate::compact::{Budget, Evacuation};
+use crate::config::{Config, Pacing};
 use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
-use crate::stats::HeapStats;
-use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use crate::table::{Slot, Table, EXCLUSIVE, SHARED, ZOMBIE};
+use crate::stats::{CompactReport, HeapStats};
+use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::table::{Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
+use crate::types::Types;
 
 /// Running totals of compaction work.
 #[derive(Debug, Default, Clone, Copy)]
@@ -23,12 +24,16 @@ pub(crate) struct Totals {
     pub(crate) objects_moved: u64,
     pub(crate) bytes_moved: u64,
     pub(crate) bytes_released: u64,
+    pub(crate) paced_bytes_moved: u64,
+    pub(crate) paced_steps: u64,
 }
 
 /// The engine: table + space + compaction state.
 #[derive(Debug)]
 pub(crate) struct RawHeap {
     pub(crate) table: Table,
+    /// The types stored, by the 16-bit index a slot holds.
+    pub(crate) types: Types,
     pub(crate) space: Space,
     pub(crate) evac: Evacuation,
     pub(crate) totals: Totals,
@@ -39,6 +44,10 @@ pub(crate) struct RawHeap {
     /// read path). Only changed with plain loads and stores.
     pinned: AtomicUsize,
     limited: bool,
+    /// Compaction paid for by allocation and free, if on.
+    pacing: Option<Pacing>,
+    /// Bytes of compaction work owed (see [`Pacing`]).
+    debt: usize,
 }
 
 /// An object whose handle is gone but whose bytes are still reserved: its
@@ -53,24 +62,12 @@ pub(crate) struct Dying {
     size: usize,
 }
 
-impl Dying {
-    fn from_slot(slot: Slot) -> Dying {
-        Dying {
-            size: slot.size(),
-            ptr: slot.ptr,
-            meta: slot.meta,
-            info: slot.info,
-            place: slot.place,
-        }
-    }
-}
-
 /// Why [`RawHeap::pin`] gave no pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PinError {
     /// A stale handle or a borrow conflict, for the caller.
     Refused(BorrowError),
-    /// The shared count is full (2³⁰ − 1 guards of one object).
+    /// The shared count is full (16 383 guards of one object).
     TooManyShared,
 }
 
@@ -117,12 +114,15 @@ impl RawHeap {
     pub(crate) fn new(config: &Config) -> RawHeap {
         RawHeap {
             table: Table::new(),
+            types: Types::new(),
             space: Space::new(config),
             evac: Evacuation::default(),
             totals: Totals::default(),
             live_bytes: 0,
             pinned: AtomicUsize::new(0),
             limited: config.memory_limit.is_some(),
+            pacing: config.pacing,
+            debt: 0,
         }
     }
 
@@ -138,6 +138,13 @@ impl RawHeap {
         if self.table.is_full() {
             return Err(AllocError::OutOfMemory);
         }
+        // Before the new object exists: a step must not move bytes that the
+        // caller has yet to write.
+        self.pace(layout.size());
+        let ty = self.types.index_of(info).ok_or(AllocError::OutOfMemory)?;
+        if layout.size() == 0 && meta > Loc::MAX_NOWHERE_LEN {
+            return Err(AllocError::TooLarge);
+        }
         let (ptr, place) = loop {
             match self.space.alloc(layout.size(), layout.align()) {
                 Ok(found) => break found,
@@ -147,25 +154,76 @@ impl RawHeap {
                 Err(e) => return Err(e),
             }
         };
-        let key = self.table.insert(Slot {
+        let loc = if let Some(id) = place.segment_id() {
+            let offset = self
+                .space
+                .segment(id)
+                .expect("new object's segment")
+                .offset_of(ptr);
+            Loc::segment(id, offset, meta)
+        } else if let Some(id) = place.large_id() {
+            self.space.set_large_meta(id as usize, meta);
+            Loc::large(id as usize)
+        } else {
+            Loc::nowhere(meta)
+        };
+        let key = self.table.insert(ty, loc);
+        self.live_bytes += layout.size();
+        Ok((key, ptr))
+    }
+
+    /// The address and slice length of the object in `slot` (live or dying).
+    #[inline]
+    pub(crate) fn locate(&self, slot: &Slot) -> (NonNull<u8>, usize) {
+        match slot.loc.decode() {
+            Where::Segment { id, offset, len } => {
+                // SAFETY: the object's bytes are at `offset` in segment `id` (I2),
+                // so the offset is inside the segment's mapping.
+                (unsafe { self.space.base(id).add(offset) }, len)
+            }
+            Where::Large { id } => (self.space.large_start(id), self.space.large_meta(id)),
+            Where::Nowhere { len } => {
+                let align = self.types.info(slot.ty).align;
+                let dangling = core::ptr::without_provenance_mut(align);
+                (NonNull::new(dangling).expect("align is non-zero"), len)
+            }
+        }
+    }
+
+    /// Bytes of the object in `slot`.
+    #[inline]
+    pub(crate) fn size_of(&self, slot: &Slot) -> usize {
+        let info = self.types.info(slot.ty);
+        if !info.is_slice {
+            return info.elem_size;
+        }
+        info.size(self.locate(slot).1)
+    }
+
+    /// The object that `ty` and `loc` (a slot's, just unlinked) describe.
+    fn dying(&self, (ty, loc): (u16, Loc)) -> Dying {
+        let info = self.types.info(ty);
+        let slot = Slot::unlinked(ty, loc);
+        let (ptr, meta) = self.locate(&slot);
+        let place = match loc.decode() {
+            Where::Segment { id, .. } => Place::segment(id),
+            Where::Large { id } => Place::large(id as u32),
+            Where::Nowhere { .. } => Place::NONE,
+        };
+        Dying {
             ptr,
             meta,
             info,
             place,
-            borrow: AtomicU32::new(0),
-        });
-        if let Some(id) = self.space.note_object(place, key) {
-            self.prune_objects(id);
+            size: info.size(meta),
         }
-        self.live_bytes += layout.size();
-        Ok((key, ptr))
     }
 
     /// The slot of `key` if its handle is live and it holds a `T`.
     #[inline]
     pub(crate) fn live_slot<T: ?Sized + Object>(&self, key: KeyData) -> Option<&Slot> {
         let slot = self.table.get(key)?;
-        (!slot.is_dead() && slot.info.is::<T>()).then_some(slot)
+        (!slot.is_dead() && self.types.is::<T>(slot.ty)).then_some(slot)
     }
 
     /// Pins the object of `key`, shared or exclusive, and returns a pointer to it.
@@ -210,8 +268,9 @@ impl RawHeap {
                 Err(seen) => cur = seen,
             }
         }
-        let ptr = T::from_raw_parts(slot.ptr.as_ptr(), slot.meta);
-        // SAFETY: slot pointers are never null (mapped memory or an aligned dangling address).
+        let (data, meta) = self.locate(slot);
+        let ptr = T::from_raw_parts(data.as_ptr(), if T::INFO.is_slice { meta } else { 0 });
+        // SAFETY: object addresses are never null (mapped memory or an aligned dangling address).
         Ok(unsafe { NonNull::new_unchecked(ptr) })
     }
 
@@ -242,11 +301,11 @@ impl RawHeap {
 
     /// Unlinks the zombie of `key` whose last pin just went.
     pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Dying {
-        let slot = self
+        let held = self
             .table
             .remove(key)
             .expect("a zombie stays in the table until finished");
-        Dying::from_slot(slot)
+        self.dying(held)
     }
 
     /// Kills the handle `key`. The value is dropped now (by the caller) or,
@@ -254,14 +313,10 @@ impl RawHeap {
     ///
     /// Needs exclusive access: no pin or unpin runs at the same time.
     pub(crate) fn free<T: ?Sized + Object>(&mut self, key: KeyData) -> Freed {
-        let Some(slot) = self
-            .table
-            .get(key)
-            .filter(|s| !s.is_dead() && s.info.is::<T>())
-        else {
+        let Some(slot) = self.live_slot::<T>(key) else {
             return Freed::Stale;
         };
-        let (size, pinned) = (slot.size(), slot.is_pinned());
+        let (size, pinned) = (self.size_of(slot), slot.is_pinned());
         self.live_bytes -= size;
         if pinned {
             let slot = self.table.get(key).expect("checked above");
@@ -269,8 +324,8 @@ impl RawHeap {
             self.table.count_zombie();
             return Freed::Deferred;
         }
-        let slot = self.table.remove(key).expect("live slot exists");
-        Freed::Now(Dying::from_slot(slot))
+        let held = self.table.remove(key).expect("live slot exists");
+        Freed::Now(self.dying(held))
     }
 
     /// Unlinks the unpinned object of `key` so that the caller can move its value out.
@@ -279,10 +334,10 @@ impl RawHeap {
         if slot.is_pinned() {
             return Err(RemoveError::Pinned);
         }
-        let size = slot.size();
+        let size = self.size_of(slot);
         self.live_bytes -= size;
-        let slot = self.table.remove(key).expect("live slot exists");
-        Ok(Dying::from_slot(slot))
+        let held = self.table.remove(key).expect("live slot exists");
+        Ok(self.dying(held))
     }
 
     /// Gives back the memory of an object whose value is gone (dropped or moved out).
@@ -291,6 +346,40 @@ impl RawHeap {
         // place of one allocation; the slot is gone, so this is the only
         // release of it, and the value was dropped or moved out (Dying's contract).
         unsafe { self.space.release(dying.ptr, dying.size, dying.place) };
+        self.pace(dying.size);
+    }
+
+    /// Adds the debt of allocating or freeing `bytes`, and pays it with one
+    /// bounded compaction step if it is due and the heap holds too much.
+    #[inline]
+    fn pace(&mut self, bytes: usize) {
+        let Some(pacing) = self.pacing else { return };
+        self.debt = self.debt.saturating_add(bytes.saturating_mul(pacing.rate));
+        if self.debt >= pacing.step {
+            self.paced_step(pacing);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn paced_step(&mut self, pacing: Pacing) {
+        let budget = core::mem::take(&mut self.debt).min(pacing.max_step);
+        let held = self.space.held_bytes() - self.space.spare_bytes();
+        let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
+        if !self.evac.active() && (held as f64 <= allowed || !self.begin_paced_pass()) {
+            return;
+        }
+        let moved = self.totals.bytes_moved;
+        let mut report = CompactReport::default();
+        self.run_pass(
+            Budget {
+                bytes: budget,
+                oversize: false,
+            },
+            &mut report,
+        );
+        self.totals.paced_steps += 1;
+        self.totals.paced_bytes_moved += self.totals.bytes_moved - moved;
     }
 
     #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out
@@ -302,19 +391,6 @@ impl RawHeap {
     /// Whether `key` is a live handle of a `T`.
     pub(crate) fn contains<T: ?Sized + Object>(&self, key: KeyData) -> bool {
         self.live_slot::<T>(key).is_some()
-    }
-
-    /// Removes stale keys from segment `id`'s object list.
-    pub(crate) fn prune_objects(&mut self, id: u32) {
-        let table = &self.table;
-        let seg = self.space.segment_mut(id).expect("segment exists");
-        seg.objects.retain(|&k| {
-            table
-                .get(k)
-                .is_some_and(|s| s.place.segment_id() == Some(id))
-        });
-        seg.objects.sort_unstable_by_key(|k| k.as_ffi());
-        seg.objects.dedup();
     }
 
     /// The heap's figures. `scan_pins`: count pinned objects by walking the
@@ -331,6 +407,7 @@ impl RawHeap {
             large_bytes: held_bytes - segment_bytes - spare_bytes,
             spare_bytes,
             metadata_bytes: self.table.metadata_bytes()
+                + self.types.metadata_bytes()
                 + self.space.metadata_bytes()
                 + self.evac.metadata_bytes(),
             pinned_objects: if scan_pins {
@@ -344,6 +421,8 @@ impl RawHeap {
             objects_moved: self.totals.objects_moved,
             bytes_moved: self.totals.bytes_moved,
             bytes_released: self.totals.bytes_released,
+            paced_bytes_moved: self.totals.paced_bytes_moved,
+            paced_steps: self.totals.paced_steps,
         }
     }
 
@@ -355,7 +434,11 @@ impl RawHeap {
     pub(crate) fn take_all_for_drop(&mut self) -> Vec<Droppable> {
         self.table
             .iter()
-            .filter_map(|(_, s)| s.info.drop.map(|d| (s.ptr, s.meta, d)))
+            .filter_map(|(_, s)| {
+                let drop = self.types.info(s.ty).drop?;
+                let (ptr, meta) = self.locate(s);
+                Some((ptr, meta, drop))
+            })
             .collect()
     }
 }
@@ -397,8 +480,10 @@ pub(crate) fn drop_all(values: Vec<Droppable>) {
     let mut rest = Rest(values.into_iter());
     // `by_ref`: if a drop panics, `rest` still holds the values after it.
     for (ptr, meta, drop_fn) in rest.0.by_ref() {
-        // SAFETY: each entry is a live value of the type its drop function
-        // was made for, listed once; the heap is ending, so nothing reads it after.
+        // SAFETY: each entry is an initialised value still in the table (live,
+        // or a zombie whose last guard was forgotten), of the type its drop
+        // function was made for (I2, I9), listed once; the heap is ending and
+        // no guard can be used any more, so nothing reads it after.
         unsafe { drop_fn(ptr.as_ptr(), meta) };
     }
 }

@@ -8,8 +8,6 @@
 
 use core::ptr::NonNull;
 
-use slotmap::KeyData;
-
 use crate::mapping::Mapping;
 
 /// `x` rounded up to a multiple of `align`, a power of two (a mask, not the
@@ -40,10 +38,6 @@ pub(crate) struct Segment {
     pub(crate) live_bytes: usize,
     /// Number of live and dying objects in this segment.
     pub(crate) live_objects: usize,
-    /// Keys of the objects allocated here, oldest first. It may hold stale
-    /// keys and keys of objects that moved away; the table decides. Every
-    /// live object whose place is this segment has its key in this list.
-    pub(crate) objects: Vec<KeyData>,
     /// A compaction source: nothing is allocated here until its pass ends.
     pub(crate) evacuating: bool,
     /// The size class of the recyclable list this segment is queued in, if any.
@@ -74,7 +68,6 @@ impl Segment {
             lines,
             live_bytes: 0,
             live_objects: 0,
-            objects: Vec::new(),
             evacuating: false,
             queued: None,
             max_hole: size / LINE,
@@ -87,12 +80,11 @@ impl Segment {
         self.mapping.len()
     }
 
-    /// Bytes of metadata kept for this segment (line counts and object list).
+    /// Bytes of metadata kept for this segment (line counts and bitmap).
     pub(crate) fn metadata_bytes(&self) -> usize {
         core::mem::size_of::<Segment>()
             + self.lines.len()
             + self.free_bits.len() * core::mem::size_of::<u64>()
-            + self.objects.capacity() * core::mem::size_of::<KeyData>()
     }
 
     /// Usable bytes.

@@ -4,13 +4,12 @@
 
 use core::ptr::NonNull;
 
-use slotmap::KeyData;
-
 use crate::config::Config;
 use crate::error::AllocError;
 use crate::large::LargeObjects;
 use crate::mapping::{Mapping, PAGE};
 use crate::segment::{align_up, Segment, LINE};
+use crate::table::Loc;
 
 /// Where an object's bytes are, packed into 32 bits for the slot table.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -26,7 +25,7 @@ impl Place {
         Place(id)
     }
 
-    fn large(id: u32) -> Place {
+    pub(crate) fn large(id: u32) -> Place {
         debug_assert!(id < Self::LARGE - 1);
         Place(id | Self::LARGE)
     }
@@ -53,6 +52,17 @@ struct Cursor {
     limit: usize,
 }
 
+/// The first byte of a segment, kept apart from the segment so that reaching
+/// an object takes one load of a small, hot array.
+#[derive(Debug, Clone, Copy)]
+struct Base(NonNull<u8>);
+
+// SAFETY: only an address (with the provenance of a mapping the space owns);
+// it is dereferenced only by whoever holds the engine.
+unsafe impl Send for Base {}
+// SAFETY: as above; shared access only reads the address.
+unsafe impl Sync for Base {}
+
 /// All object memory of one heap.
 #[derive(Debug)]
 pub(crate) struct Space {
@@ -61,6 +71,8 @@ pub(crate) struct Space {
     limit: usize,
     /// Segments by id; `None` for released ids, reused through `free_segments`.
     segments: Vec<Option<Segment>>,
+    /// `bases[id]` is the start of segment `id` (dangling for released ids).
+    bases: Vec<Base>,
     free_segments: Vec<u32>,
     /// Objects with a mapping each, and spare mappings for reuse
     /// (`compact()` gives the spares back).
@@ -88,6 +100,7 @@ impl Space {
             large_threshold: config.segment_size / 4,
             limit: config.memory_limit.unwrap_or(usize::MAX),
             segments: Vec::new(),
+            bases: Vec::new(),
             free_segments: Vec::new(),
             large: LargeObjects::default(),
             emptied: Vec::new(),
@@ -126,19 +139,39 @@ impl Space {
                 .map(Segment::metadata_bytes)
                 .sum::<usize>()
             + self.large.metadata_bytes()
+            + self.bases.capacity() * core::mem::size_of::<Base>()
             + (self.free_segments.capacity()
                 + self.recyclable.iter().map(Vec::capacity).sum::<usize>())
                 * size_of::<u32>()
     }
 
+    /// The start of segment `id`, which exists.
     #[inline]
-    pub(crate) fn segment(&self, id: u32) -> Option<&Segment> {
-        self.segments.get(id as usize)?.as_ref()
+    pub(crate) fn base(&self, id: u32) -> NonNull<u8> {
+        debug_assert!(self.segment(id).is_some());
+        self.bases[id as usize].0
+    }
+
+    /// The first byte of large object `id`.
+    #[inline]
+    pub(crate) fn large_start(&self, id: usize) -> NonNull<u8> {
+        self.large.start(id)
+    }
+
+    /// The slice length of large object `id`.
+    #[inline]
+    pub(crate) fn large_meta(&self, id: usize) -> usize {
+        self.large.meta(id)
+    }
+
+    /// Records the slice length of large object `id`.
+    pub(crate) fn set_large_meta(&mut self, id: usize, meta: usize) {
+        self.large.set_meta(id, meta);
     }
 
     #[inline]
-    pub(crate) fn segment_mut(&mut self, id: u32) -> Option<&mut Segment> {
-        self.segments.get_mut(id as usize)?.as_mut()
+    pub(crate) fn segment(&self, id: u32) -> Option<&Segment> {
+        self.segments.get(id as usize)?.as_ref()
     }
 
     /// Ids of all segments, for choosing compaction sources.
@@ -267,20 +300,26 @@ impl Space {
                 });
             }
         }
-        if self.held.saturating_add(self.segment_size) > self.limit {
+        if self.held.saturating_add(self.segment_size) > self.limit
+            || (self.free_segments.is_empty() && self.segments.len() >= Loc::MAX_SEGMENTS as usize)
+        {
+            // Past the limit, or out of ids (a slot names a segment in 16 bits).
             return Err(AllocError::OutOfMemory);
         }
         let seg = Segment::new(self.segment_size).ok_or(AllocError::OutOfMemory)?;
         self.held += seg.mapped_bytes();
         self.segment_count += 1;
         let limit = seg.size();
+        let base = Base(seg.ptr_at(0));
         let id = match self.free_segments.pop() {
             Some(id) => {
                 self.segments[id as usize] = Some(seg);
+                self.bases[id as usize] = base;
                 id
             }
             None => {
                 self.segments.push(Some(seg));
+                self.bases.push(base);
                 (self.segments.len() - 1) as u32
             }
         };
@@ -313,19 +352,6 @@ impl Space {
         debug_assert!(mapping.fits(size, align), "a large object fits its mapping");
         let ptr = mapping.start();
         Ok((ptr, Place::large(self.large.insert(mapping))))
-    }
-
-    /// Records that `key` now names an object placed at `place`, so that
-    /// compaction can find it. Returns the segment id if its object list has
-    /// grown past twice its live objects and should be pruned.
-    #[inline]
-    pub(crate) fn note_object(&mut self, place: Place, key: KeyData) -> Option<u32> {
-        let id = place.segment_id()?;
-        let seg = self.segments[id as usize]
-            .as_mut()
-            .expect("object's segment exists");
-        seg.objects.push(key);
-        (seg.objects.len() > 2 * seg.live_objects + 32).then_some(id)
     }
 
     /// Gives back the `size` bytes at `ptr` that [`Space::alloc`] returned
@@ -431,7 +457,6 @@ impl Space {
         if self.emptied.len() >= EMPTIED_KEPT {
             return self.release_segment(id);
         }
-        seg.objects.clear();
         self.emptied.push(id);
         0
     }

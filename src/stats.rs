@@ -49,6 +49,12 @@ pub struct HeapStats {
     pub bytes_moved: u64,
     /// Bytes compaction has given back to the OS so far.
     pub bytes_released: u64,
+    /// Of `bytes_moved`, the bytes moved by steps that allocation and free
+    /// ran themselves ([`Pacing`](crate::Pacing)).
+    pub paced_bytes_moved: u64,
+    /// Steps that allocation and free ran ([`Pacing`](crate::Pacing)); not
+    /// counted in `compactions`.
+    pub paced_steps: u64,
 }
 
 impl HeapStats {

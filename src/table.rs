@@ -1,56 +1,61 @@
-//! The slot table: a [`slotmap::SlotMap`] of [`Slot`]s, plus retirement.
+//! The slot table: one 16-byte [`Slot`] per object, plus retirement.
 //!
-//! A handle is a slotmap key (index + version). slotmap bumps a slot's version
-//! on every insert and remove and lets it wrap after 2³¹ reuses, which would
-//! bring a long-dead handle back to life. [`Table::remove`] *retires* a slot
-//! whose version has reached the top instead of freeing it: the slot stays
-//! occupied by a dead marker forever, so no key of it can ever read a value
+//! A handle is a slotmap [`KeyData`] (a 32-bit index and a 32-bit version,
+//! odd while the slot is occupied), but the table is our own: slotmap's
+//! `SlotMap<Slot>` pads each entry to the value's alignment and keeps its
+//! version beside it, which cannot get a slot with a pointer, a type and a
+//! borrow word under 24 bytes. Here everything an object needs is packed in
+//! 16 (see [`Loc`]); docs/DESIGN.md, "Slots and handles", has the layout.
+//!
+//! Every insert and remove bumps a slot's version; a slot whose version would
+//! wrap (after 2³¹ reuses) is *retired* instead of freed: it stays occupied
+//! by a dead marker forever, so no old handle of it can ever read a value
 //! again. That costs one slot per 2³¹ reuses of a slot.
 
-use core::ptr::NonNull;
+use slotmap::KeyData;
 
-use slotmap::{DefaultKey, Key, KeyData, SlotMap};
-
-use crate::object::TypeInfo;
-use crate::space::Place;
-use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::sync::atomic::{AtomicU16, Ordering};
 
 /// Borrow word bit: the handle is dead; the value waits for its last guard.
 /// With no pins left it marks a retired slot.
-pub(crate) const ZOMBIE: u32 = 1 << 31;
+pub(crate) const ZOMBIE: u16 = 1 << 15;
 /// Borrow word bit: one exclusive borrow (`RefMut`) is alive.
-pub(crate) const EXCLUSIVE: u32 = 1 << 30;
-/// Borrow word: mask of the shared-borrow count.
-pub(crate) const SHARED: u32 = EXCLUSIVE - 1;
+pub(crate) const EXCLUSIVE: u16 = 1 << 14;
+/// Borrow word: mask of the shared-borrow count (at most 16 383 guards).
+pub(crate) const SHARED: u16 = EXCLUSIVE - 1;
 
-/// One object's entry.
+/// The type index of `()`, which every heap registers first: retired slots
+/// carry it (no drop glue, no bytes).
+pub(crate) const UNIT_TYPE: u16 = 0;
+
+/// One object's entry: 16 bytes.
+#[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Slot {
-    /// The object's current address. Changes only when compaction moves the
-    /// object, which it does only while `borrow` shows no pin.
-    pub(crate) ptr: NonNull<u8>,
-    /// The length of a slice or `str`; 0 for sized types.
-    pub(crate) meta: usize,
-    /// The type stored here.
-    pub(crate) info: &'static TypeInfo,
-    /// Where the bytes are (segment, own mapping, or nowhere for ZSTs).
-    pub(crate) place: Place,
+    /// Odd while occupied (live, zombie or retired), even while vacant.
+    version: u32,
     /// The pin state: `ZOMBIE | EXCLUSIVE | shared count`. Pinned iff
     /// `borrow & !ZOMBIE != 0`. See docs/DESIGN.md, "The pin protocol".
-    pub(crate) borrow: AtomicU32,
+    pub(crate) borrow: AtomicU16,
+    /// The stored type, an index into the heap's [`Types`](crate::types::Types).
+    pub(crate) ty: u16,
+    /// Where the bytes are and the slice length. While vacant: the next
+    /// vacant index + 1 (0: none), in the low 32 bits.
+    pub(crate) loc: Loc,
 }
 
-// SAFETY: the pointer is into memory owned by the heap; a Slot is only data.
-// Values are `Send` (and `Sync` for the concurrent heap) by the alloc bounds.
-unsafe impl Send for Slot {}
-// SAFETY: as above; shared access only reads the fields or uses the atomic.
-unsafe impl Sync for Slot {}
+#[cfg(not(loom))] // loom's atomics are bigger
+const _: () = assert!(core::mem::size_of::<Slot>() == 16);
 
 impl Slot {
-    /// Bytes of the object.
-    #[inline]
-    pub(crate) fn size(&self) -> usize {
-        self.info.size(self.meta)
+    /// A stand-alone slot of an object just unlinked, to decode its location.
+    pub(crate) fn unlinked(ty: u16, loc: Loc) -> Slot {
+        Slot {
+            version: 0,
+            borrow: AtomicU16::new(0),
+            ty,
+            loc,
+        }
     }
 
     /// Whether the handle is dead (freed while pinned, or retired).
@@ -66,10 +71,129 @@ impl Slot {
     }
 }
 
-/// The handle table.
+/// Where an object's bytes are, and the length of a slice, in 64 bits:
+///
+/// | bits 48..64 | bits 24..48 | bits 0..24 | meaning |
+/// |---|---|---|---|
+/// | segment id (< [`Loc::MAX_SEGMENTS`]) | byte offset in the segment | slice length | bytes in a segment |
+/// | `0xFFFF` | large id (48 bits, with the next column) | | a mapping of its own; its length is kept with the mapping |
+/// | `0xFFFE` | slice length (48 bits, with the next column) | | no bytes: a zero-sized value |
+///
+/// Objects in segments are at most a quarter segment, and segments are at
+/// most 16 MiB, so offsets and lengths fit 24 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc(u64);
+
+/// What a [`Loc`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Where {
+    /// `len` elements at byte `offset` of segment `id`.
+    Segment { id: u32, offset: usize, len: usize },
+    /// Large object `id`.
+    Large { id: usize },
+    /// No bytes; a slice of `len` elements (0 for sized types).
+    Nowhere { len: usize },
+}
+
+impl Loc {
+    const LARGE: u64 = 0xFFFF;
+    const NOWHERE: u64 = 0xFFFE;
+    const LOW24: u64 = (1 << 24) - 1;
+    const LOW48: u64 = (1 << 48) - 1;
+    /// Segment ids are below this.
+    pub(crate) const MAX_SEGMENTS: u32 = 0xFFFE;
+    /// Offsets in a segment and lengths of slices in segments are below this.
+    pub(crate) const MAX_IN_SEGMENT: usize = 1 << 24;
+    /// Lengths of zero-sized slices are at most this.
+    pub(crate) const MAX_NOWHERE_LEN: usize = Loc::LOW48 as usize;
+
+    #[inline]
+    pub(crate) fn segment(id: u32, offset: usize, len: usize) -> Loc {
+        debug_assert!(id < Loc::MAX_SEGMENTS);
+        debug_assert!(offset < Loc::MAX_IN_SEGMENT && len < Loc::MAX_IN_SEGMENT);
+        Loc((u64::from(id) << 48) | ((offset as u64) << 24) | len as u64)
+    }
+
+    #[inline]
+    pub(crate) fn large(id: usize) -> Loc {
+        debug_assert!(id as u64 <= Loc::LOW48);
+        Loc((Loc::LARGE << 48) | id as u64)
+    }
+
+    #[inline]
+    pub(crate) fn nowhere(len: usize) -> Loc {
+        debug_assert!(len <= Loc::MAX_NOWHERE_LEN);
+        Loc((Loc::NOWHERE << 48) | len as u64)
+    }
+
+    /// The segment id, if the bytes are in a segment.
+    #[inline]
+    pub(crate) fn segment_id(self) -> Option<u32> {
+        let id = (self.0 >> 48) as u32;
+        (id < Loc::MAX_SEGMENTS).then_some(id)
+    }
+
+    /// The byte offset in the segment (meaningful for segment objects).
+    #[inline]
+    pub(crate) fn offset(self) -> usize {
+        ((self.0 >> 24) & Loc::LOW24) as usize
+    }
+
+    /// The slice length of a segment object.
+    #[inline]
+    pub(crate) fn segment_len(self) -> usize {
+        (self.0 & Loc::LOW24) as usize
+    }
+
+    #[inline]
+    pub(crate) fn decode(self) -> Where {
+        match self.0 >> 48 {
+            Loc::LARGE => Where::Large {
+                id: (self.0 & Loc::LOW48) as usize,
+            },
+            Loc::NOWHERE => Where::Nowhere {
+                len: (self.0 & Loc::LOW48) as usize,
+            },
+            id => Where::Segment {
+                id: id as u32,
+                offset: self.offset(),
+                len: self.segment_len(),
+            },
+        }
+    }
+}
+
+/// Slots per chunk of the table (16 KiB).
+const CHUNK: usize = 1024;
+
+/// What the table knows of one chunk of slots.
+#[derive(Debug, Default, Clone, Copy)]
+struct ChunkMeta {
+    /// The first vacant slot on this chunk's free list, + 1 (0: none).
+    free: u16,
+    /// Slots never handed out since the chunk was materialized (they follow
+    /// `CHUNK - fresh`; not on the free list).
+    fresh: u16,
+    /// Occupied slots.
+    occupied: u16,
+    /// The version every slot starts at when the chunk is materialized:
+    /// above every version its slots had before it was released.
+    floor: u32,
+}
+
+/// The handle table: chunks of [`CHUNK`] slots. New objects take a slot in
+/// the lowest chunk that has one vacant, so a table that shrinks keeps its
+/// occupied slots together, and [`Table::release_vacant`] gives wholly
+/// vacant chunks back.
 #[derive(Debug)]
 pub(crate) struct Table {
-    map: SlotMap<DefaultKey, Slot>,
+    /// `None`: released (every slot vacant; versions resume at `floor`).
+    chunks: Vec<Option<Box<[Slot]>>>,
+    meta: Vec<ChunkMeta>,
+    /// Bit `c` is set iff chunk `c` has a vacant slot.
+    vacant: Vec<u64>,
+    /// Occupied slots: live, zombie and retired.
+    occupied: usize,
     /// Slots retired for good.
     retired: usize,
     /// Slots freed while pinned, waiting for their last guard.
@@ -78,56 +202,167 @@ pub(crate) struct Table {
     retire_at: u32,
 }
 
+/// The index and version of a key.
+#[inline]
+fn split(key: KeyData) -> (usize, u32) {
+    let bits = key.as_ffi();
+    (bits as u32 as usize, (bits >> 32) as u32)
+}
+
+/// The key of the slot at `index` with `version`.
+#[inline]
+fn key_of(index: usize, version: u32) -> KeyData {
+    KeyData::from_ffi((u64::from(version) << 32) | index as u64)
+}
+
 impl Table {
     pub(crate) fn new() -> Table {
         Table {
-            map: SlotMap::new(),
+            chunks: Vec::new(),
+            meta: Vec::new(),
+            vacant: Vec::new(),
+            occupied: 0,
             retired: 0,
             zombies: 0,
             retire_at: u32::MAX,
         }
     }
 
-    /// Retire slots earlier than slotmap's version limit, so tests can reach it.
+    /// Retire slots earlier than the version limit, so tests can reach it.
     #[cfg(test)]
     pub(crate) fn set_retire_at(&mut self, version: u32) {
         self.retire_at = version;
     }
 
-    /// Whether the table cannot take another slot (slotmap panics at 2³² − 2
-    /// slots; the heap reports [`AllocError::OutOfMemory`](crate::AllocError) first).
+    /// Whether the table cannot take another slot (indices are 32 bits).
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
-        self.map.len() >= (u32::MAX - 2) as usize
+        self.occupied >= u32::MAX as usize - CHUNK
     }
 
-    /// Inserts a slot; the table must not be [full](Table::is_full).
+    fn set_vacant(&mut self, chunk: usize, on: bool) {
+        let (w, bit) = (chunk / 64, 1u64 << (chunk % 64));
+        if w >= self.vacant.len() {
+            self.vacant.resize(w + 1, 0);
+        }
+        if on {
+            self.vacant[w] |= bit;
+        } else {
+            self.vacant[w] &= !bit;
+        }
+    }
+
+    /// The lowest chunk with a vacant slot, made ready to hand it out.
+    fn chunk_with_room(&mut self) -> usize {
+        let found = self
+            .vacant
+            .iter()
+            .enumerate()
+            .find(|(_, &w)| w != 0)
+            .map(|(i, w)| i * 64 + w.trailing_zeros() as usize);
+        let c = match found {
+            Some(c) => c,
+            None => {
+                self.chunks.push(None);
+                self.meta.push(ChunkMeta::default());
+                self.set_vacant(self.chunks.len() - 1, true);
+                self.chunks.len() - 1
+            }
+        };
+        if self.chunks[c].is_none() {
+            let floor = self.meta[c].floor;
+            let slots = (0..CHUNK)
+                .map(|_| Slot {
+                    version: floor,
+                    borrow: AtomicU16::new(0),
+                    ty: UNIT_TYPE,
+                    loc: Loc(0),
+                })
+                .collect();
+            self.chunks[c] = Some(slots);
+            self.meta[c] = ChunkMeta {
+                fresh: CHUNK as u16,
+                floor,
+                ..ChunkMeta::default()
+            };
+        }
+        c
+    }
+
+    /// Occupies a slot with an object of type `ty` at `loc`, unpinned.
+    /// The table must not be [full](Table::is_full).
     #[inline]
-    pub(crate) fn insert(&mut self, slot: Slot) -> KeyData {
+    pub(crate) fn insert(&mut self, ty: u16, loc: Loc) -> KeyData {
         debug_assert!(!self.is_full());
-        self.map.insert(slot).data()
+        let c = self.chunk_with_room();
+        let meta = &mut self.meta[c];
+        let slots = self.chunks[c].as_mut().expect("made ready");
+        let i = if meta.free != 0 {
+            let i = usize::from(meta.free - 1);
+            meta.free = slots[i].loc.0 as u16;
+            i
+        } else {
+            let i = CHUNK - usize::from(meta.fresh);
+            meta.fresh -= 1;
+            i
+        };
+        meta.occupied += 1;
+        let full = usize::from(meta.occupied) == CHUNK;
+        let slot = &mut slots[i];
+        debug_assert!(slot.version.is_multiple_of(2), "a vacant slot");
+        slot.version = slot.version.wrapping_add(1);
+        slot.ty = ty;
+        slot.loc = loc;
+        slot.borrow = AtomicU16::new(0);
+        let key = key_of(c * CHUNK + i, slot.version);
+        if full {
+            self.set_vacant(c, false);
+        }
+        self.occupied += 1;
+        key
+    }
+
+    /// The slot at `index`, occupied or vacant, if its chunk is materialized.
+    #[inline]
+    fn at(&self, index: usize) -> Option<&Slot> {
+        self.chunks
+            .get(index / CHUNK)?
+            .as_deref()?
+            .get(index % CHUNK)
+    }
+
+    #[inline]
+    fn at_mut(&mut self, index: usize) -> Option<&mut Slot> {
+        self.chunks
+            .get_mut(index / CHUNK)?
+            .as_deref_mut()?
+            .get_mut(index % CHUNK)
     }
 
     /// The slot of `key`, whatever its state (live, zombie, retired).
     #[inline]
     pub(crate) fn get(&self, key: KeyData) -> Option<&Slot> {
-        self.map.get(DefaultKey::from(key))
+        let (index, version) = split(key);
+        self.at(index).filter(|s| s.version == version)
     }
 
     /// The slot of a key that is pinned, without checking the version.
     ///
     /// # Safety
-    /// `key` must be pinned (then its slot is occupied: I5 in docs/DESIGN.md).
+    /// `key` must be pinned (then its slot is occupied by it: I5 in docs/DESIGN.md).
     #[inline]
     pub(crate) unsafe fn get_pinned(&self, key: KeyData) -> &Slot {
         debug_assert!(self.get(key).is_some_and(Slot::is_pinned));
-        // SAFETY: guaranteed by the caller.
-        unsafe { self.map.get_unchecked(DefaultKey::from(key)) }
-    }
-
-    #[inline]
-    pub(crate) fn get_mut(&mut self, key: KeyData) -> Option<&mut Slot> {
-        self.map.get_mut(DefaultKey::from(key))
+        let index = split(key).0;
+        // SAFETY: a pinned key's slot is occupied (guaranteed by the caller),
+        // so its chunk is materialized and the index is in it.
+        unsafe {
+            self.chunks
+                .get_unchecked(index / CHUNK)
+                .as_deref()
+                .unwrap_unchecked()
+                .get_unchecked(index % CHUNK)
+        }
     }
 
     /// Counts a slot that the caller just marked [`ZOMBIE`].
@@ -135,52 +370,213 @@ impl Table {
         self.zombies += 1;
     }
 
-    /// Removes the slot of `key` (live or zombie) and returns it. If the
-    /// version is exhausted, the slot is retired instead of freed.
-    pub(crate) fn remove(&mut self, key: KeyData) -> Option<Slot> {
-        let k = DefaultKey::from(key);
-        let slot = self.map.get_mut(k)?;
-        if slot.is_dead() {
-            // A zombie finishing (retired slots are never removed: their
-            // dead marker has no pins, and no caller removes those).
-            debug_assert!(slot.borrow.load(Ordering::Relaxed) == ZOMBIE);
+    /// Vacates the slot of `key` (live or zombie) and returns what it held:
+    /// its type and location. If the version is exhausted, the slot is
+    /// retired instead of vacated.
+    pub(crate) fn remove(&mut self, key: KeyData) -> Option<(u16, Loc)> {
+        let (index, version) = split(key);
+        let retire = version >= self.retire_at;
+        let (c, i) = (index / CHUNK, index % CHUNK);
+        let next_free = self.meta.get(c).map_or(0, |m| m.free);
+        let slot = self.at_mut(index).filter(|s| s.version == version)?;
+        let held = (slot.ty, slot.loc);
+        let was_zombie = slot.is_dead();
+        // A zombie finishing (retired slots are never removed: their dead
+        // marker has no pins, and no caller removes those).
+        debug_assert!(!was_zombie || slot.borrow.load(Ordering::Relaxed) == ZOMBIE);
+        if retire {
+            slot.borrow = AtomicU16::new(ZOMBIE);
+            slot.ty = UNIT_TYPE;
+            slot.loc = Loc::nowhere(0);
+        } else {
+            slot.version = version.wrapping_add(1);
+            slot.loc = Loc(u64::from(next_free));
+            let meta = &mut self.meta[c];
+            meta.free = i as u16 + 1;
+            meta.occupied -= 1;
+            self.occupied -= 1;
+            self.set_vacant(c, true);
+        }
+        if was_zombie {
             self.zombies -= 1;
         }
-        if version(key) >= self.retire_at {
+        if retire {
             self.retired += 1;
-            let dead = Slot {
-                ptr: NonNull::dangling(),
-                meta: 0,
-                info: &<() as crate::object::Object>::INFO,
-                place: Place::NONE,
-                borrow: AtomicU32::new(ZOMBIE),
-            };
-            return Some(core::mem::replace(slot, dead));
         }
-        self.map.remove(k)
+        Some(held)
+    }
+
+    /// Gives back the memory of every chunk with no occupied slot, keeping
+    /// a version floor for each so no old handle can match a slot again.
+    /// Returns the bytes released.
+    pub(crate) fn release_vacant(&mut self) -> usize {
+        let mut released = 0;
+        for (c, chunk) in self.chunks.iter_mut().enumerate() {
+            let meta = &mut self.meta[c];
+            let Some(slots) = chunk.as_deref() else {
+                continue;
+            };
+            if meta.occupied != 0 {
+                continue;
+            }
+            // Vacant versions are even; the next occupant gets floor + 1.
+            meta.floor = slots.iter().map(|s| s.version).max().unwrap_or(0);
+            debug_assert!(meta.floor.is_multiple_of(2));
+            *chunk = None;
+            released += CHUNK * core::mem::size_of::<Slot>();
+        }
+        // A released chunk keeps its entry and its floor (20 bytes per
+        // 16 KiB of slots given back).
+        released
     }
 
     /// Number of objects whose handles are live.
     pub(crate) fn live(&self) -> usize {
-        self.map.len() - self.retired - self.zombies
+        self.occupied - self.retired - self.zombies
     }
 
     /// Bytes of the table itself.
     pub(crate) fn metadata_bytes(&self) -> usize {
-        // slotmap keeps a version (u32) beside each value, padded to the value's alignment.
-        let entry =
-            (core::mem::size_of::<Slot>() + 4).next_multiple_of(core::mem::align_of::<Slot>());
-        self.map.capacity() * entry
+        use core::mem::size_of;
+        let materialized = self.chunks.iter().filter(|c| c.is_some()).count();
+        materialized * CHUNK * size_of::<Slot>()
+            + self.chunks.capacity() * size_of::<Option<Box<[Slot]>>>()
+            + self.meta.capacity() * size_of::<ChunkMeta>()
+            + self.vacant.capacity() * size_of::<u64>()
     }
 
-    /// All slots, including zombies and retired ones.
+    /// One past the highest slot index there is.
+    pub(crate) fn slots_len(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// The occupied slot at `index`, whichever key occupies it.
+    #[inline]
+    pub(crate) fn slot_at(&self, index: u32) -> Option<&Slot> {
+        self.at(index as usize).filter(|s| s.version % 2 == 1)
+    }
+
+    /// The occupied slot at `index`, whichever key occupies it.
+    #[inline]
+    pub(crate) fn slot_at_mut(&mut self, index: u32) -> Option<&mut Slot> {
+        self.at_mut(index as usize).filter(|s| s.version % 2 == 1)
+    }
+
+    /// The occupied slots with indices in `range` (within [`Table::slots_len`]).
+    pub(crate) fn range(
+        &self,
+        range: core::ops::Range<usize>,
+    ) -> impl Iterator<Item = (u32, &Slot)> + '_ {
+        range.filter_map(move |i| self.slot_at(i as u32).map(|s| (i as u32, s)))
+    }
+
+    /// All occupied slots: live, zombie and retired.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (KeyData, &Slot)> {
-        self.map.iter().map(|(k, s)| (k.data(), s))
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(c, chunk)| Some((c, chunk.as_deref()?)))
+            .flat_map(|(c, slots)| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.version % 2 == 1)
+                    .map(move |(i, s)| (key_of(c * CHUNK + i, s.version), s))
+            })
     }
 }
 
-/// The version of a key.
-#[inline]
-fn version(key: KeyData) -> u32 {
-    (key.as_ffi() >> 32) as u32
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_round_trip() {
+        let cases = [
+            Loc::segment(0, 0, 0),
+            Loc::segment(Loc::MAX_SEGMENTS - 1, Loc::MAX_IN_SEGMENT - 1, 77),
+            Loc::large(123_456_789),
+            Loc::nowhere(Loc::MAX_NOWHERE_LEN),
+        ];
+        assert_eq!(
+            cases.map(Loc::decode),
+            [
+                Where::Segment {
+                    id: 0,
+                    offset: 0,
+                    len: 0
+                },
+                Where::Segment {
+                    id: Loc::MAX_SEGMENTS - 1,
+                    offset: Loc::MAX_IN_SEGMENT - 1,
+                    len: 77
+                },
+                Where::Large { id: 123_456_789 },
+                Where::Nowhere {
+                    len: Loc::MAX_NOWHERE_LEN
+                },
+            ]
+        );
+        assert_eq!(Loc::large(5).segment_id(), None);
+        assert_eq!(Loc::segment(9, 8, 7).segment_id(), Some(9));
+    }
+
+    #[test]
+    fn slots_come_from_the_lowest_chunk_with_room() {
+        let mut t = Table::new();
+        let keys: Vec<KeyData> = (0..3 * CHUNK)
+            .map(|_| t.insert(1, Loc::nowhere(0)))
+            .collect();
+        // Vacate one slot high up and one low down: the low one is taken first.
+        t.remove(keys[2 * CHUNK + 5]).unwrap();
+        t.remove(keys[7]).unwrap();
+        let k = t.insert(1, Loc::nowhere(0));
+        assert_eq!(split(k).0, 7);
+        let k = t.insert(1, Loc::nowhere(0));
+        assert_eq!(split(k).0, 2 * CHUNK + 5);
+    }
+
+    #[test]
+    fn wholly_vacant_chunks_are_released_and_old_handles_stay_stale() {
+        let mut t = Table::new();
+        let keys: Vec<KeyData> = (0..3 * CHUNK)
+            .map(|_| t.insert(1, Loc::nowhere(0)))
+            .collect();
+        let full = t.metadata_bytes();
+        // Empty the middle chunk, and all but one slot of the last.
+        for k in &keys[CHUNK..3 * CHUNK - 1] {
+            t.remove(*k).unwrap();
+        }
+        assert_eq!(t.release_vacant(), CHUNK * 16);
+        assert!(t.metadata_bytes() <= full - CHUNK * 16);
+        for k in &keys[CHUNK..2 * CHUNK] {
+            assert!(t.get(*k).is_none(), "a released slot is vacant");
+        }
+        // The released chunk comes back when the lower ones are full; its
+        // slots start above every version they had.
+        let again: Vec<KeyData> = (0..CHUNK).map(|_| t.insert(2, Loc::nowhere(0))).collect();
+        assert!(again
+            .iter()
+            .all(|k| (CHUNK..2 * CHUNK).contains(&split(*k).0)));
+        for (old, new) in keys[CHUNK..2 * CHUNK].iter().zip(&again) {
+            assert!(split(*new).1 > split(*old).1);
+            assert!(t.get(*old).is_none());
+        }
+        assert_eq!(t.live(), CHUNK + CHUNK + 1);
+    }
+
+    #[test]
+    fn vacated_slots_are_reused_with_a_new_version() {
+        let mut t = Table::new();
+        let a = t.insert(1, Loc::nowhere(0));
+        let b = t.insert(1, Loc::nowhere(1));
+        assert_eq!(t.remove(a), Some((1, Loc::nowhere(0))));
+        assert!(t.get(a).is_none() && t.remove(a).is_none());
+        let c = t.insert(2, Loc::nowhere(2));
+        assert_eq!(split(c).0, split(a).0, "the vacant slot is reused");
+        assert_ne!(c, a);
+        assert_eq!(t.get(c).map(|s| s.ty), Some(2));
+        assert_eq!((t.live(), t.iter().count()), (2, 2));
+        assert!(t.get(b).is_some());
+    }
 }

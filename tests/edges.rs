@@ -15,6 +15,11 @@ fn small_segments() -> Config {
     Config::default().segment_size(4096)
 }
 
+/// Small segments, and no paced compaction: only explicit calls move objects.
+fn manual() -> Config {
+    small_segments().no_pacing()
+}
+
 /// Counts drops in a shared counter.
 #[derive(Debug)]
 struct Counted(Arc<AtomicUsize>);
@@ -307,7 +312,7 @@ fn try_get_says_which_conflict() {
 
 #[test]
 fn pinned_objects_do_not_move_and_the_rest_do() {
-    let heap = Heap::with_config(small_segments());
+    let heap = Heap::with_config(manual());
     let keep = fragment(&heap, 400);
     let pinned = heap.get(keep[0]).unwrap();
     let addr = pinned.as_ptr().addr();
@@ -338,7 +343,7 @@ fn pinned_objects_do_not_move_and_the_rest_do() {
 
 #[test]
 fn compaction_gives_segments_back() {
-    let heap = Heap::with_config(small_segments());
+    let heap = Heap::with_config(manual());
     let keep = fragment(&heap, if cfg!(miri) { 600 } else { 2000 });
     let before = heap.stats();
     let report = heap.compact();
@@ -363,7 +368,7 @@ fn compaction_gives_segments_back() {
 
 #[test]
 fn compact_step_keeps_its_budget_and_finishes() {
-    let heap = Heap::with_config(small_segments());
+    let heap = Heap::with_config(manual());
     let keep = fragment(&heap, if cfg!(miri) { 600 } else { 2000 });
     let mut steps = 0;
     loop {
@@ -453,4 +458,30 @@ fn guards_map_to_parts_and_keep_the_pin() {
     *w = 6;
     drop(w);
     assert_eq!(heap.get(h).unwrap().0, 6);
+}
+
+#[test]
+fn a_heap_left_alone_stays_near_its_live_data() {
+    // Default pacing, no compact() call: every free pays for compaction.
+    let segment = 64 * 1024;
+    let heap = Heap::with_config(Config::default().segment_size(segment));
+    let n = if cfg!(miri) { 3_000 } else { 60_000 };
+    let all: Vec<_> = (0..n).map(|i| heap.alloc([i as u64; 12])).collect();
+    let bound = |st: compact_heap::HeapStats| {
+        st.held_bytes as f64 <= 1.10 * st.live_bytes as f64 + 2.0 * segment as f64
+    };
+    // Free three of every four, in an order that leaves every segment holey.
+    for (i, h) in all.iter().enumerate().filter(|(i, _)| i % 4 != 0) {
+        assert!(heap.free(*h));
+        if i % 64 == 1 {
+            let st = heap.stats();
+            assert!(bound(st), "after {i} frees: {st:?}");
+        }
+    }
+    let st = heap.stats();
+    assert!(bound(st), "{st:?}");
+    assert!(st.paced_steps > 0 && st.compactions == 0);
+    for (i, h) in all.iter().enumerate().step_by(4) {
+        assert_eq!(heap.get(*h).unwrap()[11], i as u64, "nothing lost");
+    }
 }

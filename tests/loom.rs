@@ -23,9 +23,12 @@ fn obj(i: u64) -> Obj {
 }
 
 /// Three segments: A and B each keep one object, C (being allocated into)
-/// keeps one. A pass evacuates A and B into C and gives both back.
+/// keeps one. A pass evacuates A and B into C and gives both back. (No paced
+/// compaction: the frees must leave the holes for the model's compactor.)
 fn fragmented() -> (Arc<SyncHeap>, Handle<Obj>, Handle<Obj>) {
-    let heap = Arc::new(SyncHeap::with_config(Config::default().segment_size(4096)));
+    let heap = Arc::new(SyncHeap::with_config(
+        Config::default().segment_size(4096).no_pacing(),
+    ));
     let hs: Vec<_> = (0..9).map(|i| heap.alloc(obj(i))).collect();
     for i in [1, 2, 3, 5, 6, 7] {
         heap.free(hs[i]);

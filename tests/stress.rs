@@ -261,8 +261,9 @@ fn a_value_freed_on_one_thread_is_dropped_by_the_last_guard_on_another() {
 
 #[test]
 fn the_background_compactor_gives_memory_back() {
+    // No paced compaction: the compactor thread is to do the work.
     let heap = Arc::new(SyncHeap::with_config(
-        Config::default().segment_size(64 * 1024),
+        Config::default().segment_size(64 * 1024).no_pacing(),
     ));
     let compactor = heap
         .compactor(Policy {

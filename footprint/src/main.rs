@@ -1,6 +1,7 @@
 //! The footprint harness: replays workloads that fragment malloc under
-//! glibc, jemalloc, mimalloc and compact-heap (full compaction, incremental
-//! steps only, and no compaction), each in its own process so RSS is honest.
+//! glibc, jemalloc, mimalloc and compact-heap (compact() at phase ends, its
+//! paced compaction alone, explicit steps only, and no compaction), each in
+//! its own process so RSS is honest.
 //!
 //! ```text
 //! cargo run --release -p footprint                      # 1 GiB live: long
@@ -10,8 +11,13 @@
 //! Writes target/footprint/results.md, results.csv and one SVG chart per workload.
 
 mod alloc_switch;
+// Shared with the crate's fragmentation example, which is published; this
+// harness is not, so the files live there.
+#[path = "../../examples/fragmentation/chart.rs"]
 mod chart;
+#[path = "../../examples/fragmentation/stores.rs"]
 mod stores;
+#[path = "../../examples/fragmentation/workloads.rs"]
 mod workloads;
 
 use std::fmt::Write as _;
@@ -27,11 +33,12 @@ static ALLOCATOR: alloc_switch::Switch = alloc_switch::Switch;
 /// Bytes per step of the incremental contender, per `workloads::TICK` operations.
 const STEP_BUDGET: usize = 256 << 10;
 
-const CONTENDERS: [&str; 6] = [
+const CONTENDERS: [&str; 7] = [
     "glibc",
     "jemalloc",
     "mimalloc",
     "compact-heap",
+    "compact-heap-paced",
     "compact-heap-steps",
     "compact-heap-off",
 ];
@@ -210,6 +217,7 @@ fn worker(args: &[String]) {
         .expect("known workload");
     let mut store: Box<dyn Store> = match contender {
         "compact-heap" => Box::new(HeapStore::new(Compaction::Full)),
+        "compact-heap-paced" => Box::new(HeapStore::new(Compaction::Paced)),
         "compact-heap-steps" => Box::new(HeapStore::new(Compaction::Steps(STEP_BUDGET))),
         "compact-heap-off" => Box::new(HeapStore::new(Compaction::Off)),
         _ => Box::<BoxStore>::default(),

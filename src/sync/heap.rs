@@ -270,7 +270,11 @@ impl SyncHeap {
 
     /// Bytes held from the OS and bytes live, and whether a compaction pass
     /// is in progress: what a background compactor decides by.
-    #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out
+    // Used by the compactor, which loom builds and thread-less targets leave out.
+    #[cfg_attr(
+        any(loom, all(target_family = "wasm", not(target_feature = "atomics"))),
+        allow(dead_code)
+    )]
     pub(crate) fn pressure(&self) -> (usize, usize, usize, bool) {
         self.shared(|raw| {
             (
@@ -363,4 +367,22 @@ impl fmt::Debug for SyncHeap {
 fn _assert_send_sync() {
     fn both<T: Send + Sync>() {}
     both::<SyncHeap>();
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap::tests::panic_message;
+
+    #[test]
+    fn re_entry_from_the_lock_holding_thread_is_refused_not_deadlocked() {
+        let heap = SyncHeap::new();
+        let h = heap.alloc(7u32);
+        let message = panic_message(|| heap.exclusive(|_| heap.len()));
+        assert!(message.contains("re-entered"), "{message}");
+        assert!(panic_message(|| heap.get(h).is_some()).contains("heap poisoned"));
+        // Another heap on the same thread is still usable.
+        let other = SyncHeap::new();
+        assert_eq!(*other.get(other.alloc(1u8)).unwrap(), 1);
+    }
 }

@@ -4,13 +4,25 @@
 //! The primitives are switched in this one place: std's atomics and
 //! parking_lot's locks normally, loom's model-checked versions under
 //! `cfg(loom)` (as sharded-slab does), so the same code is checked.
+//!
+//! The background [`Compactor`] is a thread, so it exists only on targets
+//! with threads: not on WebAssembly without the `atomics` target feature
+//! (`wasm32-unknown-unknown`, `wasm32-wasip1`), where `std::thread::spawn`
+//! cannot work. [`SyncHeap`] itself builds everywhere.
 
-#[cfg(not(loom))]
+#[cfg(all(
+    not(loom),
+    any(not(target_family = "wasm"), target_feature = "atomics")
+))]
 mod compactor;
 mod heap;
 
-#[cfg(not(loom))]
+#[cfg(all(
+    not(loom),
+    any(not(target_family = "wasm"), target_feature = "atomics")
+))]
 pub use compactor::{Compactor, CompactorHandle, Policy};
+
 pub use heap::SyncHeap;
 
 #[cfg(loom)]

@@ -30,11 +30,15 @@ impl Store for BoxStore {
 /// When compact-heap compacts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compaction {
-    /// `compact()` at the end of each phase.
+    /// The default heap (paced compaction on), and `compact()` at the end of
+    /// each phase.
     Full,
-    /// `compact_step(budget)` every few operations, never a full compaction.
+    /// The default heap left alone: only its paced compaction, no call.
+    Paced,
+    /// `compact_step(budget)` every few operations, never a full compaction
+    /// (pacing off).
     Steps(usize),
-    /// Never.
+    /// Never (pacing off).
     Off,
 }
 
@@ -49,7 +53,10 @@ pub struct HeapStore {
 impl HeapStore {
     pub fn new(mode: Compaction) -> HeapStore {
         HeapStore {
-            heap: Heap::with_config(Config::default()),
+            heap: Heap::with_config(match mode {
+                Compaction::Full | Compaction::Paced => Config::default(),
+                Compaction::Steps(_) | Compaction::Off => Config::default().no_pacing(),
+            }),
             handles: Vec::new(),
             mode,
             compact_time: Duration::ZERO,

@@ -16,14 +16,14 @@
 //! cargo run --release --example fragmentation -- --quick # seconds: a smoke test
 //! ```
 
+// The workloads, stores and chart are shared with the footprint harness
+// (footprint/, not published), which includes these files from here, so the
+// published crate's example builds on its own.
 #[allow(dead_code)]
-#[path = "../footprint/src/chart.rs"]
 mod chart;
 #[allow(dead_code)]
-#[path = "../footprint/src/stores.rs"]
 mod stores;
 #[allow(dead_code)]
-#[path = "../footprint/src/workloads.rs"]
 mod workloads;
 
 use std::path::PathBuf;

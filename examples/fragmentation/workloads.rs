@@ -172,7 +172,20 @@ pub fn rss() -> usize {
         .nth(1)
         .and_then(|f| f.parse().ok())
         .unwrap_or(0);
-    pages * 4096
+    pages * page_size()
+}
+
+/// The OS page size: statm counts pages, which are not 4 KiB everywhere.
+#[cfg(unix)]
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a configuration value; no memory is involved.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096)
+}
+
+#[cfg(not(unix))]
+fn page_size() -> usize {
+    4096
 }
 
 /// Tracks which keys hold values, their sizes, and the live total. Freed
