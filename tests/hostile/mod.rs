@@ -1834,9 +1834,7 @@ fn step<'h, S: Subject>(
             let r = catch_unwind(AssertUnwindSafe(|| {
                 heap.alloc_slice_fill(usize::MAX / 4, 0u64)
             }));
-            let p = r
-                .err()
-                .expect("an allocation of usize::MAX / 4 u64s must fail");
+            let p = r.expect_err("an allocation of usize::MAX / 4 u64s must fail");
             assert!(
                 p.downcast_ref::<String>()
                     .is_some_and(|s| s.contains("too large")),
@@ -1879,7 +1877,7 @@ fn step<'h, S: Subject>(
                 let r = catch_unwind(AssertUnwindSafe(
                     || with_handle!(h, h => if exclusive { heap.get_mut(h).map(drop).is_some() } else { heap.get(h).map(drop).is_some() }),
                 ));
-                let p = r.err().expect("a conflicting get/get_mut must panic");
+                let p = r.expect_err("a conflicting get/get_mut must panic");
                 assert!(
                     p.downcast_ref::<String>()
                         .is_some_and(|s| s.contains("already")),
@@ -1984,10 +1982,7 @@ fn step<'h, S: Subject>(
         Op::Remove(i) => {
             let Some(o) = m.pick(i) else { return };
             let pinned = m.objs[o].pins > 0;
-            fn go<S: Subject, T: Send + Sync + Poke + 'static>(
-                heap: &S,
-                h: Handle<T>,
-            ) -> Option<Result<(Vec<u64>, std::thread::Result<()>), RemoveError>> {
+            fn go<S: Subject, T: Send + Sync + Poke + 'static>(heap: &S, h: Handle<T>) -> Removed {
                 Some(heap.remove(h).map(|v| (v.observe(true), drop_value(v))))
             }
             let got = match m.objs[o].handle {
@@ -2030,6 +2025,10 @@ fn step<'h, S: Subject>(
         }
     }
 }
+
+/// What `Remove` saw: nothing for unsized kinds, else the value's contents
+/// and how dropping it went, or why it stayed.
+type Removed = Option<Result<(Vec<u64>, std::thread::Result<()>), RemoveError>>;
 
 /// A byte slice of `n` bytes made `how`; a failure must be allowed.
 fn alloc_bytes<S: Subject>(heap: &S, m: &mut Model, n: usize, seed: u8, how: How) {
