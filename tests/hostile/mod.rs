@@ -412,14 +412,31 @@ fn words(tag: u64, w: &[u64]) -> Vec<u64> {
 }
 
 fn bytes_obs(tag: u64, b: &[u8], full: bool) -> Vec<u64> {
-    sampled(tag, b.len(), full, |i| b[i])
+    sampled(tag, b.len(), full, |i| b[i], || digest(b))
 }
 
-/// The observation of `n` bytes, byte `i` being `at(i)`: all of them, or
-/// (unless `full`) the first and last 16 and 64 spread between.
-fn sampled(tag: u64, n: usize, full: bool, at: impl Fn(usize) -> u8) -> Vec<u64> {
+/// A digest of `b` by std's hasher: one call, not a loop the fuzzer instruments.
+fn digest(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// The observation of `n` bytes, byte `i` being `at(i)`: the digest of all
+/// of them (from `all`) if `full`, else the first and last 16 and 64 spread
+/// between (all of them when there are at most 256).
+fn sampled(
+    tag: u64,
+    n: usize,
+    full: bool,
+    at: impl Fn(usize) -> u8,
+    all: impl FnOnce() -> u64,
+) -> Vec<u64> {
     let mut v = vec![tag, n as u64];
-    if full || n <= 256 {
+    if full {
+        v.push(all());
+    } else if n <= 256 {
         v.extend((0..n).map(|i| at(i) as u64));
     } else {
         v.extend((0..16).chain(n - 16..n).map(|i| at(i) as u64));
@@ -428,8 +445,17 @@ fn sampled(tag: u64, n: usize, full: bool, at: impl Fn(usize) -> u8) -> Vec<u64>
     v
 }
 
+/// Byte `i` of the pattern from `seed`: it repeats every 256 bytes.
 fn pattern(seed: u64, i: usize) -> u8 {
     (seed as usize).wrapping_add(i.wrapping_mul(31)) as u8
+}
+
+/// `n` bytes of the pattern from `seed`.
+fn patterned(seed: u64, n: usize) -> Vec<u8> {
+    let period: Vec<u8> = (0..256).map(|i| pattern(seed, i)).collect();
+    let mut v = period.repeat(n / 256 + 1);
+    v.truncate(n);
+    v
 }
 
 fn data3(seed: u64) -> [u64; 3] {
@@ -513,8 +539,9 @@ impl Poke for [u8] {
         bytes_obs(9, self, full)
     }
     fn scribble(&mut self, seed: u64) {
-        for (i, b) in self.iter_mut().enumerate() {
-            *b = pattern(seed, i);
+        let period = patterned(seed, 256);
+        for chunk in self.chunks_mut(256) {
+            chunk.copy_from_slice(&period[..chunk.len()]);
         }
     }
 }
@@ -591,9 +618,18 @@ impl Val {
             (Val::PageAligned(x), _) => words(7, &[*x as u64]),
             (Val::Huge(seed, fill), _) => {
                 let head = seed.to_le_bytes();
-                sampled(8, HUGE_BYTES, full, |i| {
-                    head.get(i).copied().unwrap_or(*fill)
-                })
+                let all = || {
+                    let mut b = vec![*fill; HUGE_BYTES];
+                    b[..8].copy_from_slice(&head);
+                    digest(&b)
+                };
+                sampled(
+                    8,
+                    HUGE_BYTES,
+                    full,
+                    |i| head.get(i).copied().unwrap_or(*fill),
+                    all,
+                )
             }
             (Val::Bytes(b), Part::Whole) => bytes_obs(9, b, full),
             (Val::Bytes(b), Part::Inner) => bytes_obs(9, &b[middle(b.len())], full),
@@ -1811,7 +1847,7 @@ fn step<'h, S: Subject>(
                 if m.live_bytes() > MAX_LIVE {
                     break;
                 }
-                let b: Vec<u8> = (0..size).map(|i| pattern(k as u64, i)).collect();
+                let b = patterned(k as u64, size);
                 match heap.try_alloc_slice(&b) {
                     Ok(h) => {
                         run.push(m.objs.len());
@@ -2035,7 +2071,7 @@ fn alloc_bytes<S: Subject>(heap: &S, m: &mut Model, n: usize, seed: u8, how: How
     let before = m.live_bytes();
     let b: Vec<u8> = match how {
         How::Fill => vec![seed; n],
-        _ => (0..n).map(|i| pattern(seed as u64, i)).collect(),
+        _ => patterned(seed as u64, n),
     };
     let r = match how {
         How::TrySlice => heap
