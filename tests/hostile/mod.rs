@@ -424,8 +424,8 @@ fn digest(b: &[u8]) -> u64 {
 }
 
 /// The observation of `n` bytes, byte `i` being `at(i)`: the digest of all
-/// of them (from `all`) if `full`, else the first and last 16 and 64 spread
-/// between (all of them when there are at most 256).
+/// of them (from `all`) if `full`, else the first and last 8 and 32 spread
+/// between (all of them when there are at most 64).
 fn sampled(
     tag: u64,
     n: usize,
@@ -436,11 +436,11 @@ fn sampled(
     let mut v = vec![tag, n as u64];
     if full {
         v.push(all());
-    } else if n <= 256 {
+    } else if n <= 64 {
         v.extend((0..n).map(|i| at(i) as u64));
     } else {
-        v.extend((0..16).chain(n - 16..n).map(|i| at(i) as u64));
-        v.extend((0..64).map(|k| at(k * (n - 1) / 63) as u64));
+        v.extend((0..8).chain(n - 8..n).map(|i| at(i) as u64));
+        v.extend((0..32).map(|k| at(k * (n - 1) / 31) as u64));
     }
     v
 }
