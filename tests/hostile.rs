@@ -111,19 +111,13 @@ mod reaches {
     fn large_object_in_a_fragmented_heap_at_the_limit() {
         let p = program(
             SegmentSize::K4,
-            Some(60),
-            vec![
-                Op::Fragment {
-                    count: 255,
-                    size: 984,
-                    keep_every: 2,
-                },
-                Op::AllocBytes {
-                    size: Size::Multi(100),
-                    seed: 5,
-                    how: How::TrySlice,
-                },
-            ],
+            Some(28),
+            vec![Op::Fragment {
+                count: 255,
+                size: 984,
+                keep_every: 2,
+                then: Some((Size::Multi(100), How::TrySlice)),
+            }],
         );
         super::hostile::run_both(&p);
     }

@@ -45,8 +45,8 @@
 //!   gives it back intact; the others drop it), or when the heap drops;
 //! - an allocation that fails leaves the heap's contents unchanged, and one
 //!   fails under the memory limit only if the model cannot show it must fit
-//!   (nothing pinned, and twice the segments the live data needs, plus the
-//!   large mappings, within the limit);
+//!   (the segments a compacted heap needs, with slack and a segment per
+//!   pinned object, plus the large mappings, within the limit);
 //! - every panic that escapes an op is an expected one (deliberate, or the
 //!   heap's documented `compact_heap:` panics), and a panicking `Drop` that
 //!   ran made its op panic.
@@ -101,7 +101,7 @@ impl Program {
 #[derive(Arbitrary, Clone, Copy, Debug)]
 pub struct Setup {
     pub segment: SegmentSize,
-    /// A memory limit of `4 + n % 61` segments.
+    /// A memory limit of `4 + n % 29` segments.
     pub limit_segments: Option<u8>,
 }
 
@@ -133,7 +133,7 @@ impl Setup {
             return None;
         }
         self.limit_segments
-            .map(|n| (4 + n as usize % 61) * self.segment_bytes())
+            .map(|n| (4 + n as usize % 29) * self.segment_bytes())
     }
 
     pub fn config(&self) -> Config {
@@ -185,11 +185,13 @@ pub enum Op {
         len: u8,
         panic_at: Option<u8>,
     },
-    /// Allocate a run of byte slices, then free all but every k-th.
+    /// Allocate a run of byte slices (until the limit, if any), free all
+    /// but every k-th, then maybe allocate a byte slice into the holes.
     Fragment {
         count: u8,
         size: u16,
         keep_every: u8,
+        then: Option<(Size, How)>,
     },
     /// An allocation whose size overflows: must panic and change nothing.
     TooLarge,
@@ -1061,35 +1063,46 @@ impl Model {
     }
 
     /// Whether an allocation of `size` bytes aligned to `align` must succeed:
-    /// always without a limit; under one, when nothing is pinned and twice
-    /// what a compacted heap needs (segments for the small objects with
-    /// alignment and line slack, at three quarters full, plus three for the
-    /// cursor and the new object) and the large mappings fit in the limit.
+    /// always without a limit; under one, when what a compacted heap needs
+    /// fits in the limit, counted with slack: the movable small objects (with
+    /// alignment and line slack) at three quarters full, a whole segment for
+    /// each pinned small object (live or waiting for its guard), three more
+    /// for the cursor and the new object, all times [`FIT_SLACK`], plus the
+    /// large mappings (pinned and waiting ones too) and the new object's.
     fn must_fit(&self, size: usize, align: usize) -> bool {
         let Some(limit) = self.limit else { return true };
-        if self.objs.iter().any(|o| o.pins > 0) {
-            return false;
-        }
         let seg = self.seg;
-        let mut small = 0;
-        let mut large = 0;
+        let (mut movable, mut pinned, mut large) = (0, 0, 0);
         let shapes = self
-            .live()
-            .into_iter()
-            .map(|o| (self.objs[o].val.size(), self.objs[o].val.align()))
-            .chain([(size, align)]);
-        for (size, align) in shapes {
+            .objs
+            .iter()
+            .filter(|o| o.state != State::Dead)
+            .map(|o| {
+                (
+                    o.val.size(),
+                    o.val.align(),
+                    o.pins > 0 || o.state == State::Zombie,
+                )
+            })
+            .chain([(size, align, false)]);
+        for (size, align, stuck) in shapes {
             if size == 0 {
             } else if is_large(size, align, seg) {
                 large += mapping_len(size, align);
+            } else if stuck {
+                pinned += 1;
             } else {
-                small += (size + align - 1).next_multiple_of(128);
+                movable += (size + align - 1).next_multiple_of(128);
             }
         }
-        let segments = small.div_ceil(seg * 3 / 4) + 3;
-        2 * segments * seg + large <= limit
+        let segments = movable.div_ceil(seg * 3 / 4) + pinned + 3;
+        FIT_SLACK * segments * seg + large <= limit
     }
 }
+
+/// How many times the segments a perfectly compacted heap would need the
+/// limit must allow before an allocation must succeed.
+const FIT_SLACK: usize = 1;
 
 fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v.sort_unstable();
@@ -1483,10 +1496,11 @@ fn alloc_failed(m: &Model, size: usize, align: usize, live_before: usize) {
     assert!(
         !m.must_fit(size, align),
         "an allocation of {size} bytes (align {align}) failed under the limit {:?} with {} live \
-         bytes in {}-byte segments and nothing pinned: it must fit after compaction",
+         bytes in {}-byte segments, {} objects pinned: it must fit after compaction",
         m.limit,
         live_before,
-        m.seg
+        m.seg,
+        m.objs.iter().filter(|o| o.pins > 0).count()
     );
 }
 
@@ -1837,6 +1851,7 @@ fn step<'h, S: Subject>(
             count,
             size,
             keep_every,
+            then,
         } => {
             let count = count as usize + 1;
             let count = if cfg!(miri) { count.min(32) } else { count };
@@ -1864,6 +1879,9 @@ fn step<'h, S: Subject>(
                     assert!(free_any(heap, m.objs[o].handle));
                     m.free(o);
                 }
+            }
+            if let Some((size, how)) = then {
+                alloc_bytes(heap, m, resolve(size, seg), keep as u8, how);
             }
         }
         Op::TooLarge => {
