@@ -1,5 +1,10 @@
 //! Reading an object through its handle: random `get` over 1M live objects,
 //! against `slotmap::SlotMap::get` and a `Vec<Box<T>>` deref, in one run.
+//!
+//! Two patterns: `get_random_1M` repeats the same 1024 random reads (warm:
+//! the touched lines stay in cache); `get_cold_1M` reads every object once
+//! per iteration in a random order (cold: each read misses the cache). Each
+//! has compact-heap's guard (`Heap::get`) and its read scope (`Reader::get`).
 
 use std::hint::black_box;
 
@@ -10,16 +15,26 @@ use slotmap::SlotMap;
 const N: usize = 1 << 20;
 const READS: usize = 1024;
 
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 fn random_indices() -> Vec<usize> {
     let mut x = 0x2545_F491_4F6C_DD1Du64;
-    (0..READS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as usize % N
-        })
-        .collect()
+    (0..READS).map(|_| xorshift(&mut x) as usize % N).collect()
+}
+
+/// Every index once, shuffled.
+fn permutation() -> Vec<usize> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut p: Vec<usize> = (0..N).collect();
+    for i in (1..N).rev() {
+        p.swap(i, xorshift(&mut x) as usize % (i + 1));
+    }
+    p
 }
 
 fn get(c: &mut Criterion) {
@@ -35,6 +50,16 @@ fn get(c: &mut Criterion) {
             let mut sum = 0u64;
             for &h in &keys {
                 sum = sum.wrapping_add(*heap.get(black_box(h)).unwrap());
+            }
+            sum
+        })
+    });
+    g.bench_function("compact-heap Reader::get", |b| {
+        b.iter(|| {
+            let r = heap.read();
+            let mut sum = 0u64;
+            for &h in &keys {
+                sum = sum.wrapping_add(*r.get(black_box(h)).unwrap());
             }
             sum
         })
@@ -62,6 +87,40 @@ fn get(c: &mut Criterion) {
             }
             sum
         })
+    });
+    g.finish();
+
+    // Cold: every object once per iteration, in a random order.
+    let order = permutation();
+    let mut g = c.benchmark_group("get_cold_1M");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    let keys: Vec<_> = order.iter().map(|&i| handles[i]).collect();
+    g.bench_function("compact-heap Heap::get", |b| {
+        b.iter(|| {
+            keys.iter()
+                .fold(0u64, |s, &h| s.wrapping_add(*heap.get(h).unwrap()))
+        })
+    });
+    g.bench_function("compact-heap Reader::get", |b| {
+        b.iter(|| {
+            let r = heap.read();
+            keys.iter()
+                .fold(0u64, |s, &h| s.wrapping_add(*r.get(h).unwrap()))
+        })
+    });
+    let mut map = SlotMap::new();
+    let all: Vec<_> = (0..N as u64).map(|i| map.insert(i)).collect();
+    let skeys: Vec<_> = order.iter().map(|&i| all[i]).collect();
+    g.bench_function("slotmap SlotMap::get", |b| {
+        b.iter(|| {
+            skeys
+                .iter()
+                .fold(0u64, |s, &k| s.wrapping_add(*map.get(k).unwrap()))
+        })
+    });
+    g.bench_function("Vec<Box<u64>> deref", |b| {
+        b.iter(|| order.iter().fold(0u64, |s, &i| s.wrapping_add(*boxes[i])))
     });
     g.finish();
 }

@@ -43,8 +43,9 @@ fn fragment(heap: &SyncHeap, n: u64) -> Vec<Handle<[u64; 8]>> {
 fn sync_get(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync_get");
     g.sample_size(20);
+    // No paced compaction: the background compactor is what is measured.
     let heap = Arc::new(SyncHeap::with_config(
-        Config::default().segment_size(256 * 1024),
+        Config::default().segment_size(256 * 1024).no_pacing(),
     ));
     let hs: Arc<Vec<_>> = Arc::new((0..OBJECTS as u64).map(|i| heap.alloc([i; 4])).collect());
     for threads in [1u64, 2] {

@@ -8,14 +8,17 @@
 //! after the engine is let go (invariant I6 in docs/DESIGN.md, enforced by
 //! [`engine`](crate::engine)).
 
+use core::ptr::NonNull;
+
 use slotmap::KeyData;
 
 use crate::engine::Engine;
 use crate::error::{AllocError, BorrowError, RemoveError};
-use crate::guard::{PinOwner, Ref, RefMut};
+use crate::guard::{Pin, PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
 use crate::raw::{drop_then_release, Dying, Freed, PinError};
+use crate::sync::atomic::Ordering;
 
 /// Panics with an allocation error, after the engine is let go.
 #[cold]
@@ -109,11 +112,13 @@ pub(crate) fn try_get<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<Ref<'_, T>, BorrowError> {
-    let ptr = e
-        .shared(|raw| raw.pin::<T>(h.key(), false, E::SYNC))
+    let (ptr, word) = e
+        .try_pin(|raw| raw.pin::<T>(h.key(), false, E::SYNC))
+        .unwrap_or_else(|why| why.fail())
         .map_err(PinError::or_panic)?;
-    // SAFETY: `pin` took a shared pin for this guard on a live `T` at `ptr`.
-    Ok(unsafe { Ref::new(ptr, h.key(), e) })
+    // SAFETY: `pin` raised `word`, the borrow word of `h`'s slot, for this
+    // guard's shared pin on a live `T` at `ptr`.
+    Ok(unsafe { Ref::new(ptr, Pin::new(word, h.key(), e, false, E::SYNC)) })
 }
 
 /// An exclusive guard, or why there is none.
@@ -122,11 +127,13 @@ pub(crate) fn try_get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<RefMut<'_, T>, BorrowError> {
-    let ptr = e
-        .shared(|raw| raw.pin::<T>(h.key(), true, E::SYNC))
+    let (ptr, word) = e
+        .try_pin(|raw| raw.pin::<T>(h.key(), true, E::SYNC))
+        .unwrap_or_else(|why| why.fail())
         .map_err(PinError::or_panic)?;
-    // SAFETY: `pin` took the exclusive pin for this guard on a live `T` at `ptr`.
-    Ok(unsafe { RefMut::new(ptr, h.key(), e) })
+    // SAFETY: `pin` raised `word`, the borrow word of `h`'s slot, for this
+    // guard's exclusive pin on a live `T` at `ptr`.
+    Ok(unsafe { RefMut::new(ptr, Pin::new(word, h.key(), e, true, E::SYNC)) })
 }
 
 /// `get`: `None` when stale, a panic on a borrow conflict.
@@ -157,14 +164,8 @@ pub(crate) fn get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
 
 /// Kills the handle; drops the value now or when its last guard goes.
 pub(crate) fn free<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> bool {
-    let freed = e.exclusive(|raw| match raw.free::<T>(h.key()) {
-        // No drop glue, no user code: release at once.
-        Freed::Now(dying) if dying.info.drop.is_none() => {
-            raw.release(dying);
-            Freed::Released
-        }
-        other => other,
-    });
+    // (Values without drop glue are released inside `free` itself.)
+    let freed = e.exclusive(|raw| raw.free::<T>(h.key()));
     match freed {
         Freed::Stale => false,
         Freed::Deferred | Freed::Released => true,
@@ -196,13 +197,38 @@ fn drop_dying<E: Engine>(e: &E, dying: Dying) {
     });
 }
 
-/// What a guard's drop does: unpin, and finish a zombie if this was its last
-/// pin. Never panics (guards drop during unwinding): if the engine cannot be
-/// entered, the pin is leaked and the object stays pinned, which is safe.
-pub(crate) fn unpin<E: Engine>(e: &E, key: KeyData, exclusive: bool) {
-    if e.try_shared(|raw| raw.unpin(key, exclusive, E::SYNC)) == Ok(true) {
-        if let Ok(dying) = e.try_exclusive(|raw| raw.finish_zombie(key)) {
+/// What the guard that drops the last pin of a freed object does: unlink
+/// it, drop its value, release its memory. Never panics (guards drop during
+/// unwinding): if the engine cannot be entered (poisoned), the object is
+/// leaked, which is safe.
+#[cold]
+pub(crate) fn finish_zombie<E: Engine>(e: &E, key: KeyData) {
+    if let Ok(Some(dying)) = e.try_exclusive(|raw| raw.finish_zombie(key)) {
+        drop_dying(e, dying);
+    }
+}
+
+/// Opens a read scope (see [`Reader`](crate::Reader)).
+pub(crate) fn begin_read<E: Engine>(e: &E) {
+    e.shared(|raw| raw.readers.fetch_add(1, Ordering::Relaxed));
+}
+
+/// Closes a read scope; the last one drops the values freed meanwhile.
+/// Never panics (it runs when a `Reader` drops, maybe while unwinding).
+pub(crate) fn end_read<E: Engine>(e: &E) {
+    if let Ok(deferred) = e.try_exclusive(|raw| raw.end_read()) {
+        for dying in deferred {
             drop_dying(e, dying);
         }
     }
+}
+
+/// A `&T` for a read scope, or why there is none.
+#[inline]
+pub(crate) fn read_get<E: Engine, T: ?Sized + Object>(
+    e: &E,
+    h: Handle<T>,
+) -> Result<NonNull<T>, BorrowError> {
+    e.try_pin(|raw| raw.peek::<T>(h.key()))
+        .unwrap_or_else(|why| why.fail())
 }

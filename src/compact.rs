@@ -57,6 +57,9 @@ impl RawHeap {
     pub(crate) fn compact(&mut self) -> CompactReport {
         let mut report = CompactReport::default();
         self.totals.compactions += 1;
+        if self.reading() {
+            return report; // a read scope is open: nothing may move (not finished)
+        }
         while !self.run_pass(Budget::ALL, &mut report) {}
         self.begin_full_pass();
         while !self.run_pass(Budget::ALL, &mut report) {}
@@ -71,6 +74,9 @@ impl RawHeap {
     /// limit forbids). Returns whether held memory went down; stops at the
     /// first segment given back.
     pub(crate) fn make_room(&mut self) -> bool {
+        if self.reading() {
+            return false; // a read scope is open: nothing may move
+        }
         let held = self.space.held_bytes();
         let mut report = CompactReport::default();
         self.release_spares(&mut report);
@@ -129,6 +135,9 @@ impl RawHeap {
 
     /// The end of a full compaction: the spare large mappings go back too.
     pub(crate) fn finish_full_compaction(&mut self, report: &mut CompactReport) {
+        if self.reading() {
+            return; // the pass stopped for a read scope: not finished
+        }
         if core::mem::take(&mut self.evac.starved) {
             // Under the memory limit the pass found no targets: go on one
             // source at a time, into the holes of the other segments.
@@ -153,6 +162,9 @@ impl RawHeap {
     pub(crate) fn compact_step(&mut self, budget: usize) -> CompactReport {
         self.totals.compactions += 1;
         let mut report = CompactReport::default();
+        if self.reading() {
+            return report; // a read scope is open: nothing may move (not finished)
+        }
         let min_gain = (self.space.segment_count() / 16).max(1);
         if !self.evac.active() && !self.begin_pass(min_gain, 7) {
             report.finished = true;
@@ -252,6 +264,11 @@ impl RawHeap {
     /// Evacuates sources until the pass is done (returns true, also when no
     /// pass is in progress) or the budget is spent (returns false).
     pub(crate) fn run_pass(&mut self, budget: Budget, report: &mut CompactReport) -> bool {
+        if self.reading() {
+            // A read scope is open: nothing may move. Stop (the pass goes on later).
+            report.finished = false;
+            return true;
+        }
         let mut left = budget.bytes;
         // The sweep costs about as much per slot as moving a few bytes.
         let sweep_limit = if budget.oversize {

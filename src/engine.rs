@@ -36,6 +36,12 @@ pub(crate) trait Engine {
     /// cannot. `f` must not panic and must run no user code.
     fn try_shared<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable>;
 
+    /// Runs `f` with shared access, for the hottest path (`get`): it may
+    /// skip the bookkeeping that refuses re-entry, so `f` must not be able to
+    /// panic at all, even on broken invariants (no indexing that can fail, no
+    /// assertion, no overflow), and must run no user code.
+    fn try_pin<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable>;
+
     /// [`Engine::try_exclusive`], panicking (with no engine held) if refused.
     #[inline]
     fn exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> R {

@@ -7,16 +7,83 @@
 
 use core::fmt;
 use core::marker::PhantomData;
-use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use slotmap::KeyData;
 
-/// Who a guard must tell when it goes: its heap.
+use crate::sync::atomic::{AtomicU16, Ordering};
+use crate::table::{EXCLUSIVE, ZOMBIE};
+
+/// Who a guard must tell when the last pin of a freed object goes: its heap.
 pub(crate) trait PinOwner {
-    /// Drops one pin (shared or exclusive) of `key`.
-    fn unpin(&self, key: KeyData, exclusive: bool);
+    /// The last guard of the zombie `key` went: unlink it, drop its value,
+    /// and release its memory.
+    fn finish_zombie(&self, key: KeyData);
+}
+
+/// One pin of an object: the borrow word it raised, and whom to tell if it
+/// was the last pin of a freed object. Dropping it lowers the word directly,
+/// without the heap's engine or lock: the word stays where it is while the
+/// pin is held (I11).
+pub(crate) struct Pin<'h> {
+    word: NonNull<AtomicU16>,
+    key: KeyData,
+    owner: &'h dyn PinOwner,
+    /// 1 for a shared pin, `EXCLUSIVE` for an exclusive one.
+    delta: u16,
+    /// Whether other threads may change the word at once (`SyncHeap`).
+    sync: bool,
+}
+
+impl<'h> Pin<'h> {
+    /// # Safety
+    /// `word` must be the borrow word of `key`'s slot, raised by `delta` for
+    /// this pin alone (so it stays valid while the pin is held, I11).
+    #[inline]
+    pub(crate) unsafe fn new(
+        word: NonNull<AtomicU16>,
+        key: KeyData,
+        owner: &'h dyn PinOwner,
+        exclusive: bool,
+        sync: bool,
+    ) -> Pin<'h> {
+        let delta = if exclusive { EXCLUSIVE } else { 1 };
+        Pin {
+            word,
+            key,
+            owner,
+            delta,
+            sync,
+        }
+    }
+}
+
+impl Drop for Pin<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the word of a pinned slot stays valid until the pin is
+        // dropped (I11), and this pin is one of the pins it counts.
+        let word = unsafe { self.word.as_ref() };
+        let prev = if self.sync {
+            word.fetch_sub(self.delta, Ordering::Release)
+        } else {
+            // One thread only (`Heap` is !Sync): a plain load and store.
+            let prev = word.load(Ordering::Relaxed);
+            word.store(prev - self.delta, Ordering::Relaxed);
+            prev
+        };
+        debug_assert!(prev & !ZOMBIE >= self.delta, "unpinning an unpinned slot");
+        if prev == ZOMBIE | self.delta {
+            self.owner.finish_zombie(self.key);
+        }
+    }
+}
+
+impl fmt::Debug for Pin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pin").field("key", &self.key).finish()
+    }
 }
 
 /// A shared borrow of an object in a heap. The object is pinned (never moved)
@@ -41,18 +108,16 @@ pub(crate) trait PinOwner {
 #[must_use = "if unused the object is unpinned at once"]
 pub struct Ref<'h, T: ?Sized> {
     ptr: NonNull<T>,
-    key: KeyData,
-    owner: &'h dyn PinOwner,
+    pin: Pin<'h>,
 }
 
 impl<'h, T: ?Sized> Ref<'h, T> {
     /// # Safety
-    /// `ptr` must point to a live, initialised `T` that `owner` pinned shared
-    /// for `key` (one pin, handed to this guard) and that no one mutates
-    /// until the pin goes.
+    /// `ptr` must point to a live, initialised `T` that `pin` pins shared
+    /// and that no one mutates until the pin goes.
     #[inline]
-    pub(crate) unsafe fn new(ptr: NonNull<T>, key: KeyData, owner: &'h dyn PinOwner) -> Self {
-        Ref { ptr, key, owner }
+    pub(crate) unsafe fn new(ptr: NonNull<T>, pin: Pin<'h>) -> Self {
+        Ref { ptr, pin }
     }
 
     /// Makes a guard for a part of the borrowed object (a field, an element),
@@ -64,12 +129,7 @@ impl<'h, T: ?Sized> Ref<'h, T> {
         // `orig` stays an ordinary guard while user code runs; only when `f`
         // has returned does its pin pass to the new guard.
         let ptr = NonNull::from(f(&*orig));
-        let orig = ManuallyDrop::new(orig);
-        Ref {
-            ptr,
-            key: orig.key,
-            owner: orig.owner,
-        }
+        Ref { ptr, pin: orig.pin }
     }
 }
 
@@ -81,13 +141,6 @@ impl<T: ?Sized> Deref for Ref<'_, T> {
         // SAFETY: the guard's pin keeps the object in place, alive and free of
         // exclusive borrows (type invariant of `Ref::new`).
         unsafe { self.ptr.as_ref() }
-    }
-}
-
-impl<T: ?Sized> Drop for Ref<'_, T> {
-    #[inline]
-    fn drop(&mut self) {
-        self.owner.unpin(self.key, false);
     }
 }
 
@@ -123,22 +176,20 @@ impl<T: ?Sized + fmt::Display> fmt::Display for Ref<'_, T> {
 #[must_use = "if unused the object is unpinned at once"]
 pub struct RefMut<'h, T: ?Sized> {
     ptr: NonNull<T>,
-    key: KeyData,
-    owner: &'h dyn PinOwner,
+    pin: Pin<'h>,
     // Invariant in `T`, like `&mut T`.
     _mut: PhantomData<&'h mut T>,
 }
 
 impl<'h, T: ?Sized> RefMut<'h, T> {
     /// # Safety
-    /// `ptr` must point to a live, initialised `T` that `owner` pinned
-    /// exclusively for `key`, for this guard alone.
+    /// `ptr` must point to a live, initialised `T` that `pin` pins
+    /// exclusively, for this guard alone.
     #[inline]
-    pub(crate) unsafe fn new(ptr: NonNull<T>, key: KeyData, owner: &'h dyn PinOwner) -> Self {
+    pub(crate) unsafe fn new(ptr: NonNull<T>, pin: Pin<'h>) -> Self {
         RefMut {
             ptr,
-            key,
-            owner,
+            pin,
             _mut: PhantomData,
         }
     }
@@ -154,11 +205,9 @@ impl<'h, T: ?Sized> RefMut<'h, T> {
         // has returned does its pin pass to the new guard. The pointer is
         // derived from `orig`'s exclusive borrow, and `orig` is not used again.
         let ptr = NonNull::from(f(&mut *orig));
-        let orig = ManuallyDrop::new(orig);
         RefMut {
             ptr,
-            key: orig.key,
-            owner: orig.owner,
+            pin: orig.pin,
             _mut: PhantomData,
         }
     }
@@ -179,13 +228,6 @@ impl<T: ?Sized> DerefMut for RefMut<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`; `&mut self` makes this the only reference.
         unsafe { self.ptr.as_mut() }
-    }
-}
-
-impl<T: ?Sized> Drop for RefMut<'_, T> {
-    #[inline]
-    fn drop(&mut self) {
-        self.owner.unpin(self.key, true);
     }
 }
 

@@ -75,19 +75,13 @@ impl LargeObjects {
         }
     }
 
-    /// The first byte of large object `id`.
+    /// The first byte and slice length of large object `id` (no panic).
     #[inline]
-    pub(crate) fn start(&self, id: usize) -> core::ptr::NonNull<u8> {
-        self.mappings[id]
-            .as_ref()
-            .expect("large object's mapping exists")
-            .start()
-    }
-
-    /// The slice length of large object `id`.
-    #[inline]
-    pub(crate) fn meta(&self, id: usize) -> usize {
-        self.metas[id]
+    pub(crate) fn try_get(&self, id: usize) -> Option<(core::ptr::NonNull<u8>, usize)> {
+        Some((
+            self.mappings.get(id)?.as_ref()?.start(),
+            *self.metas.get(id)?,
+        ))
     }
 
     /// Records the slice length of large object `id`.

@@ -37,7 +37,11 @@
 //!   [`RefMut`]) that pins the object while it lives. A borrow conflict
 //!   panics, as with `RefCell`; [`Heap::try_get`] returns a [`BorrowError`].
 //! - [`Heap::free`] / [`Heap::remove`]: drop the value, or move it out.
-//! - [`Heap::compact`] / [`Heap::compact_step`]: move objects to close holes,
+//! - [`Heap::read`]: a read scope ([`Reader`]) that hands out plain `&T` for
+//!   many handles, with no pin per read.
+//! - Compaction is *paced* by default ([`Pacing`]): allocation and free pay
+//!   for it in bounded steps, so a heap left alone stays near its live data.
+//!   [`Heap::compact`] / [`Heap::compact_step`] move objects to close holes
 //!   all at once or in budgeted slices. [`Heap::stats`] tells what it holds.
 //! - [`SyncHeap`]: the same, shared between threads, with a background
 //!   `Compactor` that compacts in slices (where there are threads).
@@ -48,7 +52,9 @@
 //! program that never compacts reuses holes. Objects larger than a quarter of
 //! a segment get a mapping of their own, unmapped when freed. Compaction
 //! copies the unpinned objects of the sparsest segments into dense ones, one
-//! `memcpy` each, updates their slots, and unmaps the emptied segments.
+//! `memcpy` each, updates their slots, and unmaps the emptied segments. Each
+//! object costs a 16-byte slot in the handle table and nothing else (no
+//! header, no per-segment list: compaction finds objects by sweeping the table).
 //! docs/DESIGN.md has the layout, the slot states, the pin protocol and the
 //! invariants every `unsafe` block relies on.
 //!
@@ -61,8 +67,8 @@
 //! `Compactor`: call [`Heap::compact_step`] or [`SyncHeap::compact_step`].
 //!
 //! # Compared with
-//! - **slotmap**: the same generational handles (this crate's table *is* a
-//!   `SlotMap`), but values live inline in one `Vec`: unsized values need a
+//! - **slotmap**: the same generational handles (this crate's handles *are*
+//!   slotmap keys), but values live inline in one `Vec`: unsized values need a
 //!   `Box` each, which is malloc again. Here every value lives in the
 //!   compacting space, and a slot whose version would wrap is retired.
 //! - **malloc** (glibc, jemalloc, mimalloc): faster to reach an object (a
@@ -87,6 +93,7 @@ mod large;
 mod mapping;
 mod object;
 mod raw;
+mod reader;
 mod segment;
 mod space;
 mod stats;
@@ -100,6 +107,7 @@ pub use guard::{Ref, RefMut};
 pub use handle::Handle;
 pub use heap::Heap;
 pub use object::Object;
+pub use reader::Reader;
 pub use stats::{CompactReport, HeapStats};
 pub use sync::SyncHeap;
 #[cfg(all(

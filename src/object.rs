@@ -79,7 +79,7 @@ impl TypeInfo {
     /// Whether this describes `T`. (Comparing the `TypeInfo` addresses
     /// would not do: a generic constant may be duplicated across codegen
     /// units. `TypeId::of::<T>()` is a compile-time constant.)
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn is<T: ?Sized + Object>(&self) -> bool {
         self.type_id == TypeId::of::<T>()
     }

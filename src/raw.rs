@@ -13,7 +13,7 @@ use crate::error::{AllocError, BorrowError, RemoveError};
 use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
 use crate::stats::{CompactReport, HeapStats};
-use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use crate::table::{Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
 use crate::types::Types;
 
@@ -39,11 +39,13 @@ pub(crate) struct RawHeap {
     pub(crate) totals: Totals,
     /// Invariant: the sum of the sizes of the objects whose handles are live.
     live_bytes: usize,
-    /// Objects with at least one pin, kept by the single-threaded heap (the
-    /// concurrent one counts by scanning, to keep a shared counter off its
-    /// read path). Only changed with plain loads and stores.
-    pinned: AtomicUsize,
     limited: bool,
+    /// Open read scopes ([`Reader`](crate::Reader)s). While there are any, no
+    /// object moves and no value is dropped or has its bytes released (I12).
+    pub(crate) readers: AtomicUsize,
+    /// Objects freed during a read scope: unlinked, their values dropped and
+    /// bytes released when the last scope ends.
+    pub(crate) deferred: Vec<Dying>,
     /// Compaction paid for by allocation and free, if on.
     pacing: Option<Pacing>,
     /// Bytes of compaction work owed (see [`Pacing`]).
@@ -61,6 +63,13 @@ pub(crate) struct Dying {
     place: Place,
     size: usize,
 }
+
+// SAFETY: a `Dying` records where an unlinked value is; the value is `Send`
+// (and `Sync` in a `SyncHeap`) by the alloc bounds, and only the holder of the
+// `Dying` (with the engine, or dropping the value) touches it.
+unsafe impl Send for Dying {}
+// SAFETY: `&Dying` exposes only the address, type and size, never the value.
+unsafe impl Sync for Dying {}
 
 /// Why [`RawHeap::pin`] gave no pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +128,9 @@ impl RawHeap {
             evac: Evacuation::default(),
             totals: Totals::default(),
             live_bytes: 0,
-            pinned: AtomicUsize::new(0),
             limited: config.memory_limit.is_some(),
+            readers: AtomicUsize::new(0),
+            deferred: Vec::new(),
             pacing: config.pacing,
             debt: 0,
         }
@@ -175,19 +185,26 @@ impl RawHeap {
     /// The address and slice length of the object in `slot` (live or dying).
     #[inline]
     pub(crate) fn locate(&self, slot: &Slot) -> (NonNull<u8>, usize) {
-        match slot.loc.decode() {
+        self.try_locate(slot)
+            .expect("a live or dying object has a location")
+    }
+
+    /// [`RawHeap::locate`] that never panics (for `pin`, see `Engine::try_pin`):
+    /// `None` only if the table and the space disagree, which they never do.
+    #[inline]
+    pub(crate) fn try_locate(&self, slot: &Slot) -> Option<(NonNull<u8>, usize)> {
+        Some(match slot.loc.decode() {
             Where::Segment { id, offset, len } => {
                 // SAFETY: the object's bytes are at `offset` in segment `id` (I2),
                 // so the offset is inside the segment's mapping.
-                (unsafe { self.space.base(id).add(offset) }, len)
+                (unsafe { self.space.try_base(id)?.add(offset) }, len)
             }
-            Where::Large { id } => (self.space.large_start(id), self.space.large_meta(id)),
+            Where::Large { id } => self.space.try_large(id)?,
             Where::Nowhere { len } => {
-                let align = self.types.info(slot.ty).align;
-                let dangling = core::ptr::without_provenance_mut(align);
-                (NonNull::new(dangling).expect("align is non-zero"), len)
+                let align = self.types.try_info(slot.ty)?.align;
+                (NonNull::new(core::ptr::without_provenance_mut(align))?, len)
             }
-        }
+        })
     }
 
     /// Bytes of the object in `slot`.
@@ -197,7 +214,16 @@ impl RawHeap {
         if !info.is_slice {
             return info.elem_size;
         }
-        info.size(self.locate(slot).1)
+        info.size(self.meta_of(slot.loc))
+    }
+
+    /// The slice length of the object at `loc` (no address needed).
+    #[inline]
+    fn meta_of(&self, loc: Loc) -> usize {
+        match loc.decode() {
+            Where::Segment { len, .. } | Where::Nowhere { len } => len,
+            Where::Large { id } => self.space.try_large(id).map_or(0, |(_, meta)| meta),
+        }
     }
 
     /// The object that `ty` and `loc` (a slot's, just unlinked) describe.
@@ -226,7 +252,8 @@ impl RawHeap {
         (!slot.is_dead() && self.types.is::<T>(slot.ty)).then_some(slot)
     }
 
-    /// Pins the object of `key`, shared or exclusive, and returns a pointer to it.
+    /// Pins the object of `key`, shared or exclusive, and returns a pointer
+    /// to it and to the borrow word the pin raised (for the guard to lower).
     ///
     /// `sync` selects an atomic read-modify-write (other threads may pin the
     /// same slot at once) over a plain load and store (one thread only).
@@ -236,16 +263,26 @@ impl RawHeap {
         key: KeyData,
         exclusive: bool,
         sync: bool,
-    ) -> Result<NonNull<T>, PinError> {
-        let slot = self.live_slot::<T>(key).ok_or(BorrowError::Stale)?;
+    ) -> Result<(NonNull<T>, NonNull<AtomicU16>), PinError> {
+        let slot = self
+            .table
+            .get(key)
+            .filter(|s| self.types.is::<T>(s.ty))
+            .ok_or(BorrowError::Stale)?;
         let word = &slot.borrow;
         let mut cur = word.load(Ordering::Relaxed);
         loop {
-            if cur & EXCLUSIVE != 0 {
-                return Err(BorrowError::BorrowedMut.into());
+            if cur & (ZOMBIE | EXCLUSIVE) != 0 {
+                let dead = cur & ZOMBIE != 0;
+                return Err(if dead {
+                    BorrowError::Stale
+                } else {
+                    BorrowError::BorrowedMut
+                }
+                .into());
             }
             let new = if exclusive {
-                if cur != 0 {
+                if cur != 0 || self.reading() {
                     return Err(BorrowError::Borrowed.into());
                 }
                 EXCLUSIVE
@@ -257,10 +294,6 @@ impl RawHeap {
             };
             if !sync {
                 word.store(new, Ordering::Relaxed);
-                if cur == 0 {
-                    self.pinned
-                        .store(self.pinned.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                }
                 break;
             }
             match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
@@ -268,44 +301,28 @@ impl RawHeap {
                 Err(seen) => cur = seen,
             }
         }
-        let (data, meta) = self.locate(slot);
+        let Some((data, meta)) = self.try_locate(slot) else {
+            // Unreachable while the invariants hold; never a panic here.
+            word.fetch_sub(if exclusive { EXCLUSIVE } else { 1 }, Ordering::Relaxed);
+            return Err(BorrowError::Stale.into());
+        };
         let ptr = T::from_raw_parts(data.as_ptr(), if T::INFO.is_slice { meta } else { 0 });
         // SAFETY: object addresses are never null (mapped memory or an aligned dangling address).
-        Ok(unsafe { NonNull::new_unchecked(ptr) })
-    }
-
-    /// Drops one pin of `key`. Returns true if that was the last pin of a
-    /// freed object: the caller must then [`RawHeap::finish_zombie`] it.
-    ///
-    /// The caller must own one pin of `key` (a guard's), of the given kind.
-    #[inline]
-    pub(crate) fn unpin(&self, key: KeyData, exclusive: bool, sync: bool) -> bool {
-        // SAFETY: the caller holds a pin of `key` (a guard's), and a pinned
-        // slot is never removed from the table (I5), so `key` is valid.
-        let slot = unsafe { self.table.get_pinned(key) };
-        let delta = if exclusive { EXCLUSIVE } else { 1 };
-        let prev = if sync {
-            slot.borrow.fetch_sub(delta, Ordering::Release)
-        } else {
-            let prev = slot.borrow.load(Ordering::Relaxed);
-            slot.borrow.store(prev - delta, Ordering::Relaxed);
-            if prev & !ZOMBIE == delta {
-                self.pinned
-                    .store(self.pinned.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-            }
-            prev
-        };
-        debug_assert!(prev & !ZOMBIE >= delta, "unpinning an unpinned slot");
-        prev == ZOMBIE | delta
+        Ok((unsafe { NonNull::new_unchecked(ptr) }, NonNull::from(word)))
     }
 
     /// Unlinks the zombie of `key` whose last pin just went.
-    pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Dying {
+    pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Option<Dying> {
         let held = self
             .table
             .remove(key)
             .expect("a zombie stays in the table until finished");
-        self.dying(held)
+        let dying = self.dying(held);
+        if self.reading() {
+            self.deferred.push(dying);
+            return None;
+        }
+        Some(dying)
     }
 
     /// Kills the handle `key`. The value is dropped now (by the caller) or,
@@ -316,22 +333,91 @@ impl RawHeap {
         let Some(slot) = self.live_slot::<T>(key) else {
             return Freed::Stale;
         };
-        let (size, pinned) = (self.size_of(slot), slot.is_pinned());
+        let size = self.size_of(slot);
+        // Guards lower the word without the engine (another thread's, on
+        // `SyncHeap`): mark the zombie only while a pin is left, so that
+        // exactly one of us sees the last pin go. No pin can be *taken* now:
+        // that needs the engine, which we hold exclusively.
+        let word = &slot.borrow;
+        let mut cur = word.load(Ordering::Acquire);
+        let pinned = loop {
+            if cur == 0 {
+                break false;
+            }
+            match word.compare_exchange_weak(cur, cur | ZOMBIE, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break true,
+                Err(seen) => cur = seen,
+            }
+        };
         self.live_bytes -= size;
         if pinned {
-            let slot = self.table.get(key).expect("checked above");
-            slot.borrow.fetch_or(ZOMBIE, Ordering::Relaxed);
             self.table.count_zombie();
             return Freed::Deferred;
         }
         let held = self.table.remove(key).expect("live slot exists");
-        Freed::Now(self.dying(held))
+        if self.types.info(held.0).drop.is_none() && !self.reading() {
+            // No drop glue, no reader: nothing to run, give the bytes back now.
+            let dying = self.dying(held);
+            self.release(dying);
+            return Freed::Released;
+        }
+        let dying = self.dying(held);
+        if self.reading() {
+            // A read scope may hold a `&` to it: drop it when the scope ends.
+            self.deferred.push(dying);
+            return Freed::Deferred;
+        }
+        Freed::Now(dying)
+    }
+
+    /// Whether a read scope is open: nothing may move or be dropped.
+    #[inline]
+    pub(crate) fn reading(&self) -> bool {
+        self.readers.load(Ordering::Relaxed) != 0
+    }
+
+    /// Ends a read scope. Returns the objects freed during the scopes, to
+    /// drop and release, if this was the last.
+    pub(crate) fn end_read(&mut self) -> Vec<Dying> {
+        let before = self.readers.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "ending a read scope that is not open");
+        if before == 1 {
+            core::mem::take(&mut self.deferred)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A pointer to the object of `key` for a read scope: no pin is taken
+    /// (the scope keeps every object in place), but a `RefMut` excludes it.
+    /// Never panics (see `Engine::try_pin`).
+    #[inline]
+    pub(crate) fn peek<T: ?Sized + Object>(&self, key: KeyData) -> Result<NonNull<T>, BorrowError> {
+        let slot = self
+            .table
+            .get(key)
+            .filter(|s| self.types.is::<T>(s.ty))
+            .ok_or(BorrowError::Stale)?;
+        let cur = slot.borrow.load(Ordering::Acquire);
+        if cur & (ZOMBIE | EXCLUSIVE) != 0 {
+            let dead = cur & ZOMBIE != 0;
+            return Err(if dead {
+                BorrowError::Stale
+            } else {
+                BorrowError::BorrowedMut
+            });
+        }
+        let (data, meta) = self.try_locate(slot).ok_or(BorrowError::Stale)?;
+        let ptr = T::from_raw_parts(data.as_ptr(), if T::INFO.is_slice { meta } else { 0 });
+        // SAFETY: object addresses are never null (mapped memory or an aligned dangling address).
+        Ok(unsafe { NonNull::new_unchecked(ptr) })
     }
 
     /// Unlinks the unpinned object of `key` so that the caller can move its value out.
     pub(crate) fn remove<T: Object>(&mut self, key: KeyData) -> Result<Dying, RemoveError> {
         let slot = self.live_slot::<T>(key).ok_or(RemoveError::Stale)?;
-        if slot.is_pinned() {
+        if slot.is_pinned() || self.reading() {
             return Err(RemoveError::Pinned);
         }
         let size = self.size_of(slot);
@@ -363,12 +449,21 @@ impl RawHeap {
     #[cold]
     #[inline(never)]
     fn paced_step(&mut self, pacing: Pacing) {
-        let budget = core::mem::take(&mut self.debt).min(pacing.max_step);
+        if self.reading() {
+            self.debt = 0;
+            return; // a read scope: nothing moves
+        }
         let held = self.space.held_bytes() - self.space.spare_bytes();
         let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
         if !self.evac.active() && (held as f64 <= allowed || !self.begin_paced_pass()) {
+            self.debt = 0; // nothing to do: no debt carried into better times
             return;
         }
+        // One step of `max_step` now (a smaller one would skip, for the rest
+        // of the pass, every object bigger than it); what is owed beyond it
+        // is paid by later calls.
+        let budget = pacing.max_step;
+        self.debt = self.debt.saturating_sub(budget);
         let moved = self.totals.bytes_moved;
         let mut report = CompactReport::default();
         self.run_pass(
@@ -393,9 +488,9 @@ impl RawHeap {
         self.live_slot::<T>(key).is_some()
     }
 
-    /// The heap's figures. `scan_pins`: count pinned objects by walking the
-    /// table (for the concurrent heap, which keeps no counter).
-    pub(crate) fn stats(&self, scan_pins: bool) -> HeapStats {
+    /// The heap's figures. Counting pinned objects walks the table (a
+    /// counter would put a second write on every `get`).
+    pub(crate) fn stats(&self) -> HeapStats {
         let segment_bytes = self.space.segment_count() * self.space.segment_size();
         let held_bytes = self.space.held_bytes();
         let spare_bytes = self.space.spare_bytes();
@@ -410,11 +505,7 @@ impl RawHeap {
                 + self.types.metadata_bytes()
                 + self.space.metadata_bytes()
                 + self.evac.metadata_bytes(),
-            pinned_objects: if scan_pins {
-                self.table.iter().filter(|(_, s)| s.is_pinned()).count()
-            } else {
-                self.pinned.load(Ordering::Relaxed)
-            },
+            pinned_objects: self.table.iter().filter(|(_, s)| s.is_pinned()).count(),
             segments: self.space.segment_count(),
             large_objects: self.space.large_count(),
             compactions: self.totals.compactions,
@@ -432,13 +523,15 @@ impl RawHeap {
     /// slots hold no value (their type is `()`). Memory stays mapped until
     /// the space drops.
     pub(crate) fn take_all_for_drop(&mut self) -> Vec<Droppable> {
-        self.table
+        let deferred = core::mem::take(&mut self.deferred);
+        deferred
             .iter()
-            .filter_map(|(_, s)| {
+            .filter_map(|d| d.info.drop.map(|drop| (d.ptr, d.meta, drop)))
+            .chain(self.table.iter().filter_map(|(_, s)| {
                 let drop = self.types.info(s.ty).drop?;
                 let (ptr, meta) = self.locate(s);
                 Some((ptr, meta, drop))
-            })
+            }))
             .collect()
     }
 }

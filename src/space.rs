@@ -145,23 +145,16 @@ impl Space {
                 * size_of::<u32>()
     }
 
-    /// The start of segment `id`, which exists.
+    /// The start of segment `id`, or `None` for an id never used (no panic).
     #[inline]
-    pub(crate) fn base(&self, id: u32) -> NonNull<u8> {
-        debug_assert!(self.segment(id).is_some());
-        self.bases[id as usize].0
+    pub(crate) fn try_base(&self, id: u32) -> Option<NonNull<u8>> {
+        self.bases.get(id as usize).map(|b| b.0)
     }
 
-    /// The first byte of large object `id`.
+    /// The first byte and slice length of large object `id` (no panic).
     #[inline]
-    pub(crate) fn large_start(&self, id: usize) -> NonNull<u8> {
-        self.large.start(id)
-    }
-
-    /// The slice length of large object `id`.
-    #[inline]
-    pub(crate) fn large_meta(&self, id: usize) -> usize {
-        self.large.meta(id)
+    pub(crate) fn try_large(&self, id: usize) -> Option<(NonNull<u8>, usize)> {
+        self.large.try_get(id)
     }
 
     /// Records the slice length of large object `id`.

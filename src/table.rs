@@ -12,6 +12,8 @@
 //! by a dead marker forever, so no old handle of it can ever read a value
 //! again. That costs one slot per 2³¹ reuses of a slot.
 
+use core::ptr::NonNull;
+
 use slotmap::KeyData;
 
 use crate::sync::atomic::{AtomicU16, Ordering};
@@ -166,6 +168,68 @@ impl Loc {
 /// Slots per chunk of the table (16 KiB).
 const CHUNK: usize = 1024;
 
+/// [`CHUNK`] slots at a stable address, owned by the table.
+///
+/// Invariant: `0` points to `CHUNK` initialised slots from a `Box<[Slot]>`
+/// that this value owns. References are made one slot at a time (shared,
+/// or exclusive through `&mut Chunk`), never to the whole chunk mutably, so
+/// that a guard's pointer to the borrow word of *its* slot stays valid while
+/// other slots of the chunk change (I11 in docs/DESIGN.md).
+#[derive(Debug)]
+struct Chunk(NonNull<Slot>);
+
+// SAFETY: a chunk owns its slots, which are Send and Sync (plain integers and
+// an atomic); the pointer has no thread affinity.
+unsafe impl Send for Chunk {}
+// SAFETY: as above; `&Chunk` gives only shared access to the slots.
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    /// A chunk of vacant slots whose versions start at `floor` (even).
+    fn new(floor: u32) -> Chunk {
+        let slots: Box<[Slot]> = (0..CHUNK)
+            .map(|_| Slot {
+                version: floor,
+                borrow: AtomicU16::new(0),
+                ty: UNIT_TYPE,
+                loc: Loc(0),
+            })
+            .collect();
+        Chunk(NonNull::new(Box::into_raw(slots).cast::<Slot>()).expect("a box is non-null"))
+    }
+
+    #[inline]
+    fn slot(&self, i: usize) -> &Slot {
+        debug_assert!(i < CHUNK);
+        // SAFETY: `i < CHUNK` slots, initialised and owned (type invariant);
+        // an exclusive reference to one needs `&mut self`, so none is alive.
+        unsafe { &*self.0.as_ptr().add(i) }
+    }
+
+    #[inline]
+    fn slot_mut(&mut self, i: usize) -> &mut Slot {
+        debug_assert!(i < CHUNK);
+        // SAFETY: as in `slot`; `&mut self` makes this the only reference
+        // made through the chunk. Guards hold pointers only into pinned slots,
+        // which the table never changes through `&mut` (I11).
+        unsafe { &mut *self.0.as_ptr().add(i) }
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        (0..CHUNK).map(|i| self.slot(i))
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let slots = core::ptr::slice_from_raw_parts_mut(self.0.as_ptr(), CHUNK);
+        // SAFETY: the pointer and length of the `Box<[Slot]>` made in `new`,
+        // dropped once; a chunk is dropped only with no occupied slot (or with
+        // the table), so no guard points into it (I11).
+        drop(unsafe { Box::from_raw(slots) });
+    }
+}
+
 /// What the table knows of one chunk of slots.
 #[derive(Debug, Default, Clone, Copy)]
 struct ChunkMeta {
@@ -188,10 +252,12 @@ struct ChunkMeta {
 #[derive(Debug)]
 pub(crate) struct Table {
     /// `None`: released (every slot vacant; versions resume at `floor`).
-    chunks: Vec<Option<Box<[Slot]>>>,
+    chunks: Vec<Option<Chunk>>,
     meta: Vec<ChunkMeta>,
     /// Bit `c` is set iff chunk `c` has a vacant slot.
     vacant: Vec<u64>,
+    /// No word of `vacant` below this one has a bit set.
+    vacant_from: usize,
     /// Occupied slots: live, zombie and retired.
     occupied: usize,
     /// Slots retired for good.
@@ -221,6 +287,7 @@ impl Table {
             chunks: Vec::new(),
             meta: Vec::new(),
             vacant: Vec::new(),
+            vacant_from: 0,
             occupied: 0,
             retired: 0,
             zombies: 0,
@@ -247,6 +314,7 @@ impl Table {
         }
         if on {
             self.vacant[w] |= bit;
+            self.vacant_from = self.vacant_from.min(w);
         } else {
             self.vacant[w] &= !bit;
         }
@@ -254,12 +322,13 @@ impl Table {
 
     /// The lowest chunk with a vacant slot, made ready to hand it out.
     fn chunk_with_room(&mut self) -> usize {
-        let found = self
-            .vacant
+        let from = self.vacant_from;
+        let found = self.vacant[from.min(self.vacant.len())..]
             .iter()
-            .enumerate()
-            .find(|(_, &w)| w != 0)
-            .map(|(i, w)| i * 64 + w.trailing_zeros() as usize);
+            .position(|&w| w != 0)
+            .map(|i| from + i);
+        self.vacant_from = found.unwrap_or(self.vacant.len());
+        let found = found.map(|w| w * 64 + self.vacant[w].trailing_zeros() as usize);
         let c = match found {
             Some(c) => c,
             None => {
@@ -271,15 +340,7 @@ impl Table {
         };
         if self.chunks[c].is_none() {
             let floor = self.meta[c].floor;
-            let slots = (0..CHUNK)
-                .map(|_| Slot {
-                    version: floor,
-                    borrow: AtomicU16::new(0),
-                    ty: UNIT_TYPE,
-                    loc: Loc(0),
-                })
-                .collect();
-            self.chunks[c] = Some(slots);
+            self.chunks[c] = Some(Chunk::new(floor));
             self.meta[c] = ChunkMeta {
                 fresh: CHUNK as u16,
                 floor,
@@ -296,10 +357,10 @@ impl Table {
         debug_assert!(!self.is_full());
         let c = self.chunk_with_room();
         let meta = &mut self.meta[c];
-        let slots = self.chunks[c].as_mut().expect("made ready");
+        let chunk = self.chunks[c].as_mut().expect("made ready");
         let i = if meta.free != 0 {
             let i = usize::from(meta.free - 1);
-            meta.free = slots[i].loc.0 as u16;
+            meta.free = chunk.slot(i).loc.0 as u16;
             i
         } else {
             let i = CHUNK - usize::from(meta.fresh);
@@ -308,7 +369,7 @@ impl Table {
         };
         meta.occupied += 1;
         let full = usize::from(meta.occupied) == CHUNK;
-        let slot = &mut slots[i];
+        let slot = chunk.slot_mut(i);
         debug_assert!(slot.version.is_multiple_of(2), "a vacant slot");
         slot.version = slot.version.wrapping_add(1);
         slot.ty = ty;
@@ -325,18 +386,22 @@ impl Table {
     /// The slot at `index`, occupied or vacant, if its chunk is materialized.
     #[inline]
     fn at(&self, index: usize) -> Option<&Slot> {
-        self.chunks
-            .get(index / CHUNK)?
-            .as_deref()?
-            .get(index % CHUNK)
+        Some(
+            self.chunks
+                .get(index / CHUNK)?
+                .as_ref()?
+                .slot(index % CHUNK),
+        )
     }
 
     #[inline]
     fn at_mut(&mut self, index: usize) -> Option<&mut Slot> {
-        self.chunks
-            .get_mut(index / CHUNK)?
-            .as_deref_mut()?
-            .get_mut(index % CHUNK)
+        Some(
+            self.chunks
+                .get_mut(index / CHUNK)?
+                .as_mut()?
+                .slot_mut(index % CHUNK),
+        )
     }
 
     /// The slot of `key`, whatever its state (live, zombie, retired).
@@ -344,25 +409,6 @@ impl Table {
     pub(crate) fn get(&self, key: KeyData) -> Option<&Slot> {
         let (index, version) = split(key);
         self.at(index).filter(|s| s.version == version)
-    }
-
-    /// The slot of a key that is pinned, without checking the version.
-    ///
-    /// # Safety
-    /// `key` must be pinned (then its slot is occupied by it: I5 in docs/DESIGN.md).
-    #[inline]
-    pub(crate) unsafe fn get_pinned(&self, key: KeyData) -> &Slot {
-        debug_assert!(self.get(key).is_some_and(Slot::is_pinned));
-        let index = split(key).0;
-        // SAFETY: a pinned key's slot is occupied (guaranteed by the caller),
-        // so its chunk is materialized and the index is in it.
-        unsafe {
-            self.chunks
-                .get_unchecked(index / CHUNK)
-                .as_deref()
-                .unwrap_unchecked()
-                .get_unchecked(index % CHUNK)
-        }
     }
 
     /// Counts a slot that the caller just marked [`ZOMBIE`].
@@ -413,14 +459,14 @@ impl Table {
         let mut released = 0;
         for (c, chunk) in self.chunks.iter_mut().enumerate() {
             let meta = &mut self.meta[c];
-            let Some(slots) = chunk.as_deref() else {
+            let Some(slots) = chunk.as_ref() else {
                 continue;
             };
             if meta.occupied != 0 {
                 continue;
             }
             // Vacant versions are even; the next occupant gets floor + 1.
-            meta.floor = slots.iter().map(|s| s.version).max().unwrap_or(0);
+            meta.floor = slots.slots().map(|s| s.version).max().unwrap_or(0);
             debug_assert!(meta.floor.is_multiple_of(2));
             *chunk = None;
             released += CHUNK * core::mem::size_of::<Slot>();
@@ -440,7 +486,7 @@ impl Table {
         use core::mem::size_of;
         let materialized = self.chunks.iter().filter(|c| c.is_some()).count();
         materialized * CHUNK * size_of::<Slot>()
-            + self.chunks.capacity() * size_of::<Option<Box<[Slot]>>>()
+            + self.chunks.capacity() * size_of::<Option<Chunk>>()
             + self.meta.capacity() * size_of::<ChunkMeta>()
             + self.vacant.capacity() * size_of::<u64>()
     }
@@ -475,10 +521,10 @@ impl Table {
         self.chunks
             .iter()
             .enumerate()
-            .filter_map(|(c, chunk)| Some((c, chunk.as_deref()?)))
+            .filter_map(|(c, chunk)| Some((c, chunk.as_ref()?)))
             .flat_map(|(c, slots)| {
                 slots
-                    .iter()
+                    .slots()
                     .enumerate()
                     .filter(|(_, s)| s.version % 2 == 1)
                     .map(move |(i, s)| (key_of(c * CHUNK + i, s.version), s))

@@ -13,6 +13,9 @@ use crate::table::UNIT_TYPE;
 #[derive(Debug)]
 pub(crate) struct Types {
     infos: Vec<&'static TypeInfo>,
+    /// `ids[i] == infos[i].type_id`, kept apart so the check on every `get`
+    /// is one load from a small array.
+    ids: Vec<TypeId>,
     /// The type found last, and its index (allocation loops repeat a type).
     last: (TypeId, u16),
 }
@@ -22,6 +25,7 @@ impl Types {
         let unit: &'static TypeInfo = &<() as Object>::INFO;
         Types {
             infos: vec![unit],
+            ids: vec![unit.type_id],
             last: (unit.type_id, UNIT_TYPE),
         }
     }
@@ -33,13 +37,14 @@ impl Types {
         if self.last.0 == info.type_id {
             return Some(self.last.1);
         }
-        let index = match self.infos.iter().position(|i| i.type_id == info.type_id) {
+        let index = match self.ids.iter().position(|&id| id == info.type_id) {
             Some(i) => i,
             None => {
                 if self.infos.len() > usize::from(u16::MAX) {
                     return None;
                 }
                 self.infos.push(info);
+                self.ids.push(info.type_id);
                 self.infos.len() - 1
             }
         };
@@ -54,15 +59,22 @@ impl Types {
         self.infos[usize::from(ty)]
     }
 
-    /// Whether index `ty` is the type `T`.
+    /// The type of index `ty`, or `None` (no panic).
+    #[inline]
+    pub(crate) fn try_info(&self, ty: u16) -> Option<&'static TypeInfo> {
+        self.infos.get(usize::from(ty)).copied()
+    }
+
+    /// Whether index `ty` is the type `T`. Never panics.
     #[inline]
     pub(crate) fn is<T: ?Sized + Object>(&self, ty: u16) -> bool {
-        self.info(ty).is::<T>()
+        self.ids.get(usize::from(ty)) == Some(&TypeId::of::<T>())
     }
 
     /// Bytes of the registry.
     pub(crate) fn metadata_bytes(&self) -> usize {
         self.infos.capacity() * core::mem::size_of::<&TypeInfo>()
+            + self.ids.capacity() * core::mem::size_of::<TypeId>()
     }
 }
 

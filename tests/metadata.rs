@@ -36,8 +36,11 @@ fn a_cleared_and_compacted_heap_gives_its_table_back() {
     }
     heap.compact();
     let after = heap.stats();
+    // What stays: the chunk of table that holds the 1%, and the line counts
+    // of the segment they were packed into.
+    let floor = 16 * 1024 + 8 * 1024;
     assert!(
-        after.metadata_bytes * 20 < full,
+        after.metadata_bytes < full / 20 + floor,
         "metadata {full} -> {} for 1% of the objects",
         after.metadata_bytes
     );

@@ -15,6 +15,9 @@
 //! cargo run --release --example fragmentation            # about a minute
 //! cargo run --release --example fragmentation -- --quick # seconds: a smoke test
 //! ```
+//!
+//! compact-heap runs twice: as configured by default (paced compaction) with
+//! `compact()` at phase ends, and left alone ("paced": no call at all).
 
 // The workloads, stores and chart are shared with the footprint harness
 // (footprint/, not published), which includes these files from here, so the
@@ -44,7 +47,20 @@ fn main() {
             args[5].parse().expect("iterations"),
         );
     }
-    let quick = args.iter().any(|a| a == "--quick");
+    let mut quick = false;
+    for a in &args[1..] {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                println!("usage: fragmentation [--quick]\n\nRuns the seed loop and a drifting cache on the system allocator and on compact-heap,\nprints RSS / live for each, checks compact-heap's footprint, and writes\ntarget/fragmentation/drifting-cache.svg. --quick: small sizes, seconds.");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\nusage: fragmentation [--quick]");
+                std::process::exit(2);
+            }
+        }
+    }
     let (scale, iterations) = if quick {
         (32usize << 20, 5_000u64)
     } else {
@@ -55,7 +71,7 @@ fn main() {
     let mut table = String::from("| workload | contender | peak RSS / live | end RSS / live | ops/s |\n|---|---|---|---|---|\n");
     let mut drift_runs = Vec::new();
     for workload in ["seed", "drift"] {
-        for contender in ["system", "compact-heap"] {
+        for contender in ["system", "compact-heap", "compact-heap-paced"] {
             eprintln!("running {workload} on {contender} ...");
             let r = spawn(workload, contender, scale, iterations);
             table += &format!(
@@ -64,12 +80,12 @@ fn main() {
                 r.final_ratio(),
                 r.ops_per_sec()
             );
-            if contender == "compact-heap" {
-                ok &= if workload == "seed" {
-                    check_seed(&r)
-                } else {
-                    check_drift(&r)
-                };
+            match (workload, contender) {
+                ("seed", "system") => {}
+                ("seed", _) => ok &= check_seed(&r),
+                ("drift", "compact-heap") => ok &= check_drift(&r),
+                ("drift", "compact-heap-paced") => report_paced_drift(&r),
+                _ => {}
             }
             if workload == "drift" {
                 drift_runs.push((contender.to_string(), r));
@@ -124,6 +140,7 @@ fn child(workload: &str, contender: &str, scale: usize, iterations: u64) {
     };
     let mut store: Box<dyn Store> = match contender {
         "system" => Box::<BoxStore>::default(),
+        "compact-heap-paced" => Box::new(HeapStore::new(Compaction::Paced)),
         _ => Box::new(HeapStore::new(Compaction::Full)),
     };
     let report = workloads::run(&w, store.as_mut(), scale, true);
@@ -199,6 +216,18 @@ fn check_drift(r: &Report) -> bool {
         rss as f64 / (held + meta) as f64
     );
     ok
+}
+
+/// Drifting cache left alone (paced compaction only): how far RSS strayed
+/// from live data at any sample. Issue 8's target is 1.15 × (live + 4 MiB);
+/// reported, not enforced, while it is not met everywhere.
+fn report_paced_drift(r: &Report) {
+    let worst = r.worst_sample(4 << 20);
+    println!("\ndrifting cache on compact-heap left alone (paced compaction, no compact() call):");
+    println!(
+        "  {} worst sample RSS / (live + 4 MiB) = {worst:.3} (target <= 1.15)",
+        if worst <= 1.15 { "PASS" } else { "MISS" }
+    );
 }
 
 fn verdict(ok: bool) -> &'static str {

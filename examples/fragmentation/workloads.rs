@@ -154,6 +154,16 @@ impl Report {
         (s.rss.saturating_sub(self.baseline_rss)) as f64 / s.live.max(1) as f64
     }
 
+    /// The worst sample during the run of RSS / (live + `slack` bytes),
+    /// baseline subtracted: how far memory strayed from live data at any
+    /// moment, not only at phase ends.
+    pub fn worst_sample(&self, slack: usize) -> f64 {
+        self.samples
+            .iter()
+            .map(|s| s.rss.saturating_sub(self.baseline_rss) as f64 / (s.live + slack) as f64)
+            .fold(0.0, f64::max)
+    }
+
     /// Peak RSS / peak live, baseline subtracted.
     pub fn peak_ratio(&self) -> f64 {
         self.peak_rss.saturating_sub(self.baseline_rss) as f64 / self.peak_live.max(1) as f64

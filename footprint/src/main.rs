@@ -110,10 +110,10 @@ fn main() {
 
     let mut md = format!(
         "Footprint at {} MiB live target, seed loop {} iterations. RSS is above each process's baseline; ratios are RSS / live bytes.\n\n\
-         | workload | contender | peak RSS / live | RSS / live at phase ends | held / live at end | ops/s | moved MiB | compacting s |\n|---|---|---|---|---|---|---|---|\n",
+         | workload | contender | peak RSS / live | worst sample RSS / (live + 4 MiB) | RSS / live at phase ends | held / live at end | ops/s | moved MiB | compacting s |\n|---|---|---|---|---|---|---|---|---|\n",
         args.scale_mib, args.seed_iterations
     );
-    let mut csv = String::from("workload,contender,peak_ratio,final_ratio,phase_ratios,ops_per_sec,bytes_moved,compact_seconds,peak_rss,peak_live\n");
+    let mut csv = String::from("workload,contender,peak_ratio,worst_sample_ratio_4mib,final_ratio,phase_ratios,ops_per_sec,bytes_moved,compact_seconds,peak_rss,peak_live\n");
     for w in &workloads {
         let mut runs = Vec::new();
         for c in &args.contenders {
@@ -140,9 +140,10 @@ fn main() {
                 .unwrap_or_else(|| "–".into());
             let _ = writeln!(
                 md,
-                "| {} | {c} | {:.2} | {phases} | {held} | {:.0} | {:.1} | {:.2} |",
+                "| {} | {c} | {:.2} | {:.2} | {phases} | {held} | {:.0} | {:.1} | {:.2} |",
                 w.name(),
                 r.peak_ratio(),
+                r.worst_sample(4 << 20),
                 r.ops_per_sec(),
                 r.bytes_moved as f64 / 1048576.0,
                 r.compact_time.as_secs_f64()
@@ -154,9 +155,10 @@ fn main() {
                 .collect();
             let _ = writeln!(
                 csv,
-                "{},{c},{:.3},{:.3},{},{:.0},{},{:.3},{},{}",
+                "{},{c},{:.3},{:.3},{:.3},{},{:.0},{},{:.3},{},{}",
                 w.name(),
                 r.peak_ratio(),
+                r.worst_sample(4 << 20),
                 r.final_ratio(),
                 all.join(" "),
                 r.ops_per_sec(),

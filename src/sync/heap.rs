@@ -17,6 +17,7 @@ use crate::guard::{PinOwner, Ref, RefMut};
 use crate::handle::Handle;
 use crate::object::Object;
 use crate::raw::{drop_all, RawHeap};
+use crate::reader::Reader;
 use crate::stats::{CompactReport, HeapStats};
 
 /// How many bytes a full compaction moves per hold of the write lock:
@@ -203,6 +204,19 @@ impl SyncHeap {
         access::try_get_mut(self, handle)
     }
 
+    /// Opens a read scope: a [`Reader`] that hands out plain `&T` for any
+    /// number of handles, with no pin per read — the way to read many objects
+    /// at once (a guard from [`SyncHeap::get`] pins one object: two writes per
+    /// read). While it lives nothing moves or is dropped, and `get_mut` and
+    /// `remove` report a borrow conflict; see [`Reader`].
+    pub fn read(&self) -> Reader<'_, SyncHeap> {
+        Reader::open(
+            self,
+            access::begin_read::<SyncHeap>,
+            access::end_read::<SyncHeap>,
+        )
+    }
+
     /// Whether the handle names a live object.
     pub fn contains<T: ?Sized + Object>(&self, handle: Handle<T>) -> bool {
         self.shared(|raw| raw.contains::<T>(handle.key()))
@@ -255,7 +269,7 @@ impl SyncHeap {
 
     /// The heap's figures now. Counting pinned objects walks the table.
     pub fn stats(&self) -> HeapStats {
-        self.shared(|raw| raw.stats(true))
+        self.shared(|raw| raw.stats())
     }
 
     /// Number of live objects.
@@ -303,6 +317,22 @@ impl Engine for SyncHeap {
         let raw = self.raw.read();
         self.held(holder, || f(&raw))
     }
+
+    #[inline]
+    fn try_pin<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
+        // A thread inside this heap's engine is only here from a panic hook
+        // (after a bug): refuse rather than wait for our own lock. `f` cannot
+        // panic (`try_pin`'s contract), so this read of the holder is enough:
+        // nothing can re-enter while we hold the read lock.
+        if ENGINE_HOLDER.with(|h| h.get()) == (self as *const SyncHeap).addr() {
+            return Err(Unavailable::Reentered);
+        }
+        let raw = self.raw.read();
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(Unavailable::Poisoned);
+        }
+        Ok(f(&raw))
+    }
 }
 
 impl SyncHeap {
@@ -339,9 +369,8 @@ impl SyncHeap {
 }
 
 impl PinOwner for SyncHeap {
-    #[inline]
-    fn unpin(&self, key: KeyData, exclusive: bool) {
-        access::unpin(self, key, exclusive);
+    fn finish_zombie(&self, key: KeyData) {
+        access::finish_zombie(self, key);
     }
 }
 
