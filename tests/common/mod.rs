@@ -7,17 +7,41 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use compact_heap::{
-    BorrowError, CompactReport, Handle, Heap, HeapStats, Object, Ref, RefMut, RemoveError,
+    AllocError, BorrowError, CompactReport, Config, Handle, Heap, HeapStats, Object, Ref, RefMut,
+    RemoveError,
 };
 use proptest::prelude::*;
 
-/// What the model test needs of a heap.
+/// What the model test (and the hostile programs, tests/hostile) need of a heap.
 pub trait Subject {
+    /// A heap of this type with `config`.
+    fn build(config: Config) -> Self
+    where
+        Self: Sized;
     fn alloc<T: Send + Sync + 'static>(&self, value: T) -> Handle<T>;
+    fn try_alloc<T: Send + Sync + 'static>(&self, value: T) -> Result<Handle<T>, (T, AllocError)>;
     fn alloc_slice<T: Copy + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]>;
+    fn try_alloc_slice<T: Copy + Send + Sync + 'static>(
+        &self,
+        src: &[T],
+    ) -> Result<Handle<[T]>, AllocError>;
+    fn alloc_slice_fill<T: Copy + Send + Sync + 'static>(
+        &self,
+        len: usize,
+        value: T,
+    ) -> Handle<[T]>;
     fn alloc_slice_clone<T: Clone + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]>;
-    fn alloc_from_iter<T: Send + Sync + 'static>(&self, items: Vec<T>) -> Handle<[T]>;
+    fn alloc_from_iter<T: Send + Sync + 'static, I: IntoIterator<Item = T>>(
+        &self,
+        items: I,
+    ) -> Handle<[T]>;
     fn alloc_str(&self, src: &str) -> Handle<str>;
+    fn try_alloc_str(&self, src: &str) -> Result<Handle<str>, AllocError>;
+    fn contains<T: ?Sized + Object>(&self, h: Handle<T>) -> bool;
+    fn try_get_mut<T: ?Sized + Object + Sync>(
+        &self,
+        h: Handle<T>,
+    ) -> Result<RefMut<'_, T>, BorrowError>;
     fn get<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<Ref<'_, T>>;
     fn try_get<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Result<Ref<'_, T>, BorrowError>;
     fn get_mut<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<RefMut<'_, T>>;
@@ -39,11 +63,45 @@ pub struct TestHeap<H>(pub H);
 macro_rules! subject {
     ($heap:ty) => {
         impl Subject for TestHeap<$heap> {
+            fn build(config: Config) -> Self {
+                TestHeap(<$heap>::with_config(config))
+            }
             fn alloc<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
                 self.0.alloc(value)
             }
+            fn try_alloc<T: Send + Sync + 'static>(
+                &self,
+                value: T,
+            ) -> Result<Handle<T>, (T, AllocError)> {
+                self.0.try_alloc(value)
+            }
             fn alloc_slice<T: Copy + Send + Sync + 'static>(&self, src: &[T]) -> Handle<[T]> {
                 self.0.alloc_slice(src)
+            }
+            fn try_alloc_slice<T: Copy + Send + Sync + 'static>(
+                &self,
+                src: &[T],
+            ) -> Result<Handle<[T]>, AllocError> {
+                self.0.try_alloc_slice(src)
+            }
+            fn alloc_slice_fill<T: Copy + Send + Sync + 'static>(
+                &self,
+                len: usize,
+                value: T,
+            ) -> Handle<[T]> {
+                self.0.alloc_slice_fill(len, value)
+            }
+            fn try_alloc_str(&self, src: &str) -> Result<Handle<str>, AllocError> {
+                self.0.try_alloc_str(src)
+            }
+            fn contains<T: ?Sized + Object>(&self, h: Handle<T>) -> bool {
+                self.0.contains(h)
+            }
+            fn try_get_mut<T: ?Sized + Object + Sync>(
+                &self,
+                h: Handle<T>,
+            ) -> Result<RefMut<'_, T>, BorrowError> {
+                self.0.try_get_mut(h)
             }
             fn alloc_slice_clone<T: Clone + Send + Sync + 'static>(
                 &self,
@@ -51,7 +109,10 @@ macro_rules! subject {
             ) -> Handle<[T]> {
                 self.0.alloc_slice_clone(src)
             }
-            fn alloc_from_iter<T: Send + Sync + 'static>(&self, items: Vec<T>) -> Handle<[T]> {
+            fn alloc_from_iter<T: Send + Sync + 'static, I: IntoIterator<Item = T>>(
+                &self,
+                items: I,
+            ) -> Handle<[T]> {
                 self.0.alloc_from_iter(items)
             }
             fn alloc_str(&self, src: &str) -> Handle<str> {
@@ -96,6 +157,11 @@ subject!(compact_heap::SyncHeap);
 pub struct DropLog(Mutex<Vec<u64>>);
 
 impl DropLog {
+    /// Records the drop of `id`.
+    pub fn push(&self, id: u64) {
+        self.0.lock().unwrap().push(id);
+    }
+
     pub fn dropped(&self) -> Vec<u64> {
         let mut v = self.0.lock().unwrap().clone();
         v.sort_unstable();
@@ -139,6 +205,12 @@ pub struct ZstDrop;
 
 thread_local! {
     static ZST_LOG: std::cell::RefCell<Option<Arc<DropLog>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets the log this thread's [`ZstDrop`]s write to (a helper thread that
+/// may drop one needs it too).
+pub fn set_zst_log(log: Option<Arc<DropLog>>) {
+    ZST_LOG.with(|l| *l.borrow_mut() = log);
 }
 
 impl Drop for ZstDrop {
@@ -411,7 +483,7 @@ impl Model {
 /// caller drops the heap, [`all_dropped_once`] checks the log against them.
 pub fn run<S: Subject>(heap: &S, program: &[Op]) -> (Arc<DropLog>, Vec<u64>) {
     let log = Arc::new(DropLog::default());
-    ZST_LOG.with(|l| *l.borrow_mut() = Some(log.clone()));
+    set_zst_log(Some(log.clone()));
     let mut m = Model {
         objs: vec![],
         live: vec![],
