@@ -118,7 +118,12 @@ impl Heap {
     pub fn alloc<T: Send + 'static>(&self, value: T) -> Handle<T> {
         match self.try_alloc(value) {
             Ok(h) => h,
-            Err((_, e)) => panic!("compact_heap: {e}"),
+            Err((value, e)) => {
+                // Dropped before the panic, not during its unwinding (where a
+                // panicking `Drop` would abort).
+                drop(value);
+                access::alloc_failed(e)
+            }
         }
     }
 

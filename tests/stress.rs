@@ -5,7 +5,7 @@
 //! by all workers. One thread compacts continuously (`compact_step` slices and
 //! full `compact()`s). At the end every surviving value reads back exactly,
 //! and every value was dropped exactly once. Run under ThreadSanitizer by
-//! `ci/tsan.sh`; `STRESS_OPS` sets the operations per worker.
+//! `.ci/tsan.sh`; `STRESS_OPS` sets the operations per worker.
 #![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

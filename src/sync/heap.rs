@@ -84,7 +84,12 @@ impl SyncHeap {
     pub fn alloc<T: Send + Sync + 'static>(&self, value: T) -> Handle<T> {
         match self.try_alloc(value) {
             Ok(h) => h,
-            Err((_, e)) => panic!("compact_heap: {e}"),
+            Err((value, e)) => {
+                // Dropped before the panic, not during its unwinding (where a
+                // panicking `Drop` would abort).
+                drop(value);
+                access::alloc_failed(e)
+            }
         }
     }
 
@@ -122,8 +127,17 @@ impl SyncHeap {
         len: usize,
         value: T,
     ) -> Handle<[T]> {
-        access::try_alloc_slice_fill(self, len, value)
+        self.try_alloc_slice_fill(len, value)
             .unwrap_or_else(|e| panic!("compact_heap: {e}"))
+    }
+
+    /// Allocates a slice of `len` copies of `value`, or says why it did not fit.
+    pub fn try_alloc_slice_fill<T: Copy + Send + Sync + 'static>(
+        &self,
+        len: usize,
+        value: T,
+    ) -> Result<Handle<[T]>, AllocError> {
+        access::try_alloc_slice_fill(self, len, value)
     }
 
     /// Allocates a copy of the string `src`.
