@@ -101,7 +101,7 @@ impl Config {
 /// holes closed at a proportional rate. Pinned objects never move; objects
 /// larger than the step stay for [`Heap::compact`](crate::Heap::compact).
 ///
-/// The defaults (threshold 1.05, rate 4, step 16 KiB, max step 64 KiB) keep a
+/// The defaults (threshold 1.08, rate 2, step 16 KiB, max step 64 KiB) keep a
 /// heap under about 1.10 × live + 2 segments while it churns; a step of
 /// 64 KiB costs tens of microseconds.
 ///
@@ -132,8 +132,8 @@ pub struct Pacing {
 impl Default for Pacing {
     fn default() -> Pacing {
         Pacing {
-            threshold: 1.05,
-            rate: 4,
+            threshold: 1.08,
+            rate: 2,
             step: 16 * 1024,
             max_step: 64 * 1024,
         }
