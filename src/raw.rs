@@ -71,6 +71,17 @@ unsafe impl Send for Dying {}
 // SAFETY: `&Dying` exposes only the address, type and size, never the value.
 unsafe impl Sync for Dying {}
 
+/// Why a borrow word with `ZOMBIE` or `EXCLUSIVE` set gives no access: the
+/// handle is dead, or a `RefMut` is alive.
+#[inline]
+fn refused(word: u16) -> BorrowError {
+    if word & ZOMBIE != 0 {
+        BorrowError::Stale
+    } else {
+        BorrowError::BorrowedMut
+    }
+}
+
 /// Why [`RawHeap::pin`] gave no pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PinError {
@@ -245,6 +256,15 @@ impl RawHeap {
         }
     }
 
+    /// The slot of `key` if it holds a `T` (live or zombie). Never panics.
+    #[inline]
+    fn typed_slot<T: ?Sized + Object>(&self, key: KeyData) -> Result<&Slot, BorrowError> {
+        self.table
+            .get(key)
+            .filter(|s| self.types.is::<T>(s.ty))
+            .ok_or(BorrowError::Stale)
+    }
+
     /// The slot of `key` if its handle is live and it holds a `T`.
     #[inline]
     pub(crate) fn live_slot<T: ?Sized + Object>(&self, key: KeyData) -> Option<&Slot> {
@@ -264,22 +284,12 @@ impl RawHeap {
         exclusive: bool,
         sync: bool,
     ) -> Result<(NonNull<T>, NonNull<AtomicU16>), PinError> {
-        let slot = self
-            .table
-            .get(key)
-            .filter(|s| self.types.is::<T>(s.ty))
-            .ok_or(BorrowError::Stale)?;
+        let slot = self.typed_slot::<T>(key)?;
         let word = &slot.borrow;
         let mut cur = word.load(Ordering::Relaxed);
         loop {
             if cur & (ZOMBIE | EXCLUSIVE) != 0 {
-                let dead = cur & ZOMBIE != 0;
-                return Err(if dead {
-                    BorrowError::Stale
-                } else {
-                    BorrowError::BorrowedMut
-                }
-                .into());
+                return Err(refused(cur).into());
             }
             let new = if exclusive {
                 if cur != 0 || self.reading() {
@@ -394,19 +404,10 @@ impl RawHeap {
     /// Never panics (see `Engine::try_pin`).
     #[inline]
     pub(crate) fn peek<T: ?Sized + Object>(&self, key: KeyData) -> Result<NonNull<T>, BorrowError> {
-        let slot = self
-            .table
-            .get(key)
-            .filter(|s| self.types.is::<T>(s.ty))
-            .ok_or(BorrowError::Stale)?;
+        let slot = self.typed_slot::<T>(key)?;
         let cur = slot.borrow.load(Ordering::Acquire);
         if cur & (ZOMBIE | EXCLUSIVE) != 0 {
-            let dead = cur & ZOMBIE != 0;
-            return Err(if dead {
-                BorrowError::Stale
-            } else {
-                BorrowError::BorrowedMut
-            });
+            return Err(refused(cur));
         }
         let (data, meta) = self.try_locate(slot).ok_or(BorrowError::Stale)?;
         let ptr = T::from_raw_parts(data.as_ptr(), if T::INFO.is_slice { meta } else { 0 });
@@ -573,10 +574,11 @@ pub(crate) fn drop_all(values: Vec<Droppable>) {
     let mut rest = Rest(values.into_iter());
     // `by_ref`: if a drop panics, `rest` still holds the values after it.
     for (ptr, meta, drop_fn) in rest.0.by_ref() {
-        // SAFETY: each entry is an initialised value still in the table (live,
-        // or a zombie whose last guard was forgotten), of the type its drop
-        // function was made for (I2, I9), listed once; the heap is ending and
-        // no guard can be used any more, so nothing reads it after.
+        // Each entry is an initialised value not yet dropped (live, a zombie
+        // whose last guard was forgotten, or freed during a read scope that
+        // never ended), of the type its drop function was made for (I2, I9),
+        // listed once; the heap is ending and no guard or reader can be used.
+        // SAFETY: so this is the value's one drop, and nothing reads it after.
         unsafe { drop_fn(ptr.as_ptr(), meta) };
     }
 }

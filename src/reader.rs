@@ -104,10 +104,11 @@ macro_rules! reader_for {
                 handle: Handle<T>,
             ) -> Result<&T, BorrowError> {
                 let ptr = access::read_get(self.heap, handle)?;
-                // SAFETY: `ptr` is a live `T` with no `RefMut`; while this
-                // reader (a read scope) lives, it does not move, is not
-                // dropped or released, and no `RefMut` of it can be made (I12).
-                // The `&T` borrows `self`, so it ends before the scope does.
+                // `ptr` is a live `T` with no `RefMut`; while this reader (a
+                // read scope) lives, it does not move, is not dropped or
+                // released, and no `RefMut` of it can be made (I12). The `&T`
+                // borrows `self`, so it ends before the scope does.
+                // SAFETY: so the reference is valid and unaliased by `&mut`.
                 Ok(unsafe { ptr.as_ref() })
             }
         }
