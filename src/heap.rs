@@ -439,7 +439,7 @@ impl Heap {
         self.exclusive(|raw| raw.compact_step(budget))
     }
 
-    /// The heap's figures now.
+    /// The heap's figures now. Counting pinned objects walks the table.
     pub fn stats(&self) -> HeapStats {
         self.shared(|raw| raw.stats())
     }

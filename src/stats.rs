@@ -31,8 +31,9 @@ pub struct HeapStats {
     /// Bytes of freed large-object mappings kept for reuse by the next large
     /// object of the same size (at most two); `compact()` gives them back.
     pub spare_bytes: usize,
-    /// Bytes of bookkeeping: the handle table, per-segment line counts and
-    /// object lists, and the heap's own vectors.
+    /// Bytes of bookkeeping: the handle table (16 bytes a slot), the
+    /// segments' line counts and bitmaps, the type registry, and the heap's
+    /// own vectors (including a compaction pass's lists while one runs).
     pub metadata_bytes: usize,
     /// Objects that a guard pins now (including freed ones that wait for their
     /// last guard).
