@@ -83,14 +83,20 @@ impl Heap {
         }
     }
 
+    /// `Ok` if no reference to the engine is alive and it is not poisoned.
+    #[inline]
+    fn idle(&self) -> Result<(), Unavailable> {
+        match self.state.get() {
+            IDLE => Ok(()),
+            BUSY => Err(Unavailable::Reentered),
+            _ => Err(Unavailable::Poisoned),
+        }
+    }
+
     /// Runs `f` on the engine (the one place that makes `&mut RawHeap`).
     #[inline]
     fn with<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> Result<R, Unavailable> {
-        match self.state.get() {
-            IDLE => {}
-            BUSY => return Err(Unavailable::Reentered),
-            _ => return Err(Unavailable::Poisoned),
-        }
+        self.idle()?;
         self.state.set(BUSY);
         let sentinel = Sentinel::arm(|| self.state.set(POISONED));
         // `state` was IDLE, so no reference to the engine is alive, and
@@ -485,11 +491,7 @@ impl Engine for Heap {
 
     #[inline]
     fn try_pin<R>(&self, f: impl FnOnce(&RawHeap) -> R) -> Result<R, Unavailable> {
-        match self.state.get() {
-            IDLE => {}
-            BUSY => return Err(Unavailable::Reentered),
-            _ => return Err(Unavailable::Poisoned),
-        }
+        self.idle()?;
         // `state` is IDLE: no reference to the engine is alive, and `Heap` is
         // `!Sync`. `f` cannot panic or run user code (`try_pin`'s contract),
         // so nothing can enter the engine until it returns.

@@ -196,7 +196,13 @@ impl RawHeap {
     /// The address and slice length of the object in `slot` (live or dying).
     #[inline]
     pub(crate) fn locate(&self, slot: &Slot) -> (NonNull<u8>, usize) {
-        self.try_locate(slot)
+        self.locate_at(slot.ty, slot.loc)
+    }
+
+    /// The address and slice length of an object of type `ty` at `loc` (a
+    /// slot's, maybe just unlinked).
+    fn locate_at(&self, ty: u16, loc: Loc) -> (NonNull<u8>, usize) {
+        self.try_locate_at(ty, loc)
             .expect("a live or dying object has a location")
     }
 
@@ -204,7 +210,12 @@ impl RawHeap {
     /// `None` only if the table and the space disagree, which they never do.
     #[inline]
     pub(crate) fn try_locate(&self, slot: &Slot) -> Option<(NonNull<u8>, usize)> {
-        Some(match slot.loc.decode() {
+        self.try_locate_at(slot.ty, slot.loc)
+    }
+
+    #[inline]
+    fn try_locate_at(&self, ty: u16, loc: Loc) -> Option<(NonNull<u8>, usize)> {
+        Some(match loc.decode() {
             Where::Segment { id, offset, len } => {
                 // SAFETY: the object's bytes are at `offset` in segment `id` (I2),
                 // so the offset is inside the segment's mapping.
@@ -212,7 +223,7 @@ impl RawHeap {
             }
             Where::Large { id } => self.space.try_large(id)?,
             Where::Nowhere { len } => {
-                let align = self.types.try_info(slot.ty)?.align;
+                let align = self.types.try_info(ty)?.align;
                 (NonNull::new(core::ptr::without_provenance_mut(align))?, len)
             }
         })
@@ -240,8 +251,7 @@ impl RawHeap {
     /// The object that `ty` and `loc` (a slot's, just unlinked) describe.
     fn dying(&self, (ty, loc): (u16, Loc)) -> Dying {
         let info = self.types.info(ty);
-        let slot = Slot::unlinked(ty, loc);
-        let (ptr, meta) = self.locate(&slot);
+        let (ptr, meta) = self.locate_at(ty, loc);
         let place = match loc.decode() {
             Where::Segment { id, .. } => Place::segment(id),
             Where::Large { id } => Place::large(id as u32),

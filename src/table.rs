@@ -50,16 +50,6 @@ pub(crate) struct Slot {
 const _: () = assert!(core::mem::size_of::<Slot>() == 16);
 
 impl Slot {
-    /// A stand-alone slot of an object just unlinked, to decode its location.
-    pub(crate) fn unlinked(ty: u16, loc: Loc) -> Slot {
-        Slot {
-            version: 0,
-            borrow: AtomicU16::new(0),
-            ty,
-            loc,
-        }
-    }
-
     /// Whether the handle is dead (freed while pinned, or retired).
     #[inline]
     pub(crate) fn is_dead(&self) -> bool {

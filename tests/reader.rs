@@ -158,3 +158,23 @@ fn readers_on_a_sync_heap_hold_compaction_off_across_threads() {
     assert!(heap.compact().bytes_moved > 0);
     assert_eq!(heap.get(hs[1]).unwrap()[0], 1);
 }
+
+#[test]
+fn a_guard_outlives_the_growth_and_release_of_the_table_around_it() {
+    // The guard lowers its slot's borrow word through its address (I11):
+    // new chunks of table, a reallocated chunk list and released chunks
+    // must leave that address valid. Miri checks the pointer itself.
+    let n = if cfg!(miri) { 3_000 } else { 20_000 };
+    let heap = Heap::with_config(Config::default().segment_size(64 * 1024));
+    let kept = heap.alloc(String::from("kept"));
+    let guard = heap.get(kept).unwrap();
+    let others: Vec<_> = (0..n).map(|i| heap.alloc(i as u64)).collect();
+    for h in &others {
+        heap.free(*h);
+    }
+    heap.compact(); // wholly vacant chunks are released
+    assert_eq!(*guard, "kept");
+    drop(guard);
+    assert_eq!(heap.stats().pinned_objects, 0);
+    assert_eq!(heap.remove(kept).as_deref(), Ok("kept"));
+}

@@ -27,6 +27,15 @@ use compact_heap::{AllocError, Config, Heap, Ref, RefMut, RemoveError, SyncHeap}
 #[repr(align(65536))]
 struct Block(#[allow(dead_code)] u8);
 
+/// Counts its drops in a shared counter.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn a_spare_mapping_never_takes_an_object_that_overflows_it() {
     let heap = Heap::new();
@@ -156,12 +165,6 @@ fn a_panic_hook_may_use_the_sync_heap_that_panicked() {
 #[test]
 fn a_failed_alloc_from_iter_drops_its_items_once_with_the_heap_unchanged() {
     let drops = Arc::new(AtomicUsize::new(0));
-    struct Counted(Arc<AtomicUsize>);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
     let heap = Heap::with_config(Config::default().segment_size(4096).memory_limit(4096));
     let keep = heap.alloc_slice(&[1u8; 100]);
     let items = (0..1000).map(|_| Counted(Arc::clone(&drops)));
@@ -309,12 +312,6 @@ fn a_full_compaction_under_a_memory_limit_packs_what_it_can() {
 #[test]
 fn values_behind_forgotten_guards_are_dropped_when_the_heap_drops() {
     let drops = Arc::new(AtomicUsize::new(0));
-    struct Counted(Arc<AtomicUsize>);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
     for sync in [false, true] {
         drops.store(0, Ordering::Relaxed);
         let (a, b) = (Counted(Arc::clone(&drops)), Counted(Arc::clone(&drops)));
