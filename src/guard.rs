@@ -13,6 +13,7 @@ use core::ptr::NonNull;
 use slotmap::KeyData;
 
 use crate::sync::atomic::{AtomicU16, Ordering};
+use crate::sync::plain;
 use crate::table::{EXCLUSIVE, ZOMBIE};
 
 /// Who a guard must tell when the last pin of a freed object goes: its heap.
@@ -68,9 +69,9 @@ impl Drop for Pin<'_> {
         let prev = if self.sync {
             word.fetch_sub(self.delta, Ordering::Release)
         } else {
-            // One thread only (`Heap` is !Sync): a plain load and store.
-            let prev = word.load(Ordering::Relaxed);
-            word.store(prev - self.delta, Ordering::Relaxed);
+            // One thread only (`Heap`): plain accesses.
+            let prev = plain::load(word);
+            plain::store(word, prev - self.delta);
             prev
         };
         debug_assert!(prev & !ZOMBIE >= self.delta, "unpinning an unpinned slot");

@@ -14,6 +14,7 @@ use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
 use crate::stats::{CompactReport, HeapStats};
 use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use crate::sync::plain;
 use crate::table::{Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
 use crate::types::Types;
 
@@ -215,6 +216,19 @@ impl RawHeap {
 
     #[inline]
     fn try_locate_at(&self, ty: u16, loc: Loc) -> Option<(NonNull<u8>, usize)> {
+        // The hot case first, in one compare: the large and zero-sized tags
+        // are above every segment id, so they fail `try_base` too.
+        if let Some(base) = self.space.try_base(loc.tag()) {
+            // SAFETY: the object's bytes are at `offset` in the segment (I2),
+            // so the offset is inside the segment's mapping.
+            return Some((unsafe { base.add(loc.offset()) }, loc.segment_len()));
+        }
+        self.try_locate_elsewhere(ty, loc)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn try_locate_elsewhere(&self, ty: u16, loc: Loc) -> Option<(NonNull<u8>, usize)> {
         Some(match loc.decode() {
             Where::Segment { id, offset, len } => {
                 // SAFETY: the object's bytes are at `offset` in segment `id` (I2),
@@ -296,7 +310,11 @@ impl RawHeap {
     ) -> Result<(NonNull<T>, NonNull<AtomicU16>), PinError> {
         let slot = self.typed_slot::<T>(key)?;
         let word = &slot.borrow;
-        let mut cur = word.load(Ordering::Relaxed);
+        let mut cur = if sync {
+            word.load(Ordering::Relaxed)
+        } else {
+            plain::load(word)
+        };
         loop {
             if cur & (ZOMBIE | EXCLUSIVE) != 0 {
                 return Err(refused(cur).into());
@@ -313,7 +331,7 @@ impl RawHeap {
                 cur + 1
             };
             if !sync {
-                word.store(new, Ordering::Relaxed);
+                plain::store(word, new);
                 break;
             }
             match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {

@@ -118,6 +118,13 @@ impl Loc {
         Loc((Loc::NOWHERE << 48) | len as u64)
     }
 
+    /// The top 16 bits: a segment id, or the large or zero-sized tag (both
+    /// above every segment id).
+    #[inline]
+    pub(crate) fn tag(self) -> u32 {
+        (self.0 >> 48) as u32
+    }
+
     /// The segment id, if the bytes are in a segment.
     #[inline]
     pub(crate) fn segment_id(self) -> Option<u32> {

@@ -76,3 +76,36 @@ mod loom_rwlock {
         }
     }
 }
+
+/// Plain (non-atomic) access to a borrow word, for [`Heap`](crate::Heap)
+/// alone: one thread uses it (`Heap` is `!Sync`, its guards `!Send`), so
+/// nothing races, and plain accesses let the compiler fold a pin with its
+/// unpin in a loop, which atomic ones forbid. Under loom, relaxed atomics.
+pub(crate) mod plain {
+    use super::atomic::AtomicU16;
+    #[cfg(loom)]
+    use super::atomic::Ordering;
+
+    /// Reads `word` on the one thread that uses it.
+    #[inline(always)]
+    pub(crate) fn load(word: &AtomicU16) -> u16 {
+        #[cfg(not(loom))]
+        // SAFETY: only the thread that owns the `Heap` touches its words, so
+        // this read races with no write (see the module docs).
+        return unsafe { *word.as_ptr() };
+        #[cfg(loom)]
+        return word.load(Ordering::Relaxed);
+    }
+
+    /// Writes `word` on the one thread that uses it.
+    #[inline(always)]
+    pub(crate) fn store(word: &AtomicU16, value: u16) {
+        #[cfg(not(loom))]
+        // SAFETY: as for `load`: no other thread reads or writes this word.
+        unsafe {
+            *word.as_ptr() = value
+        };
+        #[cfg(loom)]
+        word.store(value, Ordering::Relaxed);
+    }
+}
