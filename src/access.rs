@@ -13,10 +13,10 @@ use core::ptr::NonNull;
 use slotmap::KeyData;
 
 use crate::engine::Engine;
-use crate::error::{AllocError, BorrowError, RemoveError};
+use crate::error::{AllocError, BorrowError, RemoveError, ResizeError};
 use crate::guard::{Pin, PinOwner, Ref, RefMut};
 use crate::handle::Handle;
-use crate::object::Object;
+use crate::object::{write_each, CloneObject, Object};
 use crate::raw::{drop_then_release, Dying, Freed, PinError};
 use crate::sync::atomic::Ordering;
 
@@ -176,16 +176,168 @@ pub(crate) fn free<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> bool {
     }
 }
 
-/// Moves the value out, unless stale or pinned.
-pub(crate) fn remove<E: Engine, T: Send + 'static>(e: &E, h: Handle<T>) -> Result<T, RemoveError> {
-    e.exclusive(|raw| {
-        let dying = raw.remove::<T>(h.key())?;
-        // SAFETY: the slot held an initialised `T` at `dying.ptr`; it is
-        // unlinked, so this read moves the value out and nobody drops it again.
-        let value = unsafe { dying.ptr.cast::<T>().read() };
-        raw.release(dying);
-        Ok(value)
+/// Moves the value out, unless stale or pinned: the value itself for a
+/// sized type, a `Box` for a slice or `str`.
+pub(crate) fn remove<E: Engine, T: ?Sized + Object>(
+    e: &E,
+    h: Handle<T>,
+) -> Result<T::Owned, RemoveError> {
+    if !T::INFO.is_slice {
+        return e.exclusive(|raw| {
+            let dying = raw.remove::<T>(h.key())?;
+            // SAFETY: the slot held an initialised `T` at `dying.ptr`; it is
+            // unlinked, so this read moves the value out and nobody drops it again.
+            let value = unsafe { T::take(dying.ptr.as_ptr(), dying.meta) };
+            raw.release(dying);
+            Ok(value)
+        });
+    }
+    // A slice goes into a `Box` from the global allocator, which is not
+    // called with the engine held (it could be user code that uses the heap).
+    let dying = e.exclusive(|raw| raw.remove::<T>(h.key()))?;
+    let (ptr, meta) = (dying.ptr, dying.meta);
+    let guard = ReleaseOnDrop { e, dying: Some(dying) };
+    // SAFETY: the object is unlinked (no handle or guard reaches it) and its
+    // bytes stay reserved until `guard` releases them, so this moves out an
+    // initialised `T` that nobody reads or drops afterwards.
+    let value = unsafe { T::take(ptr.as_ptr(), meta) };
+    drop(guard);
+    Ok(value)
+}
+
+/// Releases the bytes of an unlinked object when dropped (also while a
+/// panic unwinds). Its value must be gone by then.
+struct ReleaseOnDrop<'e, E: Engine> {
+    e: &'e E,
+    dying: Option<Dying>,
+}
+
+impl<E: Engine> Drop for ReleaseOnDrop<'_, E> {
+    fn drop(&mut self) {
+        if let Some(dying) = self.dying.take() {
+            let _ = self.e.try_exclusive(|raw| raw.release(dying));
+        }
+    }
+}
+
+/// Builds a `T` with pointer metadata `meta` in place: `write` (user code)
+/// runs with the engine let go, on bytes reserved for a `T` and pinned so
+/// that nothing moves or reads them. `write` must leave a `T` there, or
+/// panic with nothing left to drop (as [`write_each`] does).
+pub(crate) fn try_build<E: Engine, T: ?Sized + Object>(
+    e: &E,
+    meta: usize,
+    write: impl FnOnce(*mut u8),
+) -> Result<Handle<T>, AllocError> {
+    let (key, ptr, to_ty) = e.exclusive(|raw| raw.alloc_building(&T::UNINIT, &T::INFO, meta))?;
+    // If `write` panics, its bytes hold nothing: unpin and free them.
+    let abandon = Abandon { e, key };
+    write(ptr.as_ptr());
+    core::mem::forget(abandon);
+    if !e.exclusive(|raw| raw.finish_building(key, to_ty)) {
+        // Freed while it was being built (`clear`, or a handle of another
+        // heap): the value is ours to drop, then the object is abandoned.
+        let abandon = Abandon { e, key };
+        // SAFETY: `write` left an initialised `T` with metadata `meta` at
+        // `ptr`; the object is still pinned by us, so nothing moved, read or
+        // dropped it, and the heap has forgotten its type: this is its one drop.
+        unsafe { core::ptr::drop_in_place(T::from_raw_parts(ptr.as_ptr(), meta)) };
+        drop(abandon);
+    }
+    Ok(Handle::new(key))
+}
+
+/// Unpins and frees an object whose builder gave up (see [`try_build`]).
+struct Abandon<'e, E: Engine> {
+    e: &'e E,
+    key: KeyData,
+}
+
+impl<E: Engine> Drop for Abandon<'_, E> {
+    fn drop(&mut self) {
+        if let Ok(Some(dying)) = self.e.try_exclusive(|raw| raw.abandon_building(self.key)) {
+            drop_dying(self.e, dying); // no drop glue: only releases
+        }
+    }
+}
+
+/// A clone of `src`, built in place.
+pub(crate) fn try_alloc_clone<E: Engine, T: ?Sized + CloneObject>(
+    e: &E,
+    src: &T,
+) -> Result<Handle<T>, AllocError> {
+    // SAFETY: `try_build` gives room for a `T` with `src`'s metadata, aligned
+    // and holding nothing; `clone_to` drops what it wrote if a clone panics.
+    try_build(e, src.meta(), |dst| unsafe { src.clone_to(dst) })
+}
+
+/// `f()`, written in place.
+pub(crate) fn try_alloc_with<E: Engine, T: Send + 'static>(
+    e: &E,
+    f: impl FnOnce() -> T,
+) -> Result<Handle<T>, AllocError> {
+    // SAFETY: `try_build` gives room for a `T`, aligned; if `f` panics,
+    // nothing was written.
+    try_build(e, 0, |dst| unsafe { dst.cast::<T>().write(f()) })
+}
+
+/// `[f(0), f(1), …, f(len - 1)]`, written in place.
+pub(crate) fn try_alloc_slice_with<E: Engine, T: Send + 'static>(
+    e: &E,
+    len: usize,
+    f: impl FnMut(usize) -> T,
+) -> Result<Handle<[T]>, AllocError> {
+    // SAFETY: `try_build` gives room for `len` `T`s, aligned; `write_each`
+    // drops what it wrote if `f` panics.
+    try_build(e, len, |dst| unsafe { write_each(dst.cast::<T>(), len, f) })
+}
+
+/// Resizes a slice in place or by moving it; the handle stays the same.
+pub(crate) fn resize<E: Engine, T: Copy + Send + 'static>(
+    e: &E,
+    h: Handle<[T]>,
+    new_len: usize,
+    value: T,
+) -> Result<(), ResizeError> {
+    e.exclusive(|raw| raw.resize(h.key(), new_len, value))
+}
+
+/// Bytes of the object, without a guard.
+pub(crate) fn size_of<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> Option<usize> {
+    e.shared(|raw| raw.live_slot::<T>(h.key()).map(|s| raw.size_of(s)))
+}
+
+/// Elements of a slice (bytes of a `str`, 1 for a sized value), without a guard.
+pub(crate) fn len_of<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> Option<usize> {
+    e.shared(|raw| {
+        let slot = raw.live_slot::<T>(h.key())?;
+        Some(if T::INFO.is_slice { raw.meta(slot) } else { 1 })
     })
+}
+
+/// The next live handle of a `T` at a table index `>= *from`.
+pub(crate) fn next_handle<E: Engine, T: ?Sized + Object>(
+    e: &E,
+    from: &mut usize,
+) -> Option<Handle<T>> {
+    let (key, next) = e.shared(|raw| raw.next_live::<T>(*from))?;
+    *from = next;
+    Some(Handle::new(key))
+}
+
+/// Frees every object, a batch at a time; drops run with the engine let go.
+pub(crate) fn clear<E: Engine>(e: &E) {
+    let mut from = 0;
+    loop {
+        let (batch, next) = e.exclusive(|raw| raw.free_batch(from, 256));
+        for dying in batch {
+            drop_dying(e, dying);
+        }
+        match next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
 }
 
 /// Drops a dying value outside the engine, then releases its memory. This

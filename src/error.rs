@@ -67,3 +67,35 @@ impl fmt::Display for AllocError {
 }
 
 impl std::error::Error for AllocError {}
+
+/// Why [`Heap::resize`](crate::Heap::resize) did not resize. The object and
+/// its handle are unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResizeError {
+    /// The handle's object was already freed.
+    Stale,
+    /// The object is borrowed (or a read scope is open): it cannot change now.
+    Pinned,
+    /// The new size did not fit ([`AllocError`] says why).
+    Alloc(AllocError),
+}
+
+impl fmt::Display for ResizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResizeError::Stale => f.write_str("stale handle: the object was freed"),
+            ResizeError::Pinned => {
+                f.write_str("object is borrowed: cannot resize it while a guard or reader lives")
+            }
+            ResizeError::Alloc(e) => write!(f, "cannot resize: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResizeError {}
+
+impl From<AllocError> for ResizeError {
+    fn from(e: AllocError) -> ResizeError {
+        ResizeError::Alloc(e)
+    }
+}

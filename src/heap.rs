@@ -372,8 +372,14 @@ impl Heap {
         access::free(self, handle)
     }
 
-    /// Moves the value out of the heap, freeing its handle. Fails, changing
-    /// nothing, if the handle is stale or the object is borrowed.
+    /// Moves the value out of the heap, freeing its handle: the value itself
+    /// for a sized type, a `Box<[T]>` or `Box<str>` for a slice or `str`
+    /// ([`Object::Owned`]).
+    ///
+    /// # Errors
+    /// Fails, changing nothing, if the handle is stale
+    /// ([`RemoveError::Stale`]) or the object is borrowed or a read scope is
+    /// open ([`RemoveError::Pinned`]).
     ///
     /// # Examples
     /// ```
@@ -386,8 +392,12 @@ impl Heap {
     /// drop(r);
     /// assert_eq!(heap.remove(h).unwrap(), "out");
     /// assert_eq!(heap.remove(h), Err(RemoveError::Stale));
+    ///
+    /// let bytes = heap.alloc_slice(b"unsized");
+    /// let boxed: Box<[u8]> = heap.remove(bytes).unwrap();
+    /// assert_eq!(&*boxed, b"unsized");
     /// ```
-    pub fn remove<T: Send + 'static>(&self, handle: Handle<T>) -> Result<T, RemoveError> {
+    pub fn remove<T: ?Sized + Object>(&self, handle: Handle<T>) -> Result<T::Owned, RemoveError> {
         access::remove(self, handle)
     }
 

@@ -45,6 +45,36 @@
 //!   all at once or in budgeted slices. [`Heap::stats`] tells what it holds.
 //! - [`SyncHeap`]: the same, shared between threads, with a background
 //!   `Compactor` that compacts in slices (where there are threads).
+//! - For caches and indexes: [`Heap::alloc_clone`] (any sized or unsized
+//!   [`CloneObject`]), [`Heap::alloc_with`] / [`Heap::alloc_slice_with`]
+//!   (built in place), [`Heap::resize`] (a slice changes length, its handle
+//!   stays), [`Heap::size_of`] / [`Heap::len_of`] (no guard needed),
+//!   [`Heap::handles`], [`Heap::retain`], [`Heap::clear`],
+//!   [`Heap::capacity`] / [`Heap::reserve`] / [`Heap::shrink_to_fit`], and a
+//!   one-line `Display` of [`HeapStats`] for logs.
+//!
+//! # Where do the bytes live?
+//! Only the bytes *of the object itself* live in the heap. A `Vec<u8>` or a
+//! `String` is three words (pointer, length, capacity): `heap.alloc(vec)`
+//! puts those 24 bytes in the heap, and the buffer stays in `malloc`, where
+//! nothing compacts it. Store the bytes themselves, as a slice or a `str`:
+//! ```
+//! use compact_heap::{Handle, Heap};
+//!
+//! let heap = Heap::new();
+//! let payload = vec![7u8; 64 * 1024];
+//!
+//! // The trap: 24 bytes in the heap, 64 KiB left in malloc.
+//! let trap: Handle<Vec<u8>> = heap.alloc(payload.clone());
+//! assert_eq!(heap.stats().live_bytes, 24);
+//! heap.free(trap);
+//!
+//! // The right call: the 64 KiB are in the heap, where compaction moves them.
+//! let bytes: Handle<[u8]> = heap.alloc_slice(&payload);
+//! assert_eq!(heap.stats().live_bytes, 64 * 1024);
+//! // (`alloc_clone(&*payload)`, `alloc_str`, `alloc_slice_with` do the same.)
+//! assert_eq!(heap.size_of(bytes), Some(64 * 1024));
+//! ```
 //!
 //! # How it works
 //! Objects live in *segments* (1 MiB blocks mapped from the OS) and are
@@ -82,6 +112,7 @@
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod access;
+mod collection;
 mod compact;
 mod config;
 mod engine;
@@ -101,12 +132,13 @@ mod sync;
 mod table;
 mod types;
 
+pub use collection::Handles;
 pub use config::{Config, Pacing};
-pub use error::{AllocError, BorrowError, RemoveError};
+pub use error::{AllocError, BorrowError, RemoveError, ResizeError};
 pub use guard::{Ref, RefMut};
 pub use handle::Handle;
 pub use heap::Heap;
-pub use object::Object;
+pub use object::{CloneObject, Object};
 pub use reader::Reader;
 pub use stats::{CompactReport, HeapStats};
 pub use sync::SyncHeap;

@@ -7,6 +7,7 @@
 
 use core::alloc::Layout;
 use core::any::TypeId;
+use core::mem::MaybeUninit;
 use core::ptr;
 
 /// A type that can live in a [`Heap`](crate::Heap): any `Sized` type, a slice
@@ -25,6 +26,37 @@ pub trait Object: private::Sealed + 'static {
     #[doc(hidden)]
     /// Builds a (possibly fat) pointer from a data address and metadata.
     fn from_raw_parts(data: *mut u8, meta: usize) -> *mut Self;
+
+    #[doc(hidden)]
+    /// The same layout with no value yet and no drop glue (`MaybeUninit<T>`,
+    /// `[MaybeUninit<T>]`): the type of an object while it is being built.
+    const UNINIT: TypeInfo;
+
+    /// What [`Heap::remove`](crate::Heap::remove) gives back: the value itself
+    /// for a sized type, a `Box<[T]>` or `Box<str>` for a slice or `str`.
+    type Owned;
+
+    #[doc(hidden)]
+    /// Moves the value out of the heap's bytes into an owned value.
+    ///
+    /// # Safety
+    /// `data`/`meta` must describe an initialised `Self` that is not used
+    /// (nor dropped) afterwards.
+    unsafe fn take(data: *mut u8, meta: usize) -> Self::Owned;
+}
+
+/// An [`Object`] the heap can clone into itself from a reference:
+/// `T: Clone`, `[T]` with `T: Clone`, and `str` — see
+/// [`Heap::alloc_clone`](crate::Heap::alloc_clone). Sealed.
+pub trait CloneObject: Object {
+    #[doc(hidden)]
+    /// Writes a clone of `self` at `dst`. If a `clone` panics, drops what
+    /// it wrote before the panic continues.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `size_of_val(self)` bytes, aligned
+    /// for `Self`, and hold no value the caller still needs.
+    unsafe fn clone_to(&self, dst: *mut u8);
 }
 
 mod private {
@@ -121,6 +153,24 @@ impl<T: Send + 'static> Object for T {
     fn from_raw_parts(data: *mut u8, _meta: usize) -> *mut T {
         data.cast()
     }
+
+    const UNINIT: TypeInfo = <MaybeUninit<T> as Object>::INFO;
+
+    type Owned = T;
+
+    #[inline]
+    unsafe fn take(data: *mut u8, _meta: usize) -> T {
+        // SAFETY: guaranteed by the caller.
+        unsafe { data.cast::<T>().read() }
+    }
+}
+
+impl<T: Clone + Send + 'static> CloneObject for T {
+    unsafe fn clone_to(&self, dst: *mut u8) {
+        let value = self.clone();
+        // SAFETY: guaranteed by the caller (room for a `T`, aligned).
+        unsafe { dst.cast::<T>().write(value) };
+    }
 }
 
 impl<T: Send + 'static> Object for [T] {
@@ -145,6 +195,57 @@ impl<T: Send + 'static> Object for [T] {
     fn from_raw_parts(data: *mut u8, meta: usize) -> *mut [T] {
         ptr::slice_from_raw_parts_mut(data.cast(), meta)
     }
+
+    const UNINIT: TypeInfo = <[MaybeUninit<T>] as Object>::INFO;
+
+    type Owned = Box<[T]>;
+
+    unsafe fn take(data: *mut u8, len: usize) -> Box<[T]> {
+        let mut items = Vec::with_capacity(len);
+        // SAFETY: the caller gives us `len` initialised `T`s at `data`, which
+        // nobody uses afterwards: moving them bitwise into the Vec makes the
+        // Vec their one owner. The Vec has room for `len`.
+        unsafe {
+            ptr::copy_nonoverlapping(data.cast::<T>(), items.as_mut_ptr(), len);
+            items.set_len(len);
+        }
+        items.into_boxed_slice()
+    }
+}
+
+impl<T: Clone + Send + 'static> CloneObject for [T] {
+    unsafe fn clone_to(&self, dst: *mut u8) {
+        // SAFETY: guaranteed by the caller: room for `self.len()` `T`s.
+        unsafe { write_each(dst.cast::<T>(), self.len(), |i| self[i].clone()) }
+    }
+}
+
+/// Writes `f(0)`, `f(1)`, … `f(len - 1)` to `dst`. If `f` panics, drops the
+/// items already written before the panic continues (the bytes are then
+/// uninitialised again).
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` `T`s and aligned.
+pub(crate) unsafe fn write_each<T>(dst: *mut T, len: usize, mut f: impl FnMut(usize) -> T) {
+    /// The items written so far, dropped if `f` panics.
+    struct Written<T> {
+        dst: *mut T,
+        done: usize,
+    }
+    impl<T> Drop for Written<T> {
+        fn drop(&mut self) {
+            // SAFETY: the first `done` items were written and not handed on.
+            unsafe { ptr::drop_in_place(ptr::slice_from_raw_parts_mut(self.dst, self.done)) };
+        }
+    }
+    let mut written = Written { dst, done: 0 };
+    while written.done < len {
+        let item = f(written.done);
+        // SAFETY: `done < len`: in bounds (the caller's room for `len`).
+        unsafe { dst.add(written.done).write(item) };
+        written.done += 1;
+    }
+    core::mem::forget(written);
 }
 
 impl Object for str {
@@ -165,6 +266,24 @@ impl Object for str {
     fn from_raw_parts(data: *mut u8, meta: usize) -> *mut str {
         // A `*mut [u8]` and a `*mut str` have the same metadata (the length).
         ptr::slice_from_raw_parts_mut(data, meta) as *mut str
+    }
+
+    const UNINIT: TypeInfo = <[MaybeUninit<u8>] as Object>::INFO;
+
+    type Owned = Box<str>;
+
+    unsafe fn take(data: *mut u8, len: usize) -> Box<str> {
+        // SAFETY: the caller gives us `len` bytes of a `str`, UTF-8.
+        unsafe { String::from_utf8_unchecked(<[u8]>::take(data, len).into_vec()) }
+            .into_boxed_str()
+    }
+}
+
+impl CloneObject for str {
+    unsafe fn clone_to(&self, dst: *mut u8) {
+        // SAFETY: the caller gives room for `self.len()` bytes; a `str`
+        // cannot overlap bytes the heap has just reserved.
+        unsafe { ptr::copy_nonoverlapping(self.as_ptr(), dst, self.len()) }
     }
 }
 

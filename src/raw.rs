@@ -9,7 +9,7 @@ use slotmap::KeyData;
 
 use crate::compact::{Budget, Evacuation};
 use crate::config::{Config, Pacing};
-use crate::error::{AllocError, BorrowError, RemoveError};
+use crate::error::{AllocError, BorrowError, RemoveError, ResizeError};
 use crate::object::{Object, TypeInfo};
 use crate::space::{Place, Space};
 use crate::stats::{CompactReport, HeapStats};
@@ -368,7 +368,15 @@ impl RawHeap {
     ///
     /// Needs exclusive access: no pin or unpin runs at the same time.
     pub(crate) fn free<T: ?Sized + Object>(&mut self, key: KeyData) -> Freed {
-        let Some(slot) = self.live_slot::<T>(key) else {
+        if self.live_slot::<T>(key).is_none() {
+            return Freed::Stale;
+        }
+        self.free_any(key)
+    }
+
+    /// [`RawHeap::free`] for a live handle of any type.
+    pub(crate) fn free_any(&mut self, key: KeyData) -> Freed {
+        let Some(slot) = self.table.get(key).filter(|s| !s.is_dead()) else {
             return Freed::Stale;
         };
         let size = self.size_of(slot);
@@ -444,7 +452,7 @@ impl RawHeap {
     }
 
     /// Unlinks the unpinned object of `key` so that the caller can move its value out.
-    pub(crate) fn remove<T: Object>(&mut self, key: KeyData) -> Result<Dying, RemoveError> {
+    pub(crate) fn remove<T: ?Sized + Object>(&mut self, key: KeyData) -> Result<Dying, RemoveError> {
         let slot = self.live_slot::<T>(key).ok_or(RemoveError::Stale)?;
         if slot.is_pinned() || self.reading() {
             return Err(RemoveError::Pinned);
@@ -453,6 +461,161 @@ impl RawHeap {
         self.live_bytes -= size;
         let held = self.table.remove(key).expect("live slot exists");
         Ok(self.dying(held))
+    }
+
+    /// Allocates an object of type `uninit` (an `Object::UNINIT`: no value
+    /// yet, no drop glue) for a builder that writes it outside the engine,
+    /// and registers `to`, the type it will have. The object is pinned
+    /// exclusively, so nothing moves it, reads it or moves it out meanwhile.
+    /// Returns its key, its bytes and the index of `to`.
+    pub(crate) fn alloc_building(
+        &mut self,
+        uninit: &'static TypeInfo,
+        to: &'static TypeInfo,
+        meta: usize,
+    ) -> Result<(KeyData, NonNull<u8>, u16), AllocError> {
+        debug_assert!(uninit.drop.is_none() && uninit.layout(meta) == to.layout(meta));
+        let to_ty = self.types.index_of(to).ok_or(AllocError::OutOfMemory)?;
+        let (key, ptr) = self.alloc(uninit, meta)?;
+        let slot = self.table.get(key).expect("a new object has a slot");
+        slot.borrow.store(EXCLUSIVE, Ordering::Relaxed);
+        Ok((key, ptr, to_ty))
+    }
+
+    /// The builder of `key` wrote its value: the object takes the type
+    /// `to_ty` and is unpinned. False if it was freed meanwhile (by `clear`,
+    /// or a handle of another heap): it stays a pinned zombie of the
+    /// uninitialised type, for the builder to drop its value and then
+    /// [`abandon`](RawHeap::abandon_building) it.
+    pub(crate) fn finish_building(&mut self, key: KeyData, to_ty: u16) -> bool {
+        let Some(slot) = self.table.get_mut(key) else {
+            debug_assert!(false, "a building object stays in the table");
+            return false;
+        };
+        let word = slot.borrow.load(Ordering::Relaxed);
+        debug_assert!(word & EXCLUSIVE != 0, "the builder's pin");
+        if word & ZOMBIE != 0 {
+            return false;
+        }
+        slot.ty = to_ty;
+        // Our exclusive pin was the only one: no guard can exist.
+        slot.borrow.store(0, Ordering::Release);
+        true
+    }
+
+    /// Gives up the object of `key` that a builder pinned, whose bytes hold
+    /// no value now: unpins and frees it. Returns what to release.
+    pub(crate) fn abandon_building(&mut self, key: KeyData) -> Option<Dying> {
+        let slot = self.table.get(key)?;
+        if slot.is_dead() {
+            slot.borrow.store(ZOMBIE, Ordering::Relaxed);
+            return self.finish_zombie(key);
+        }
+        slot.borrow.store(0, Ordering::Relaxed);
+        match self.free_any(key) {
+            Freed::Now(dying) => Some(dying),
+            Freed::Stale | Freed::Deferred | Freed::Released => None,
+        }
+    }
+
+    /// Resizes the unpinned slice of `key` to `new_len` elements, keeping the
+    /// first ones and filling the new ones with `value`: in place when the
+    /// object is the last one allocated (it grows into the free bytes after
+    /// it) or shrinks, else by moving it. The handle stays the same.
+    pub(crate) fn resize<T: Copy + Send + 'static>(
+        &mut self,
+        key: KeyData,
+        new_len: usize,
+        value: T,
+    ) -> Result<(), ResizeError> {
+        let slot = self.live_slot::<[T]>(key).ok_or(ResizeError::Stale)?;
+        if slot.is_pinned() || self.reading() {
+            return Err(ResizeError::Pinned);
+        }
+        let info = &<[T] as Object>::INFO;
+        let new_size = info.layout(new_len).ok_or(AllocError::TooLarge)?.size();
+        let (old_ptr, old_len) = self.locate(slot);
+        let old_size = info.size(old_len);
+        if new_len == old_len {
+            return Ok(());
+        }
+        let ptr = if let Some(id) = slot.loc.segment_id().filter(|_| new_size > 0) {
+            let offset = slot.loc.offset();
+            if self.space.resize_in_place(id, offset, old_size, new_size) {
+                let slot = self.table.get_mut(key).expect("live slot exists");
+                slot.loc = Loc::segment(id, offset, new_len);
+                self.live_bytes = self.live_bytes - old_size + new_size;
+                Some(old_ptr)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let ptr = match ptr {
+            Some(ptr) => ptr,
+            None => {
+                // A new object, then the old one's location again: making
+                // room (pacing, a memory limit) may have moved it.
+                let (new_key, new_ptr) = self.alloc(info, new_len)?;
+                let (new_ty, new_loc) = self.table.remove(new_key).expect("new slot exists");
+                let slot = self.table.get_mut(key).expect("live slot exists");
+                debug_assert_eq!(slot.ty, new_ty);
+                let old_loc = core::mem::replace(&mut slot.loc, new_loc);
+                let (old_ptr, _) = self.locate_at(new_ty, old_loc);
+                // SAFETY: two distinct allocations of at least `min` bytes each;
+                // the old one holds `old_len` initialised `T`s (Copy: a bitwise
+                // copy is a copy), and we hold the engine.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        old_ptr.as_ptr(),
+                        new_ptr.as_ptr(),
+                        old_size.min(new_size),
+                    )
+                };
+                self.live_bytes -= old_size;
+                let dying = self.dying((new_ty, old_loc));
+                self.release(dying);
+                new_ptr
+            }
+        };
+        let first = ptr.as_ptr().cast::<T>();
+        for i in old_len..new_len {
+            // SAFETY: the object has room for `new_len` `T`s at `ptr`, aligned;
+            // `T: Copy` runs no user code.
+            unsafe { first.add(i).write(value) };
+        }
+        Ok(())
+    }
+
+    /// The slice length of the object in `slot` (0 for a sized value).
+    pub(crate) fn meta(&self, slot: &Slot) -> usize {
+        self.meta_of(slot.loc)
+    }
+
+    /// The key of the first live `T` at a table index `>= from`, and the
+    /// index to search from next. Never panics.
+    pub(crate) fn next_live<T: ?Sized + Object>(&self, from: usize) -> Option<(KeyData, usize)> {
+        self.table
+            .next_occupied(from, |s| !s.is_dead() && self.types.is::<T>(s.ty))
+    }
+
+    /// Frees up to `max` live objects from table index `from` on. Returns the
+    /// values to drop (by the caller, with the engine let go) and where to
+    /// go on, if anything may be left.
+    pub(crate) fn free_batch(&mut self, from: usize, max: usize) -> (Vec<Dying>, Option<usize>) {
+        let mut dying = Vec::new();
+        let mut from = from;
+        for _ in 0..max {
+            let Some((key, next)) = self.table.next_occupied(from, |s| !s.is_dead()) else {
+                return (dying, None);
+            };
+            if let Freed::Now(d) = self.free_any(key) {
+                dying.push(d);
+            }
+            from = next;
+        }
+        (dying, Some(from))
     }
 
     /// Gives back the memory of an object whose value is gone (dropped or moved out).

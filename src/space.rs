@@ -401,6 +401,47 @@ impl Space {
         0
     }
 
+    /// Resizes the object at `offset` in segment `id` from `old` to `new`
+    /// bytes (both non-zero) without moving it, if it can: a shrink always,
+    /// a growth only into the bump space right after it (the object is the
+    /// last one allocated). False, with nothing changed, if it cannot.
+    pub(crate) fn resize_in_place(&mut self, id: u32, offset: usize, old: usize, new: usize) -> bool {
+        debug_assert!(old > 0 && new > 0);
+        if new > self.large_threshold {
+            return false;
+        }
+        let at_cursor = self.cursor.filter(|c| c.seg == id && c.pos == offset + old);
+        if new > old && at_cursor.is_none_or(|c| offset + new > c.limit) {
+            return false;
+        }
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("object's segment exists");
+        if seg.evacuating {
+            return false; // a compaction pass is emptying it: move instead
+        }
+        if new < old && cfg!(debug_assertions) {
+            // SAFETY: the tail is the object's, and the caller gives it up.
+            unsafe { seg.ptr_at(offset + new).as_ptr().write_bytes(POISON, old - new) };
+        }
+        let line_freed = seg.unmark(offset, old);
+        seg.mark(offset, new);
+        match at_cursor {
+            Some(c) => {
+                self.cursor = Some(Cursor {
+                    pos: offset + new,
+                    ..c
+                })
+            }
+            None if line_freed && new < old && self.cursor.is_none_or(|c| c.seg != id) => {
+                seg.grow_hole_around(offset + new, old - new);
+                self.queue(id);
+            }
+            None => {}
+        }
+        true
+    }
+
     /// Puts segment `id` (not the cursor's, not evacuating, `max_hole` exact)
     /// in the recyclable class of its longest hole, if it is worth recycling.
     fn queue(&mut self, id: u32) {

@@ -1,6 +1,8 @@
 //! [`HeapStats`] (what the heap holds) and [`CompactReport`] (what a
 //! compaction did).
 
+use core::fmt;
+
 /// A snapshot of a heap's figures. Every figure is exact, not an estimate.
 ///
 /// # Examples
@@ -71,6 +73,55 @@ impl HeapStats {
         } else {
             self.held_bytes as f64 / self.live_bytes as f64
         }
+    }
+}
+
+/// One line for logs: live data, what is held for it, and what compaction did.
+///
+/// ```
+/// let heap = compact_heap::Heap::new();
+/// heap.alloc_slice(&[0u8; 1000]);
+/// let line = heap.stats().to_string();
+/// assert!(line.starts_with("live 1000 B in 1 objects, held 1.0 MiB"), "{line}");
+/// ```
+impl fmt::Display for HeapStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "live {} in {} objects, held {} ({} segments, {} large, {} spare), \
+             metadata {}, {} pinned; {} compactions moved {} objects ({}), released {}",
+            Bytes(self.live_bytes),
+            self.live_objects,
+            Bytes(self.held_bytes),
+            self.segments,
+            self.large_objects,
+            Bytes(self.spare_bytes),
+            Bytes(self.metadata_bytes),
+            self.pinned_objects,
+            self.compactions,
+            self.objects_moved,
+            Bytes(self.bytes_moved as usize),
+            Bytes(self.bytes_released as usize),
+        )
+    }
+}
+
+/// A byte count in the largest binary unit that keeps it at least 1.
+struct Bytes(usize);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        let mut value = self.0 as f64 / 1024.0;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        write!(f, "{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -336,15 +336,71 @@ impl Table {
             }
         };
         if self.chunks[c].is_none() {
-            let floor = self.meta[c].floor;
-            self.chunks[c] = Some(Chunk::new(floor));
-            self.meta[c] = ChunkMeta {
-                fresh: CHUNK as u16,
-                floor,
-                ..ChunkMeta::default()
-            };
+            self.materialize(c);
         }
         c
+    }
+
+    /// Gives the released (or new) chunk `c` its slots again, all vacant.
+    fn materialize(&mut self, c: usize) {
+        debug_assert!(self.chunks[c].is_none());
+        let floor = self.meta[c].floor;
+        self.chunks[c] = Some(Chunk::new(floor));
+        self.meta[c] = ChunkMeta {
+            fresh: CHUNK as u16,
+            floor,
+            ..ChunkMeta::default()
+        };
+    }
+
+    /// Slots with memory now: occupied ones and vacant ones ready to take an object.
+    pub(crate) fn capacity(&self) -> usize {
+        self.chunks.iter().filter(|c| c.is_some()).count() * CHUNK
+    }
+
+    /// Makes room for `additional` more objects without the table growing.
+    /// False (nothing done) if the table cannot hold that many (indices are 32 bits).
+    pub(crate) fn reserve(&mut self, additional: usize) -> bool {
+        let wanted = match self.occupied.checked_add(additional) {
+            Some(n) if n <= u32::MAX as usize - CHUNK => n,
+            _ => return false,
+        };
+        let mut capacity = self.capacity();
+        let mut c = 0;
+        while capacity < wanted {
+            // The lowest released chunk first (lowest-first, as `insert`), else a new one.
+            while c < self.chunks.len() && self.chunks[c].is_some() {
+                c += 1;
+            }
+            if c == self.chunks.len() {
+                self.chunks.push(None);
+                self.meta.push(ChunkMeta::default());
+            }
+            self.materialize(c);
+            self.set_vacant(c, true);
+            capacity += CHUNK;
+        }
+        true
+    }
+
+    /// The slot of `key`, to change (not while a guard may point to its word).
+    #[inline]
+    pub(crate) fn get_mut(&mut self, key: KeyData) -> Option<&mut Slot> {
+        let (index, version) = split(key);
+        self.at_mut(index).filter(|s| s.version == version)
+    }
+
+    /// The key of the first occupied slot at an index `>= from` whose slot
+    /// passes `want`, and the index to search from next.
+    pub(crate) fn next_occupied(
+        &self,
+        from: usize,
+        want: impl Fn(&Slot) -> bool,
+    ) -> Option<(KeyData, usize)> {
+        (from..self.slots_len()).find_map(|i| {
+            let s = self.slot_at(i as u32).filter(|s| want(s))?;
+            Some((key_of(i, s.version), i + 1))
+        })
     }
 
     /// Occupies a slot with an object of type `ty` at `loc`, unpinned.

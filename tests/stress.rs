@@ -266,11 +266,12 @@ fn the_background_compactor_gives_memory_back() {
         Config::default().segment_size(64 * 1024).no_pacing(),
     ));
     let compactor = heap
-        .compactor(Policy {
-            every: std::time::Duration::from_micros(200),
-            budget: 16 * 1024,
-            threshold: 1.2,
-        })
+        .compactor(
+            Policy::default()
+                .every(std::time::Duration::from_micros(200))
+                .budget(16 * 1024)
+                .threshold(1.2),
+        )
         .spawn();
     let hs: Vec<_> = (0..20_000u64).map(|i| heap.alloc([i; 8])).collect();
     for h in hs.iter().step_by(2) {

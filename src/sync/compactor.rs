@@ -10,17 +10,24 @@ use super::SyncHeap;
 
 /// When and how much a background compactor works.
 ///
-/// Every `every`, if a compaction pass is in progress or the heap holds more
-/// than `threshold` × its live bytes (and more than one segment), it runs one
-/// [`SyncHeap::compact_step`] of `budget` bytes.
+/// Every [`every`](Policy::every), if a compaction pass is in progress or the
+/// heap holds more than [`threshold`](Policy::threshold) × its live bytes (and
+/// more than one segment), it runs one [`SyncHeap::compact_step`] of
+/// [`budget`](Policy::budget) bytes. Built from [`Policy::default`]:
+///
+/// ```
+/// use std::time::Duration;
+/// use compact_heap::Policy;
+///
+/// let policy = Policy::default().every(Duration::from_micros(500)).budget(16 * 1024).threshold(1.1);
+/// assert_eq!(policy.get_budget(), 16 * 1024);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Policy {
-    /// Pause between two slices.
-    pub every: Duration,
-    /// Bytes moved per slice at most.
-    pub budget: usize,
-    /// Held / live ratio above which compaction starts.
-    pub threshold: f64,
+    every: Duration,
+    budget: usize,
+    threshold: f64,
 }
 
 impl Default for Policy {
@@ -34,6 +41,52 @@ impl Default for Policy {
     }
 }
 
+impl Policy {
+    /// The pause between two slices.
+    pub fn every(mut self, pause: Duration) -> Policy {
+        self.every = pause;
+        self
+    }
+
+    /// The most bytes one slice moves.
+    ///
+    /// # Panics
+    /// If `bytes` is 0.
+    pub fn budget(mut self, bytes: usize) -> Policy {
+        assert!(bytes > 0, "compactor budget must be positive");
+        self.budget = bytes;
+        self
+    }
+
+    /// The held / live ratio above which slices run.
+    ///
+    /// # Panics
+    /// If `ratio` is not at least 1.0.
+    pub fn threshold(mut self, ratio: f64) -> Policy {
+        assert!(
+            ratio >= 1.0,
+            "compactor threshold must be at least 1.0, got {ratio}"
+        );
+        self.threshold = ratio;
+        self
+    }
+
+    /// The pause between two slices.
+    pub fn get_every(&self) -> Duration {
+        self.every
+    }
+
+    /// The most bytes one slice moves.
+    pub fn get_budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The held / live ratio above which slices run.
+    pub fn get_threshold(&self) -> f64 {
+        self.threshold
+    }
+}
+
 /// A background compactor, ready to [`spawn`](Compactor::spawn).
 ///
 /// # Examples
@@ -43,7 +96,7 @@ impl Default for Policy {
 /// use compact_heap::{Policy, SyncHeap};
 ///
 /// let heap = Arc::new(SyncHeap::new());
-/// let compactor = heap.compactor(Policy { every: Duration::from_millis(1), ..Policy::default() }).spawn();
+/// let compactor = heap.compactor(Policy::default().every(Duration::from_millis(1))).spawn();
 /// let h = heap.alloc(5u64);
 /// assert_eq!(*heap.get(h).unwrap(), 5);
 /// drop(compactor); // stops and joins the thread

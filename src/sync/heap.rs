@@ -243,9 +243,13 @@ impl SyncHeap {
         access::free(self, handle)
     }
 
-    /// Moves the value out of the heap, unless the handle is stale or the
-    /// object is borrowed (then nothing changes).
-    pub fn remove<T: Send + Sync + 'static>(&self, handle: Handle<T>) -> Result<T, RemoveError> {
+    /// Moves the value out of the heap: the value itself for a sized type, a
+    /// `Box` for a slice or `str` (as [`Heap::remove`](crate::Heap::remove)).
+    ///
+    /// # Errors
+    /// [`RemoveError`] if the handle is stale or the object is borrowed
+    /// (then nothing changes).
+    pub fn remove<T: ?Sized + Object>(&self, handle: Handle<T>) -> Result<T::Owned, RemoveError> {
         access::remove(self, handle)
     }
 
