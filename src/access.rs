@@ -196,7 +196,10 @@ pub(crate) fn remove<E: Engine, T: ?Sized + Object>(
     // called with the engine held (it could be user code that uses the heap).
     let dying = e.exclusive(|raw| raw.remove::<T>(h.key()))?;
     let (ptr, meta) = (dying.ptr, dying.meta);
-    let guard = ReleaseOnDrop { e, dying: Some(dying) };
+    let guard = ReleaseOnDrop {
+        e,
+        dying: Some(dying),
+    };
     // SAFETY: the object is unlinked (no handle or guard reaches it) and its
     // bytes stay reserved until `guard` releases them, so this moves out an
     // initialised `T` that nobody reads or drops afterwards.

@@ -100,7 +100,10 @@ impl Heap {
     /// # Errors
     /// [`AllocError`] if the memory limit is reached or the size overflows;
     /// nothing is cloned then.
-    pub fn try_alloc_clone<T: ?Sized + CloneObject>(&self, src: &T) -> Result<Handle<T>, AllocError> {
+    pub fn try_alloc_clone<T: ?Sized + CloneObject>(
+        &self,
+        src: &T,
+    ) -> Result<Handle<T>, AllocError> {
         access::try_alloc_clone(self, src)
     }
 

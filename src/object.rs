@@ -274,8 +274,7 @@ impl Object for str {
 
     unsafe fn take(data: *mut u8, len: usize) -> Box<str> {
         // SAFETY: the caller gives us `len` bytes of a `str`, UTF-8.
-        unsafe { String::from_utf8_unchecked(<[u8]>::take(data, len).into_vec()) }
-            .into_boxed_str()
+        unsafe { String::from_utf8_unchecked(<[u8]>::take(data, len).into_vec()) }.into_boxed_str()
     }
 }
 

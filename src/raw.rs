@@ -452,7 +452,10 @@ impl RawHeap {
     }
 
     /// Unlinks the unpinned object of `key` so that the caller can move its value out.
-    pub(crate) fn remove<T: ?Sized + Object>(&mut self, key: KeyData) -> Result<Dying, RemoveError> {
+    pub(crate) fn remove<T: ?Sized + Object>(
+        &mut self,
+        key: KeyData,
+    ) -> Result<Dying, RemoveError> {
         let slot = self.live_slot::<T>(key).ok_or(RemoveError::Stale)?;
         if slot.is_pinned() || self.reading() {
             return Err(RemoveError::Pinned);

@@ -405,7 +405,13 @@ impl Space {
     /// bytes (both non-zero) without moving it, if it can: a shrink always,
     /// a growth only into the bump space right after it (the object is the
     /// last one allocated). False, with nothing changed, if it cannot.
-    pub(crate) fn resize_in_place(&mut self, id: u32, offset: usize, old: usize, new: usize) -> bool {
+    pub(crate) fn resize_in_place(
+        &mut self,
+        id: u32,
+        offset: usize,
+        old: usize,
+        new: usize,
+    ) -> bool {
         debug_assert!(old > 0 && new > 0);
         if new > self.large_threshold {
             return false;
@@ -422,7 +428,11 @@ impl Space {
         }
         if new < old && cfg!(debug_assertions) {
             // SAFETY: the tail is the object's, and the caller gives it up.
-            unsafe { seg.ptr_at(offset + new).as_ptr().write_bytes(POISON, old - new) };
+            unsafe {
+                seg.ptr_at(offset + new)
+                    .as_ptr()
+                    .write_bytes(POISON, old - new)
+            };
         }
         let line_freed = seg.unmark(offset, old);
         seg.mark(offset, new);

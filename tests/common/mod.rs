@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use compact_heap::{
-    AllocError, BorrowError, CompactReport, Config, Handle, Heap, HeapStats, Object, Ref, RefMut,
-    RemoveError,
+    AllocError, BorrowError, CloneObject, CompactReport, Config, Handle, Heap, HeapStats, Object,
+    Ref, RefMut, RemoveError, ResizeError,
 };
 use proptest::prelude::*;
 
@@ -47,6 +47,27 @@ pub trait Subject {
     fn get_mut<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> Option<RefMut<'_, T>>;
     fn free<T: ?Sized + Object + Sync>(&self, h: Handle<T>) -> bool;
     fn remove<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Result<T, RemoveError>;
+    fn remove_unsized<T: ?Sized + Object + Sync>(
+        &self,
+        h: Handle<T>,
+    ) -> Result<T::Owned, RemoveError>;
+    fn alloc_clone<T: ?Sized + CloneObject + Sync>(&self, src: &T) -> Handle<T>;
+    fn alloc_slice_with<T: Send + Sync + 'static>(
+        &self,
+        len: usize,
+        f: impl FnMut(usize) -> T,
+    ) -> Handle<[T]>;
+    fn resize<T: Copy + Send + Sync + 'static>(
+        &self,
+        h: Handle<[T]>,
+        new_len: usize,
+        value: T,
+    ) -> Result<(), ResizeError>;
+    fn retain<T: ?Sized + Object + Sync>(&self, f: impl FnMut(Handle<T>, &mut T) -> bool);
+    fn clear(&self);
+    fn handles<T: ?Sized + Object>(&self) -> Vec<Handle<T>>;
+    fn size_of<T: ?Sized + Object>(&self, h: Handle<T>) -> Option<usize>;
+    fn len_of<T: ?Sized + Object>(&self, h: Handle<T>) -> Option<usize>;
     fn compact(&self) -> CompactReport;
     fn compact_step(&self, budget: usize) -> CompactReport;
     fn stats(&self) -> HeapStats;
@@ -135,6 +156,45 @@ macro_rules! subject {
             }
             fn remove<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Result<T, RemoveError> {
                 self.0.remove(h)
+            }
+            fn remove_unsized<T: ?Sized + Object + Sync>(
+                &self,
+                h: Handle<T>,
+            ) -> Result<T::Owned, RemoveError> {
+                self.0.remove(h)
+            }
+            fn alloc_clone<T: ?Sized + CloneObject + Sync>(&self, src: &T) -> Handle<T> {
+                self.0.alloc_clone(src)
+            }
+            fn alloc_slice_with<T: Send + Sync + 'static>(
+                &self,
+                len: usize,
+                f: impl FnMut(usize) -> T,
+            ) -> Handle<[T]> {
+                self.0.alloc_slice_with(len, f)
+            }
+            fn resize<T: Copy + Send + Sync + 'static>(
+                &self,
+                h: Handle<[T]>,
+                new_len: usize,
+                value: T,
+            ) -> Result<(), ResizeError> {
+                self.0.resize(h, new_len, value)
+            }
+            fn retain<T: ?Sized + Object + Sync>(&self, f: impl FnMut(Handle<T>, &mut T) -> bool) {
+                self.0.retain(f)
+            }
+            fn clear(&self) {
+                self.0.clear()
+            }
+            fn handles<T: ?Sized + Object>(&self) -> Vec<Handle<T>> {
+                self.0.handles::<T>().collect()
+            }
+            fn size_of<T: ?Sized + Object>(&self, h: Handle<T>) -> Option<usize> {
+                self.0.size_of(h)
+            }
+            fn len_of<T: ?Sized + Object>(&self, h: Handle<T>) -> Option<usize> {
+                self.0.len_of(h)
             }
             fn compact(&self) -> CompactReport {
                 self.0.compact()
@@ -257,6 +317,14 @@ pub enum Op {
     Remove(usize),
     Compact,
     CompactStep(usize),
+    /// Resize byte slice i to a length (new bytes are the seed's low byte).
+    Resize(usize, usize),
+    /// Move an unsized object (bytes, str, tracked slice) out into a Box.
+    RemoveUnsized(usize),
+    /// Keep the u64 objects whose value is not ≡ seed (mod 3), adding 1 to those kept.
+    Retain(u64),
+    /// Free everything.
+    Clear,
 }
 
 pub fn program() -> impl Strategy<Value = Vec<Op>> {
@@ -283,6 +351,10 @@ pub fn program() -> impl Strategy<Value = Vec<Op>> {
         1 => any::<usize>().prop_map(Op::Remove),
         1 => Just(Op::Compact),
         2 => (1usize..4096).prop_map(Op::CompactStep),
+        2 => (any::<usize>(), 0..big).prop_map(|(i, n)| Op::Resize(i, n)),
+        1 => any::<usize>().prop_map(Op::RemoveUnsized),
+        1 => any::<u64>().prop_map(Op::Retain),
+        1 => (0..8u8).prop_map(|c| if c == 0 { Op::Clear } else { Op::Compact }),
     ];
     prop::collection::vec(op, 1..max_len)
 }
@@ -576,13 +648,23 @@ fn step<'h, S: Subject>(
                 Kind::U64 => (AnyHandle::U64(heap.alloc(seed)), Expected::U64(seed)),
                 Kind::Bytes => {
                     let b = bytes(seed, n);
-                    (AnyHandle::Bytes(heap.alloc_slice(&b)), Expected::Bytes(b))
+                    let h = if n % 2 == 0 {
+                        heap.alloc_slice(&b)
+                    } else {
+                        heap.alloc_clone(&b[..])
+                    };
+                    (AnyHandle::Bytes(h), Expected::Bytes(b))
                 }
                 Kind::Str => {
                     let s: String = (0..n % 200)
                         .map(|i| char::from(b'a' + (i % 26) as u8))
                         .collect();
-                    (AnyHandle::Str(heap.alloc_str(&s)), Expected::Str(s))
+                    let h = if n % 2 == 0 {
+                        heap.alloc_str(&s)
+                    } else {
+                        heap.alloc_clone(s.as_str())
+                    };
+                    (AnyHandle::Str(h), Expected::Str(s))
                 }
                 Kind::Tracked => {
                     let id = m.next_id;
@@ -606,15 +688,16 @@ fn step<'h, S: Subject>(
                             (id, data(seed + i as u64))
                         })
                         .collect();
-                    let vals: Vec<Tracked> = items
-                        .iter()
-                        .map(|&(id, d)| Tracked {
-                            id,
-                            data: d,
-                            log: log.clone(),
-                        })
-                        .collect();
-                    let h = heap.alloc_from_iter(vals);
+                    let make = |&(id, d): &(u64, [u64; 3])| Tracked {
+                        id,
+                        data: d,
+                        log: log.clone(),
+                    };
+                    let h = if n % 2 == 0 {
+                        heap.alloc_from_iter(items.iter().map(make))
+                    } else {
+                        heap.alloc_slice_with(len, |i| make(&items[i]))
+                    };
                     (AnyHandle::TrackedSlice(h), Expected::TrackedSlice(items))
                 }
                 Kind::Zst => (AnyHandle::Zst(heap.alloc(ZstDrop)), Expected::Zst),
@@ -773,6 +856,86 @@ fn step<'h, S: Subject>(
                 m.kill(o);
             }
         }
+        Op::Resize(i, n) => {
+            let Some(o) = m.pick_live(i) else { return };
+            let (AnyHandle::Bytes(h), Expected::Bytes(b)) = (m.objs[o].handle, &m.objs[o].expected)
+            else {
+                return;
+            };
+            let pinned = held.iter().any(|g| g.obj() == o);
+            let fill = n as u8;
+            let got = heap.resize(h, n, fill);
+            if pinned {
+                assert_eq!(got, Err(ResizeError::Pinned));
+            } else {
+                assert_eq!(got, Ok(()));
+                let mut nb = b.clone();
+                nb.resize(n, fill);
+                m.objs[o].expected = Expected::Bytes(nb);
+            }
+        }
+        Op::RemoveUnsized(i) => {
+            let Some(o) = m.pick_live(i) else { return };
+            let pinned = held.iter().any(|g| g.obj() == o);
+            let got = match m.objs[o].handle {
+                AnyHandle::Bytes(h) => heap.remove_unsized(h).map(|b| Expected::Bytes(b.into())),
+                AnyHandle::Str(h) => heap.remove_unsized(h).map(|s| Expected::Str(s.into())),
+                AnyHandle::TrackedSlice(h) => heap.remove_unsized(h).map(|v| {
+                    let e = Expected::TrackedSlice(v.iter().map(|t| (t.id, t.data)).collect());
+                    drop(v); // the moved-out values drop here, once
+                    e
+                }),
+                _ => return,
+            };
+            if pinned {
+                assert_eq!(got, Err(RemoveError::Pinned));
+            } else {
+                assert_eq!(got.as_ref(), Ok(&m.objs[o].expected));
+                m.dropped.extend(m.objs[o].expected.drop_ids());
+                m.kill(o);
+            }
+        }
+        Op::Retain(seed) => {
+            let u64s: Vec<usize> = m
+                .live
+                .iter()
+                .copied()
+                .filter(|&o| matches!(m.objs[o].handle, AnyHandle::U64(_)))
+                .collect();
+            if u64s.iter().any(|&o| held.iter().any(|g| g.obj() == o)) {
+                return; // retain would panic on the borrowed one; see tests/collection.rs
+            }
+            let mut seen = 0;
+            heap.retain::<u64>(|_, v| {
+                seen += 1;
+                let keep = *v % 3 != seed % 3;
+                *v = v.wrapping_add(1);
+                keep
+            });
+            assert_eq!(seen, u64s.len(), "retain visits every live u64 once");
+            for o in u64s {
+                let Expected::U64(v) = m.objs[o].expected else {
+                    unreachable!()
+                };
+                if v % 3 == seed % 3 {
+                    m.kill(o);
+                } else {
+                    m.objs[o].expected = Expected::U64(v.wrapping_add(1));
+                }
+            }
+        }
+        Op::Clear => {
+            heap.clear();
+            for o in m.live.clone() {
+                m.kill(o);
+                if held.iter().any(|g| g.obj() == o) {
+                    m.objs[o].zombie = true;
+                } else {
+                    let ids = m.objs[o].expected.drop_ids();
+                    m.dropped.extend(ids);
+                }
+            }
+        }
         Op::Compact => {
             let r = heap.compact();
             assert!(r.finished);
@@ -827,6 +990,20 @@ fn addr_of<S: Subject>(heap: &S, h: AnyHandle) -> Option<usize> {
     }
 }
 
+/// `size_of` and `len_of` of any handle.
+fn sizes<S: Subject>(heap: &S, h: AnyHandle) -> (Option<usize>, Option<usize>) {
+    match h {
+        AnyHandle::U64(h) => (heap.size_of(h), heap.len_of(h)),
+        AnyHandle::Bytes(h) => (heap.size_of(h), heap.len_of(h)),
+        AnyHandle::Str(h) => (heap.size_of(h), heap.len_of(h)),
+        AnyHandle::Tracked(h) => (heap.size_of(h), heap.len_of(h)),
+        AnyHandle::TrackedSlice(h) => (heap.size_of(h), heap.len_of(h)),
+        AnyHandle::Zst(h) => (heap.size_of(h), heap.len_of(h)),
+        AnyHandle::Aligned(h) => (heap.size_of(h), heap.len_of(h)),
+        AnyHandle::PageAligned(h) => (heap.size_of(h), heap.len_of(h)),
+    }
+}
+
 fn check<S: Subject>(heap: &S, log: &DropLog, m: &Model, held: &[Held<'_>]) {
     let seg = heap.segment_size();
     for &o in &m.live {
@@ -845,6 +1022,37 @@ fn check<S: Subject>(heap: &S, log: &DropLog, m: &Model, held: &[Held<'_>]) {
             Err(e) => panic!("object {o}: unexpected {e:?}"),
         }
     }
+    for &o in &m.live {
+        let e = &m.objs[o].expected;
+        let (size, len) = sizes(heap, m.objs[o].handle);
+        assert_eq!(size, Some(e.size()), "size_of object {o}");
+        let want_len = match e {
+            Expected::Bytes(b) => b.len(),
+            Expected::Str(s) => s.len(),
+            Expected::TrackedSlice(v) => v.len(),
+            _ => 1,
+        };
+        assert_eq!(len, Some(want_len), "len_of object {o}");
+    }
+    for &o in m.dead.iter().rev().take(16) {
+        assert_eq!(
+            sizes(heap, m.objs[o].handle),
+            (None, None),
+            "stale object {o} has no size"
+        );
+    }
+    let mut u64s: Vec<u64> = heap.handles::<u64>().iter().map(|h| h.to_bits()).collect();
+    let mut want: Vec<u64> = m
+        .live
+        .iter()
+        .filter_map(|&o| match m.objs[o].handle {
+            AnyHandle::U64(h) => Some(h.to_bits()),
+            _ => None,
+        })
+        .collect();
+    u64s.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(u64s, want, "handles::<u64>() lists exactly the live u64s");
     for g in held {
         let o = g.obj();
         assert_eq!(
