@@ -112,6 +112,7 @@
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod access;
+mod cache;
 mod collection;
 mod compact;
 mod config;
@@ -132,6 +133,7 @@ mod sync;
 mod table;
 mod types;
 
+pub use cache::{Cache, CacheError, CacheStats, SyncCache};
 pub use collection::Handles;
 pub use config::{Config, Pacing};
 pub use error::{AllocError, BorrowError, RemoveError, ResizeError};

@@ -1,0 +1,648 @@
+//! [`Cache`]: a key-value cache whose values live in a compacting [`Heap`]
+//! and whose budget is in bytes of memory, not in entries or "weight".
+//!
+//! # The budget
+//! The budget counts what the process pays for the cache: every value's
+//! bytes, the heap's handle-table slot of each, and the index (the hash map,
+//! the queues and the ghost list, by their allocated capacity). The cache
+//! evicts to stay within it, and its heap has the budget as a memory limit,
+//! so the memory it holds for values cannot pass it either: fragmentation
+//! is closed by the heap's paced compaction, not paid for in RSS.
+//!
+//! # Eviction: S3-FIFO
+//! Juncheng Yang, Yazhuo Zhang, Ziyue Qiu, Yao Yue, Rashmi Vinayak, "FIFO
+//! queues are all you need for cache eviction", SOSP 2023. New entries go to
+//! a small FIFO queue (a tenth of the budget); an entry read again before it
+//! leaves that queue moves to the main FIFO queue, the others are evicted
+//! and their keys remembered in a ghost queue, so that a key that comes back
+//! soon goes straight to the main queue. The main queue evicts entries whose
+//! read count (0–3) is zero and gives the others another round with one read
+//! fewer. Reads only bump a counter: no list moves, no lock order on a hit.
+
+use core::cell::Cell;
+use core::fmt;
+use core::hash::{BuildHasher, Hash};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::config::Config;
+use crate::error::AllocError;
+use crate::guard::Ref;
+use crate::handle::Handle;
+use crate::heap::Heap;
+use crate::object::CloneObject;
+use crate::sync::SyncHeap;
+use parking_lot::Mutex;
+
+/// The share of the budget for the small queue (S3-FIFO's 10%).
+const SMALL_SHARE: f64 = 0.10;
+/// Bytes of one handle-table slot, counted for every entry.
+const SLOT_BYTES: usize = 16;
+/// Reads that move an entry from the small queue to the main one.
+const PROMOTE_AT: u8 = 1;
+/// The most reads an entry's counter remembers.
+const MAX_FREQ: u8 = 3;
+
+/// Why a [`Cache`] could not be made or could not take a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// A cache needs a budget of at least one byte.
+    ZeroBudget,
+    /// The entry would need more than the whole budget; nothing was evicted.
+    TooLarge {
+        /// Bytes the entry would count (value, slot and index share).
+        needed: usize,
+        /// The cache's budget.
+        budget: usize,
+    },
+    /// The heap refused the memory (see [`AllocError`]).
+    Alloc(AllocError),
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CacheError::ZeroBudget => f.write_str("a cache budget must be at least one byte"),
+            CacheError::TooLarge { needed, budget } => write!(
+                f,
+                "entry of {needed} bytes is larger than the whole cache budget of {budget} bytes"
+            ),
+            CacheError::Alloc(e) => write!(f, "cache allocation failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+/// What a [`Cache`] did so far and what it holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// `get`s that found their key.
+    pub hits: u64,
+    /// `get`s that did not.
+    pub misses: u64,
+    /// Entries inserted (new keys and replacements).
+    pub inserts: u64,
+    /// Entries evicted to stay within the budget.
+    pub evictions: u64,
+    /// Entries now.
+    pub entries: usize,
+    /// Bytes of the values now.
+    pub value_bytes: usize,
+    /// Bytes counted against the budget now: values, slots and the index.
+    pub used_bytes: usize,
+    /// The budget.
+    pub budget: usize,
+}
+
+impl CacheStats {
+    /// `hits / (hits + misses)`, or 0 before any `get`.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// One entry of the index.
+struct Entry<V: ?Sized> {
+    handle: Handle<V>,
+    /// Bytes of the value.
+    size: u32,
+    /// Reads since insertion or since the main queue last passed it (0–3).
+    freq: Cell<u8>,
+    /// In the main queue (else the small one).
+    main: bool,
+}
+
+/// A FIFO of recently evicted keys, by hash: a key found here skips the
+/// small queue when it comes back.
+struct Ghost {
+    order: VecDeque<u64>,
+    set: HashSet<u64, RandomState>,
+    capacity: usize,
+}
+
+impl Ghost {
+    fn insert(&mut self, hash: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        while self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        if self.set.insert(hash) {
+            self.order.push_back(hash);
+        }
+    }
+
+    fn take(&mut self, hash: u64) -> bool {
+        // The order keeps the stale hash; it falls out at its turn.
+        self.set.remove(&hash)
+    }
+
+    fn bytes(&self) -> usize {
+        self.order.capacity() * 8 + hash_set_bytes(&self.set)
+    }
+}
+
+/// Bytes of a hash table of `capacity` items of `item` bytes (hashbrown's
+/// layout: a power-of-two bucket count at 7/8 load, one control byte each).
+fn table_bytes(capacity: usize, item: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        if capacity < 4 {
+            4
+        } else {
+            8
+        }
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (item + 1) + 16
+}
+
+fn hash_set_bytes(set: &HashSet<u64, RandomState>) -> usize {
+    table_bytes(set.capacity(), 8)
+}
+
+/// The index and the eviction policy, apart from the heap (shared by
+/// [`Cache`] and [`SyncCache`]). Freed values are handed to a `free` callback.
+struct Index<K, V: ?Sized, S> {
+    map: HashMap<K, Entry<V>, S>,
+    small: VecDeque<(K, Handle<V>)>,
+    main: VecDeque<(K, Handle<V>)>,
+    ghost: Ghost,
+    small_bytes: usize,
+    value_bytes: usize,
+    budget: usize,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+    inserts: u64,
+    evictions: u64,
+}
+
+impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
+    fn new(budget: usize, hasher: S) -> Self {
+        Index {
+            map: HashMap::with_hasher(hasher),
+            small: VecDeque::new(),
+            main: VecDeque::new(),
+            ghost: Ghost {
+                order: VecDeque::new(),
+                set: HashSet::default(),
+                capacity: 0,
+            },
+            small_bytes: 0,
+            value_bytes: 0,
+            budget,
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+            inserts: 0,
+            evictions: 0,
+        }
+    }
+
+    /// The handle of `key`'s value, counting a hit (and a read) or a miss.
+    fn lookup(&self, key: &K) -> Option<Handle<V>> {
+        let Some(entry) = self.map.get(key) else {
+            self.misses.set(self.misses.get() + 1);
+            return None;
+        };
+        self.hits.set(self.hits.get() + 1);
+        entry.freq.set((entry.freq.get() + 1).min(MAX_FREQ));
+        Some(entry.handle)
+    }
+
+    /// What one more entry adds besides its value, at least: its slot, its
+    /// map item and queue item, and a ghost entry.
+    fn per_entry_bytes() -> usize {
+        SLOT_BYTES
+            + core::mem::size_of::<(K, Entry<V>)>()
+            + 1
+            + core::mem::size_of::<(K, Handle<V>)>()
+            + 9
+    }
+
+    /// `TooLarge` if an entry of `size` value bytes cannot fit the budget at all.
+    fn check_fits(&self, size: usize) -> Result<(), CacheError> {
+        let needed = size.saturating_add(Self::per_entry_bytes());
+        if needed > self.budget || u32::try_from(size).is_err() {
+            return Err(CacheError::TooLarge {
+                needed,
+                budget: self.budget,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes counted against the budget: values, a slot each, and the index.
+    fn used_bytes(&self) -> usize {
+        self.value_bytes + self.map.len() * SLOT_BYTES + self.index_bytes()
+    }
+
+    /// Bytes of the index: map, queues and ghost, by capacity.
+    fn index_bytes(&self) -> usize {
+        let queue_item = core::mem::size_of::<(K, Handle<V>)>();
+        table_bytes(self.map.capacity(), core::mem::size_of::<(K, Entry<V>)>())
+            + (self.small.capacity() + self.main.capacity()) * queue_item
+            + self.ghost.bytes()
+    }
+
+    /// Evicts until an entry of `size` value bytes fits the budget.
+    fn make_room(&mut self, size: usize, free: &mut impl FnMut(Handle<V>)) {
+        let needed = size + Self::per_entry_bytes();
+        while self.used_bytes() + needed > self.budget && self.evict_one(free) {}
+    }
+
+    /// Adds `key` → `handle` (`key` must not be in the index).
+    fn add(&mut self, key: K, handle: Handle<V>, size: usize) {
+        let hash = self.map.hasher().hash_one(&key);
+        let main = self.ghost.take(hash);
+        let old = self.map.insert(
+            key.clone(),
+            Entry {
+                handle,
+                size: size as u32,
+                freq: Cell::new(0),
+                main,
+            },
+        );
+        debug_assert!(old.is_none(), "add of a key already in the index");
+        if main {
+            self.main.push_back((key, handle));
+        } else {
+            self.small.push_back((key, handle));
+            self.small_bytes += size;
+        }
+        self.value_bytes += size;
+        self.inserts += 1;
+        // The ghost remembers about as many keys as the main queue holds.
+        self.ghost.capacity = self.main.len().max(16);
+    }
+
+    /// Removes `key`; its value goes to `free`. Its queue item goes stale
+    /// and is skipped when reached.
+    fn remove(&mut self, key: &K, free: &mut impl FnMut(Handle<V>)) -> bool {
+        let Some(entry) = self.map.remove(key) else {
+            return false;
+        };
+        self.forget(&entry, free);
+        true
+    }
+
+    fn forget(&mut self, entry: &Entry<V>, free: &mut impl FnMut(Handle<V>)) {
+        let size = entry.size as usize;
+        if !entry.main {
+            self.small_bytes -= size;
+        }
+        self.value_bytes -= size;
+        free(entry.handle);
+    }
+
+    /// Evicts one entry (S3-FIFO). False if the cache is empty.
+    fn evict_one(&mut self, free: &mut impl FnMut(Handle<V>)) -> bool {
+        while !self.map.is_empty() {
+            let small_over = self.small_bytes as f64 >= SMALL_SHARE * self.budget as f64;
+            let evicted = if small_over || self.main.is_empty() {
+                self.evict_small(free)
+            } else {
+                self.evict_main(free)
+            };
+            if evicted {
+                self.evictions += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes the small queue's oldest entry: promoted to the main queue if it
+    /// was read again, else evicted (and its key remembered). Returns
+    /// whether an entry left the cache.
+    fn evict_small(&mut self, free: &mut impl FnMut(Handle<V>)) -> bool {
+        let Some((key, handle)) = self.small.pop_front() else {
+            return self.evict_main(free);
+        };
+        let Some(entry) = self
+            .map
+            .get_mut(&key)
+            .filter(|e| e.handle == handle && !e.main)
+        else {
+            return false; // stale: removed or replaced since
+        };
+        if entry.freq.get() >= PROMOTE_AT {
+            entry.main = true;
+            entry.freq.set(0);
+            self.small_bytes -= entry.size as usize;
+            self.main.push_back((key, handle));
+            self.ghost.capacity = self.main.len().max(16);
+            return false;
+        }
+        let hash = self.map.hasher().hash_one(&key);
+        let entry = self.map.remove(&key).expect("checked above");
+        self.forget(&entry, free);
+        self.ghost.insert(hash);
+        true
+    }
+
+    /// Takes the main queue's oldest entry: evicted if unread since the
+    /// queue last passed it, else sent round again with one read fewer.
+    fn evict_main(&mut self, free: &mut impl FnMut(Handle<V>)) -> bool {
+        let Some((key, handle)) = self.main.pop_front() else {
+            return false;
+        };
+        let Some(entry) = self.map.get(&key).filter(|e| e.handle == handle && e.main) else {
+            return false;
+        };
+        let freq = entry.freq.get();
+        if freq > 0 {
+            entry.freq.set(freq - 1);
+            self.main.push_back((key, handle));
+            return false;
+        }
+        let entry = self.map.remove(&key).expect("checked above");
+        self.forget(&entry, free);
+        true
+    }
+
+    fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            inserts: self.inserts,
+            evictions: self.evictions,
+            entries: self.map.len(),
+            value_bytes: self.value_bytes,
+            used_bytes: self.used_bytes(),
+            budget: self.budget,
+        }
+    }
+}
+
+/// The heap configuration for a cache of `budget` bytes: segments small
+/// enough that a few of them are a small part of the budget, and the budget
+/// as the heap's memory limit.
+fn heap_config(budget: usize) -> Config {
+    let segment = (budget / 64).clamp(4 << 10, 1 << 20).next_power_of_two();
+    Config::default().segment_size(segment).memory_limit(budget)
+}
+
+/// A cache from keys to values in a compacting heap, bounded by a budget in
+/// bytes of memory, evicting with S3-FIFO (see the [module docs](self)).
+/// Single-threaded; [`SyncCache`] is the shared one.
+///
+/// Values are any [`CloneObject`]: byte slices and `str` most often
+/// (`Cache<K, [u8]>`, `Cache<K, str>`), or sized values. A value is cloned
+/// into the heap on insert, so the caller keeps its own.
+///
+/// # Examples
+/// ```
+/// use compact_heap::Cache;
+///
+/// let mut cache: Cache<u64, [u8]> = Cache::new(1 << 20).unwrap(); // 1 MiB
+/// cache.insert(1, &[7u8; 100]).unwrap();
+/// assert_eq!(cache.get(&1).unwrap()[99], 7);
+/// assert!(cache.get(&2).is_none());
+/// for k in 0..100_000 {
+///     cache.insert(k, &[0u8; 1000]).unwrap(); // 100 MB through a 1 MiB cache
+/// }
+/// let st = cache.stats();
+/// assert!(st.used_bytes <= 1 << 20 && st.evictions > 0);
+/// assert!(cache.heap().stats().held_bytes <= 1 << 20);
+/// ```
+pub struct Cache<K, V: ?Sized, S = RandomState> {
+    heap: Heap,
+    index: Index<K, V, S>,
+}
+
+impl<K, V: ?Sized, S> fmt::Debug for Cache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("entries", &self.index.map.len())
+            .field("value_bytes", &self.index.value_bytes)
+            .field("budget", &self.index.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject> Cache<K, V> {
+    /// A cache of at most `budget` bytes of memory.
+    ///
+    /// # Errors
+    /// [`CacheError::ZeroBudget`] for a budget of 0.
+    pub fn new(budget: usize) -> Result<Self, CacheError> {
+        Cache::with_hasher(budget, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, S> {
+    /// A cache of at most `budget` bytes of memory, hashing keys with `hasher`.
+    ///
+    /// # Errors
+    /// [`CacheError::ZeroBudget`] for a budget of 0.
+    pub fn with_hasher(budget: usize, hasher: S) -> Result<Self, CacheError> {
+        if budget == 0 {
+            return Err(CacheError::ZeroBudget);
+        }
+        Ok(Cache {
+            heap: Heap::with_config(heap_config(budget)),
+            index: Index::new(budget, hasher),
+        })
+    }
+
+    /// The value of `key`, borrowed from the heap (pinned while the guard
+    /// lives), or `None`. Counts a hit or a miss.
+    pub fn get(&self, key: &K) -> Option<Ref<'_, V>> {
+        // An entry's handle is live while it is in the index.
+        self.heap.get(self.index.lookup(key)?)
+    }
+
+    /// Whether `key` has a value (not counted as a hit or a miss).
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.index.map.contains_key(key)
+    }
+
+    /// Stores a clone of `value` under `key`, replacing any value it had,
+    /// and evicts other entries as needed to stay within the budget.
+    ///
+    /// # Errors
+    /// [`CacheError::TooLarge`] if the entry alone needs more than the
+    /// budget: nothing is evicted, and an old value of `key` stays.
+    /// [`CacheError::Alloc`] if the heap cannot take it even after evicting
+    /// everything else (the old value of `key` is gone then).
+    pub fn insert(&mut self, key: K, value: &V) -> Result<(), CacheError> {
+        let size = core::mem::size_of_val(value);
+        self.index.check_fits(size)?;
+        let heap = &self.heap;
+        let mut free = |h| {
+            heap.free(h);
+        };
+        self.index.remove(&key, &mut free);
+        self.index.make_room(size, &mut free);
+        let handle = loop {
+            match heap.try_alloc_clone(value) {
+                Ok(h) => break h,
+                Err(AllocError::OutOfMemory) if self.index.evict_one(&mut free) => {}
+                Err(e) => return Err(CacheError::Alloc(e)),
+            }
+        };
+        self.index.add(key, handle, size);
+        Ok(())
+    }
+
+    /// Removes `key`'s value. Returns whether there was one.
+    pub fn remove(&mut self, key: &K) -> bool {
+        let heap = &self.heap;
+        self.index.remove(key, &mut |h| {
+            heap.free(h);
+        })
+    }
+
+    /// Entries now.
+    pub fn len(&self) -> usize {
+        self.index.map.len()
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.index.map.is_empty()
+    }
+
+    /// Bytes counted against the budget now: values, a slot each, and the
+    /// index by its allocated capacity.
+    pub fn used_bytes(&self) -> usize {
+        self.index.used_bytes()
+    }
+
+    /// The cache's figures.
+    pub fn stats(&self) -> CacheStats {
+        self.index.stats()
+    }
+
+    /// The heap the values live in (for its [`stats`](Heap::stats)).
+    pub fn heap(&self) -> &Heap {
+        &self.heap
+    }
+}
+
+/// [`Cache`] shared between threads: the values in a [`SyncHeap`], the
+/// index behind one lock that is held only to look up or update it (a
+/// value is read through its guard after the lock is let go).
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use compact_heap::SyncCache;
+///
+/// let cache: Arc<SyncCache<String, str>> = Arc::new(SyncCache::new(1 << 20).unwrap());
+/// let c = cache.clone();
+/// std::thread::spawn(move || c.insert("k".to_string(), "v").unwrap()).join().unwrap();
+/// assert_eq!(&*cache.get(&"k".to_string()).unwrap(), "v");
+/// ```
+pub struct SyncCache<K, V: ?Sized, S = RandomState> {
+    heap: SyncHeap,
+    index: Mutex<Index<K, V, S>>,
+}
+
+impl<K, V: ?Sized, S> fmt::Debug for SyncCache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncCache").finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync> SyncCache<K, V> {
+    /// A shared cache of at most `budget` bytes of memory.
+    ///
+    /// # Errors
+    /// [`CacheError::ZeroBudget`] for a budget of 0.
+    pub fn new(budget: usize) -> Result<Self, CacheError> {
+        SyncCache::with_hasher(budget, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncCache<K, V, S> {
+    /// A shared cache of at most `budget` bytes, hashing keys with `hasher`.
+    ///
+    /// # Errors
+    /// [`CacheError::ZeroBudget`] for a budget of 0.
+    pub fn with_hasher(budget: usize, hasher: S) -> Result<Self, CacheError> {
+        if budget == 0 {
+            return Err(CacheError::ZeroBudget);
+        }
+        Ok(SyncCache {
+            heap: SyncHeap::with_config(heap_config(budget)),
+            index: Mutex::new(Index::new(budget, hasher)),
+        })
+    }
+
+    /// The value of `key`, or `None` (also if another thread evicts it
+    /// between the lookup and the borrow). Counts a hit or a miss.
+    pub fn get(&self, key: &K) -> Option<Ref<'_, V>> {
+        let handle = self.index.lock().lookup(key)?;
+        self.heap.get(handle)
+    }
+
+    /// [`Cache::insert`] for a shared cache. The value is cloned into the
+    /// heap before the index is locked.
+    ///
+    /// # Errors
+    /// As [`Cache::insert`].
+    pub fn insert(&self, key: K, value: &V) -> Result<(), CacheError> {
+        let size = core::mem::size_of_val(value);
+        let heap = &self.heap;
+        let mut free = |h| {
+            heap.free(h);
+        };
+        self.index.lock().check_fits(size)?;
+        let handle = loop {
+            match heap.try_alloc_clone(value) {
+                Ok(h) => break h,
+                Err(AllocError::OutOfMemory) if self.index.lock().evict_one(&mut free) => {}
+                Err(e) => return Err(CacheError::Alloc(e)),
+            }
+        };
+        let mut index = self.index.lock();
+        index.remove(&key, &mut free);
+        index.make_room(size, &mut free);
+        index.add(key, handle, size);
+        Ok(())
+    }
+
+    /// Removes `key`'s value. Returns whether there was one.
+    pub fn remove(&self, key: &K) -> bool {
+        let heap = &self.heap;
+        self.index.lock().remove(key, &mut |h| {
+            heap.free(h);
+        })
+    }
+
+    /// Entries now.
+    pub fn len(&self) -> usize {
+        self.index.lock().map.len()
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cache's figures.
+    pub fn stats(&self) -> CacheStats {
+        self.index.lock().stats()
+    }
+
+    /// The heap the values live in.
+    pub fn heap(&self) -> &SyncHeap {
+        &self.heap
+    }
+}
