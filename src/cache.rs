@@ -25,7 +25,7 @@ use core::hash::{BuildHasher, Hash};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::config::Config;
+use crate::config::{Config, Pacing};
 use crate::error::AllocError;
 use crate::guard::Ref;
 use crate::handle::Handle;
@@ -38,6 +38,13 @@ use parking_lot::Mutex;
 const SMALL_SHARE: f64 = 0.10;
 /// Bytes of one handle-table slot, counted for every entry.
 const SLOT_BYTES: usize = 16;
+/// The cache's heap paces compaction to hold at most this many bytes per
+/// live byte (plus a segment).
+const PACING_THRESHOLD: f64 = 1.05;
+/// Heap bytes per value byte the budget allows for (plus two segments):
+/// above the pacing threshold, so that the heap's memory limit is a backstop
+/// that steady traffic does not reach.
+const HOLE_ALLOWANCE: f64 = 1.07;
 /// Reads that move an entry from the small queue to the main one.
 const PROMOTE_AT: u8 = 1;
 /// The most reads an entry's counter remembers.
@@ -178,6 +185,8 @@ fn hash_set_bytes(set: &HashSet<u64, RandomState>) -> usize {
 /// The index and the eviction policy, apart from the heap (shared by
 /// [`Cache`] and [`SyncCache`]). Freed values are handed to a `free` callback.
 struct Index<K, V: ?Sized, S> {
+    /// The heap's segment size.
+    segment: usize,
     map: HashMap<K, Entry<V>, S>,
     small: VecDeque<(K, Handle<V>)>,
     main: VecDeque<(K, Handle<V>)>,
@@ -194,6 +203,7 @@ struct Index<K, V: ?Sized, S> {
 impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     fn new(budget: usize, hasher: S) -> Self {
         Index {
+            segment: segment_size(budget),
             map: HashMap::with_hasher(hasher),
             small: VecDeque::new(),
             main: VecDeque::new(),
@@ -245,9 +255,54 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         Ok(())
     }
 
-    /// Bytes counted against the budget: values, a slot each, and the index.
+    /// Bytes counted against the budget: values (with the heap's allowance
+    /// for holes), a slot each, and the index.
     fn used_bytes(&self) -> usize {
-        self.value_bytes + self.map.len() * SLOT_BYTES + self.index_bytes()
+        self.heap_bytes(self.value_bytes) + self.map.len() * SLOT_BYTES + self.index_bytes()
+    }
+
+    /// The heap memory that `values` bytes of values take, holes included.
+    fn heap_bytes(&self, values: usize) -> usize {
+        (values as f64 * HOLE_ALLOWANCE) as usize + 2 * self.segment
+    }
+
+    /// The heap's memory limit: the budget less the slots and the index.
+    fn heap_limit(&self) -> usize {
+        self.budget
+            .saturating_sub(self.map.len() * SLOT_BYTES + self.index_bytes())
+    }
+
+    /// Gives back the index's excess capacity (after its entries shrank to
+    /// less than half of it) and drops stale queue items.
+    fn shrink_index(&mut self) {
+        let len = self.map.len();
+        if self.map.capacity() > 2 * len + 64 {
+            self.map.shrink_to(len + len / 4);
+        }
+        for (queue, in_main) in [(&mut self.small, false), (&mut self.main, true)] {
+            if queue.len() > 2 * len + 64 {
+                let map = &self.map;
+                queue.retain(|(k, h)| {
+                    map.get(k)
+                        .is_some_and(|e| e.handle == *h && e.main == in_main)
+                });
+            }
+            if queue.capacity() > 2 * queue.len() + 64 {
+                queue.shrink_to(queue.len() + queue.len() / 4);
+            }
+        }
+        if self.ghost.order.len() > 2 * self.ghost.capacity + 64 {
+            let set = &self.ghost.set;
+            self.ghost.order.retain(|h| set.contains(h));
+        }
+        if self.ghost.set.capacity() > 2 * self.ghost.set.len() + 64 {
+            let len = self.ghost.set.len();
+            self.ghost.set.shrink_to(len + len / 4);
+        }
+        if self.ghost.order.capacity() > 2 * self.ghost.order.len() + 64 {
+            let len = self.ghost.order.len();
+            self.ghost.order.shrink_to(len + len / 4);
+        }
     }
 
     /// Bytes of the index: map, queues and ghost, by capacity.
@@ -260,8 +315,14 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
 
     /// Evicts until an entry of `size` value bytes fits the budget.
     fn make_room(&mut self, size: usize, free: &mut impl FnMut(Handle<V>)) {
-        let needed = size + Self::per_entry_bytes();
-        while self.used_bytes() + needed > self.budget && self.evict_one(free) {}
+        let needed = self.heap_bytes(size) + Self::per_entry_bytes();
+        let mut evicted = false;
+        while self.used_bytes() + needed > self.budget && self.evict_one(free) {
+            evicted = true;
+        }
+        if evicted {
+            self.shrink_index();
+        }
     }
 
     /// Adds `key` → `handle` (`key` must not be in the index).
@@ -333,14 +394,13 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         let Some((key, handle)) = self.small.pop_front() else {
             return self.evict_main(free);
         };
-        let Some(entry) = self
-            .map
-            .get_mut(&key)
-            .filter(|e| e.handle == handle && !e.main)
-        else {
+        let Some(entry) = self.map.get(&key).filter(|e| e.handle == handle && !e.main) else {
             return false; // stale: removed or replaced since
         };
-        if entry.freq.get() >= PROMOTE_AT {
+        let hash = self.map.hasher().hash_one(&key);
+        let admit = entry.freq.get() >= PROMOTE_AT;
+        let entry = self.map.get_mut(&key).expect("checked above");
+        if admit {
             entry.main = true;
             entry.freq.set(0);
             self.small_bytes -= entry.size as usize;
@@ -348,7 +408,6 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             self.ghost.capacity = self.main.len().max(16);
             return false;
         }
-        let hash = self.map.hasher().hash_one(&key);
         let entry = self.map.remove(&key).expect("checked above");
         self.forget(&entry, free);
         self.ghost.insert(hash);
@@ -393,8 +452,16 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
 /// enough that a few of them are a small part of the budget, and the budget
 /// as the heap's memory limit.
 fn heap_config(budget: usize) -> Config {
-    let segment = (budget / 64).clamp(4 << 10, 1 << 20).next_power_of_two();
-    Config::default().segment_size(segment).memory_limit(budget)
+    Config::default()
+        .segment_size(segment_size(budget))
+        .memory_limit(budget)
+        .segment_pool(2)
+        .pacing(Pacing::default().threshold(PACING_THRESHOLD))
+}
+
+/// Segments of a 64th of the budget, between 4 KiB and 1 MiB.
+fn segment_size(budget: usize) -> usize {
+    (budget / 64).clamp(4 << 10, 1 << 20).next_power_of_two()
 }
 
 /// A cache from keys to values in a compacting heap, bounded by a budget in
@@ -497,6 +564,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
             }
         };
         self.index.add(key, handle, size);
+        self.heap.set_memory_limit(Some(self.index.heap_limit()));
         Ok(())
     }
 
@@ -615,6 +683,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
         index.remove(&key, &mut free);
         index.make_room(size, &mut free);
         index.add(key, handle, size);
+        self.heap.set_memory_limit(Some(index.heap_limit()));
         Ok(())
     }
 

@@ -315,6 +315,35 @@ impl Heap {
         }
     }
 
+    /// The memory limit: the most bytes of segments and large mappings the
+    /// heap holds (`None`: no limit). See [`Config::memory_limit`](crate::Config::memory_limit).
+    pub fn memory_limit(&self) -> Option<usize> {
+        self.shared(|raw| raw.memory_limit())
+    }
+
+    /// Sets (or, with `None`, lifts) the memory limit while the heap runs,
+    /// as a cache does when its index grows. Memory already held above a
+    /// lowered limit is not taken away: allocations that need a new mapping
+    /// compact first and fail with [`AllocError::OutOfMemory`] until
+    /// compaction and frees bring the heap under it.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{AllocError, Heap};
+    ///
+    /// let heap = Heap::new();
+    /// heap.alloc(1u8); // maps a 1 MiB segment
+    /// heap.set_memory_limit(Some(1 << 20));
+    /// assert_eq!(heap.memory_limit(), Some(1 << 20));
+    /// let big = heap.try_alloc([0u8; 300 * 1024]);
+    /// assert_eq!(big.unwrap_err().1, AllocError::OutOfMemory);
+    /// heap.set_memory_limit(None);
+    /// assert!(heap.try_alloc([0u8; 300 * 1024]).is_ok());
+    /// ```
+    pub fn set_memory_limit(&self, bytes: Option<usize>) {
+        self.exclusive(|raw| raw.set_memory_limit(bytes));
+    }
+
     /// Gives back every byte the heap can: a full [`Heap::compact`], which
     /// also releases spare large mappings and unused table chunks.
     ///
@@ -473,6 +502,16 @@ impl SyncHeap {
         if !self.exclusive(|raw| raw.table.reserve(additional)) {
             capacity_overflow();
         }
+    }
+
+    /// [`Heap::memory_limit`] for a shared heap.
+    pub fn memory_limit(&self) -> Option<usize> {
+        self.shared(|raw| raw.memory_limit())
+    }
+
+    /// [`Heap::set_memory_limit`] for a shared heap.
+    pub fn set_memory_limit(&self, bytes: Option<usize>) {
+        self.exclusive(|raw| raw.set_memory_limit(bytes));
     }
 
     /// [`Heap::shrink_to_fit`] for a shared heap.

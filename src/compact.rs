@@ -150,7 +150,8 @@ impl RawHeap {
 
     /// Unmaps the spare large-object mappings.
     fn release_spares(&mut self, report: &mut CompactReport) {
-        let spare = self.space.release_spares();
+        let (segments, spare) = self.space.release_spares();
+        report.segments_released += segments;
         report.bytes_released += spare;
         self.totals.bytes_released += spare as u64;
     }
@@ -165,6 +166,10 @@ impl RawHeap {
         if self.reading() {
             return report; // a read scope is open: nothing may move (not finished)
         }
+        let (segments, bytes) = self.space.trim_pool();
+        report.segments_released += segments;
+        report.bytes_released += bytes;
+        self.totals.bytes_released += bytes as u64;
         let min_gain = (self.space.segment_count() / 16).max(1);
         if !self.evac.active() && !self.begin_pass(min_gain, 7) {
             report.finished = true;

@@ -591,6 +591,17 @@ impl RawHeap {
         Ok(())
     }
 
+    /// The memory limit (`None`: unlimited).
+    pub(crate) fn memory_limit(&self) -> Option<usize> {
+        self.limited.then(|| self.space.limit())
+    }
+
+    /// Sets or lifts the memory limit.
+    pub(crate) fn set_memory_limit(&mut self, bytes: Option<usize>) {
+        self.limited = bytes.is_some();
+        self.space.set_limit(bytes.unwrap_or(usize::MAX));
+    }
+
     /// The slice length of the object in `slot` (0 for a sized value).
     pub(crate) fn meta(&self, slot: &Slot) -> usize {
         self.meta_of(slot.loc)
@@ -648,7 +659,8 @@ impl RawHeap {
             self.debt = 0;
             return; // a read scope: nothing moves
         }
-        let held = self.space.held_bytes() - self.space.spare_bytes();
+        // Pooled segments count: they are memory the heap holds.
+        let held = self.space.held_bytes() - self.space.large_spare_bytes();
         let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
         if !self.evac.active() && (held as f64 <= allowed || !self.begin_paced_pass()) {
             self.debt = 0; // nothing to do: no debt carried into better times

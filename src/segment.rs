@@ -75,6 +75,17 @@ impl Segment {
         })
     }
 
+    /// Makes an empty segment (every line count 0, I3) as good as new: not
+    /// queued, not evacuating, one hole of every line.
+    pub(crate) fn reset_empty(&mut self) {
+        debug_assert_eq!(self.live_objects, 0);
+        debug_assert_eq!(self.free_lines, self.lines.len());
+        self.evacuating = false;
+        self.queued = None;
+        self.max_hole = self.lines.len();
+        self.max_hole_at = 0;
+    }
+
     /// Bytes held from the OS.
     pub(crate) fn mapped_bytes(&self) -> usize {
         self.mapping.len()

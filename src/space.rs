@@ -81,6 +81,10 @@ pub(crate) struct Space {
     /// the first targets (their pages are already faulted in) and go back to
     /// the OS when the pass ends, if still empty.
     emptied: Vec<u32>,
+    /// Empty segments kept mapped for reuse (at most `pool_max`, see
+    /// [`Config::segment_pool`]), counted in `held`; `compact()` gives them back.
+    pool: Vec<Segment>,
+    pool_max: usize,
     cursor: Option<Cursor>,
     /// Segments worth recycling, by size class of their longest hole
     /// (`floor(log2(lines))`): a request takes the smallest class that fits,
@@ -104,6 +108,8 @@ impl Space {
             free_segments: Vec::new(),
             large: LargeObjects::default(),
             emptied: Vec::new(),
+            pool: Vec::new(),
+            pool_max: config.segment_pool,
             cursor: None,
             recyclable: vec![Vec::new(); CLASSES],
             held: 0,
@@ -293,14 +299,20 @@ impl Space {
                 });
             }
         }
-        if self.held.saturating_add(self.segment_size) > self.limit
+        if (self.pool.is_empty() && self.held.saturating_add(self.segment_size) > self.limit)
             || (self.free_segments.is_empty() && self.segments.len() >= Loc::MAX_SEGMENTS as usize)
         {
             // Past the limit, or out of ids (a slot names a segment in 16 bits).
             return Err(AllocError::OutOfMemory);
         }
-        let seg = Segment::new(self.segment_size).ok_or(AllocError::OutOfMemory)?;
-        self.held += seg.mapped_bytes();
+        let seg = match self.pool.pop() {
+            Some(seg) => seg, // already counted in `held`
+            None => {
+                let seg = Segment::new(self.segment_size).ok_or(AllocError::OutOfMemory)?;
+                self.held += seg.mapped_bytes();
+                seg
+            }
+        };
         self.segment_count += 1;
         let limit = seg.size();
         let base = Base(seg.ptr_at(0));
@@ -466,16 +478,37 @@ impl Space {
         }
     }
 
-    /// Bytes of the spare large-object mappings.
+    /// The most bytes of mappings the space may hold.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Changes the limit. Memory held above a lower limit stays until
+    /// compaction gives it back; new mappings wait until they fit.
+    pub(crate) fn set_limit(&mut self, bytes: usize) {
+        self.limit = bytes;
+    }
+
+    /// Bytes of the mappings kept for reuse: spare large-object mappings
+    /// and pooled empty segments.
     pub(crate) fn spare_bytes(&self) -> usize {
+        self.large.spare_bytes() + self.pool.iter().map(Segment::mapped_bytes).sum::<usize>()
+    }
+
+    /// Bytes of the spare large-object mappings alone (pacing leaves them
+    /// out: each waits for the next object of its size).
+    pub(crate) fn large_spare_bytes(&self) -> usize {
         self.large.spare_bytes()
     }
 
-    /// Unmaps the spare large-object mappings. Returns their bytes.
-    pub(crate) fn release_spares(&mut self) -> usize {
-        let bytes = self.large.release_spares();
+    /// Unmaps the spare large-object mappings and the pooled segments.
+    /// Returns how many segments, and the bytes of all.
+    pub(crate) fn release_spares(&mut self) -> (usize, usize) {
+        let segments = self.pool.len();
+        let pooled: usize = self.pool.drain(..).map(|seg| seg.mapped_bytes()).sum();
+        let bytes = self.large.release_spares() + pooled;
         self.held -= bytes;
-        bytes
+        (segments, bytes)
     }
 
     /// Unmaps segment `id`, which must hold no live object. Returns its size.
@@ -487,8 +520,31 @@ impl Space {
         }
         self.free_segments.push(id);
         self.segment_count -= 1;
+        let pooled = (self.pool.len() + 1) * self.segment_size;
+        if self.pool.len() < self.pool_max && self.held <= self.limit && pooled <= self.held / 16 {
+            // Kept mapped (and counted in `held`) for the next segment: no
+            // munmap now, no page faults then. At most a sixteenth of what
+            // the heap holds, so a small heap gives its segments back.
+            let mut seg = seg;
+            seg.reset_empty();
+            self.pool.push(seg);
+            return 0;
+        }
         self.held -= seg.mapped_bytes();
         seg.mapped_bytes()
+    }
+
+    /// Unmaps pooled segments beyond a sixteenth of what the heap holds (it
+    /// may have shrunk since they were pooled). Returns how many, and their bytes.
+    pub(crate) fn trim_pool(&mut self) -> (usize, usize) {
+        let (mut count, mut bytes) = (0, 0);
+        while !self.pool.is_empty() && self.pool.len() * self.segment_size > self.held / 16 {
+            let seg = self.pool.pop().expect("not empty");
+            count += 1;
+            bytes += seg.mapped_bytes();
+            self.held -= seg.mapped_bytes();
+        }
+        (count, bytes)
     }
 
     /// A compaction source that ended empty: keep it as a target for the
@@ -632,7 +688,7 @@ mod tests {
         );
         // SAFETY: from `alloc` above.
         unsafe { s.release(q, 4000, place) };
-        assert_eq!(s.release_spares(), 4096);
+        assert_eq!(s.release_spares(), (0, 4096));
         assert_eq!(s.held_bytes(), 0);
     }
 
