@@ -21,7 +21,7 @@
 
 use core::cell::Cell;
 use core::fmt;
-use core::hash::{BuildHasher, Hash};
+use core::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -131,7 +131,7 @@ struct Entry<V: ?Sized> {
 /// small queue when it comes back.
 struct Ghost {
     order: VecDeque<u64>,
-    set: HashSet<u64, RandomState>,
+    set: HashSet<u64, BuildHasherDefault<PreHashed>>,
     capacity: usize,
 }
 
@@ -160,6 +160,26 @@ impl Ghost {
     }
 }
 
+/// The hasher of the ghost's set, whose keys are hashes already.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
 /// Bytes of a hash table of `capacity` items of `item` bytes (hashbrown's
 /// layout: a power-of-two bucket count at 7/8 load, one control byte each).
 fn table_bytes(capacity: usize, item: usize) -> usize {
@@ -178,7 +198,7 @@ fn table_bytes(capacity: usize, item: usize) -> usize {
     buckets * (item + 1) + 16
 }
 
-fn hash_set_bytes(set: &HashSet<u64, RandomState>) -> usize {
+fn hash_set_bytes(set: &HashSet<u64, BuildHasherDefault<PreHashed>>) -> usize {
     table_bytes(set.capacity(), 8)
 }
 
@@ -465,8 +485,24 @@ fn segment_size(budget: usize) -> usize {
 }
 
 /// A cache from keys to values in a compacting heap, bounded by a budget in
-/// bytes of memory, evicting with S3-FIFO (see the [module docs](self)).
-/// Single-threaded; [`SyncCache`] is the shared one.
+/// bytes of memory. Single-threaded; [`SyncCache`] is the shared one.
+///
+/// **The budget** counts what the process pays for the cache: every value's
+/// bytes (with a 7% allowance for the heap's holes), the heap's 16-byte slot
+/// of each, and the index (hash map, queues, ghost list) by its allocated
+/// capacity. The cache evicts to stay within it, and its heap's memory limit
+/// is the budget less the slots and the index, so the memory held for values
+/// cannot pass it either: fragmentation is closed by the heap's paced
+/// compaction, not paid for in RSS.
+///
+/// **Eviction is S3-FIFO** (Juncheng Yang, Yazhuo Zhang, Ziyue Qiu, Yao Yue,
+/// Rashmi Vinayak, "FIFO queues are all you need for cache eviction", SOSP
+/// 2023). New entries go to a small FIFO queue (a tenth of the budget); an
+/// entry read again before it leaves that queue moves to the main FIFO
+/// queue, the others are evicted and their keys remembered in a ghost queue,
+/// so that a key that comes back soon goes straight to the main queue. The
+/// main queue evicts entries whose read count (0–3) is zero and sends the
+/// others round again with one read fewer. A read only bumps a counter.
 ///
 /// Values are any [`CloneObject`]: byte slices and `str` most often
 /// (`Cache<K, [u8]>`, `Cache<K, str>`), or sized values. A value is cloned

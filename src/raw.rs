@@ -51,6 +51,9 @@ pub(crate) struct RawHeap {
     pacing: Option<Pacing>,
     /// Bytes of compaction work owed (see [`Pacing`]).
     debt: usize,
+    /// The waste (held less live bytes) when a paced pass last found no
+    /// sources worth it; `None` once a pass starts.
+    refused_waste: Option<usize>,
 }
 
 /// An object whose handle is gone but whose bytes are still reserved: its
@@ -145,6 +148,7 @@ impl RawHeap {
             deferred: Vec::new(),
             pacing: config.pacing,
             debt: 0,
+            refused_waste: None,
         }
     }
 
@@ -662,9 +666,22 @@ impl RawHeap {
         // Pooled segments count: they are memory the heap holds.
         let held = self.space.held_bytes() - self.space.large_spare_bytes();
         let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
-        if !self.evac.active() && (held as f64 <= allowed || !self.begin_paced_pass()) {
-            self.debt = 0; // nothing to do: no debt carried into better times
-            return;
+        if !self.evac.active() {
+            // A refused pass is not tried again until the waste (held less
+            // live) has grown by a quarter segment: choosing sources sorts
+            // every segment, which is not worth repeating for nothing.
+            let waste = held.saturating_sub(self.live_bytes);
+            let retry = self
+                .refused_waste
+                .is_none_or(|w| waste >= w + self.space.segment_size() / 4);
+            if held as f64 <= allowed || !retry || !self.begin_paced_pass() {
+                if held as f64 > allowed && retry {
+                    self.refused_waste = Some(waste);
+                }
+                self.debt = 0; // nothing to do: no debt carried into better times
+                return;
+            }
+            self.refused_waste = None;
         }
         // One step of `max_step` now (a smaller one would skip, for the rest
         // of the pass, every object bigger than it); what is owed beyond it

@@ -120,7 +120,7 @@ impl Trace {
     /// size goes 512 B → 8 KiB over the first half and back over the second.
     fn next(&mut self, i: u64) -> (u64, usize) {
         let key = self.zipf.sample(&mut self.rng) as u64;
-        if i % 1024 == 0 || self.sizes.is_none() {
+        if i.is_multiple_of(1024) || self.sizes.is_none() {
             // The median moves in steps of 1024 operations.
             let p = i as f64 / self.ops as f64;
             let up = if p < 0.5 { 2.0 * p } else { 2.0 * (1.0 - p) };
@@ -141,6 +141,10 @@ trait Contender: Sync {
     /// Reads `key`; true on a hit (the value's first byte is read).
     fn get(&self, key: u64) -> bool;
     fn insert(&self, key: u64, value: &[u8]);
+    /// Figures for `CACHE_BENCH_DEBUG`.
+    fn debug(&self) -> String {
+        String::new()
+    }
 }
 
 type Fold = foldhash::fast::FixedState;
@@ -153,6 +157,9 @@ impl Contender for Ours {
     }
     fn insert(&self, key: u64, value: &[u8]) {
         self.0.insert(key, value).expect("value fits the budget");
+    }
+    fn debug(&self) -> String {
+        format!("cache {:?}\nheap {}", self.0.stats(), self.0.heap().stats())
     }
 }
 
@@ -221,7 +228,7 @@ fn child(args: &Args, name: &str, threads: usize) {
                     .insert(key, &value[..size])
                     .expect("value fits the budget");
             }
-            if (i + 1) % SAMPLE_EVERY == 0 {
+            if (i + 1).is_multiple_of(SAMPLE_EVERY) {
                 sample(i + 1);
             }
         }
@@ -273,7 +280,7 @@ fn child(args: &Args, name: &str, threads: usize) {
                             cache.insert(key, &value[..size]);
                         }
                         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        if n % SAMPLE_EVERY == 0 {
+                        if n.is_multiple_of(SAMPLE_EVERY) {
                             sample(n);
                         }
                     }
@@ -281,6 +288,9 @@ fn child(args: &Args, name: &str, threads: usize) {
                 });
             }
         });
+        if std::env::var_os("CACHE_BENCH_DEBUG").is_some() {
+            eprintln!("{}\nrss above baseline {}", cache.debug(), rss() - baseline);
+        }
         (hits.into_inner(), per_thread * threads as u64)
     };
     let secs = start.elapsed().as_secs_f64();
