@@ -19,6 +19,7 @@
 //! read count (0–3) is zero and gives the others another round with one read
 //! fewer. Reads only bump a counter: no list moves, no lock order on a hit.
 
+use core::borrow::Borrow;
 use core::cell::Cell;
 use core::fmt;
 use core::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
@@ -41,10 +42,14 @@ const SLOT_BYTES: usize = 16;
 /// The cache's heap paces compaction to hold at most this many bytes per
 /// live byte (plus a segment).
 const PACING_THRESHOLD: f64 = 1.05;
-/// Heap bytes per value byte the budget allows for (plus two segments):
-/// above the pacing threshold, so that the heap's memory limit is a backstop
-/// that steady traffic does not reach.
-const HOLE_ALLOWANCE: f64 = 1.07;
+/// Heap bytes per value byte the budget allows for (plus [`SLACK_SEGMENTS`]):
+/// above the pacing threshold, because paced passes take only segments at
+/// most 7/8 full as sources, so holes settle at 5–10% of the live bytes;
+/// the heap's memory limit is a backstop that steady traffic does not reach.
+const HOLE_ALLOWANCE: f64 = 1.10;
+/// Segments of heap memory the budget keeps besides the values: the one
+/// being allocated into, and the heap's pool of two empty ones.
+const SLACK_SEGMENTS: usize = 3;
 /// Reads that move an entry from the small queue to the main one.
 const PROMOTE_AT: u8 = 1;
 /// The most reads an entry's counter remembers.
@@ -98,8 +103,11 @@ pub struct CacheStats {
     pub entries: usize,
     /// Bytes of the values now.
     pub value_bytes: usize,
-    /// Bytes counted against the budget now: values, slots and the index.
+    /// Bytes counted against the budget now: values (with the allowance
+    /// for holes), slots and the index.
     pub used_bytes: usize,
+    /// Bytes of the index alone (hash map, queues, ghost), by capacity.
+    pub index_bytes: usize,
     /// The budget.
     pub budget: usize,
 }
@@ -121,6 +129,10 @@ struct Entry<V: ?Sized> {
     handle: Handle<V>,
     /// Bytes of the value.
     size: u32,
+    /// Which insertion of the key this is: its queue item carries the same
+    /// number, so items left by removed entries are told apart (a new value
+    /// for the key keeps the entry and its number).
+    gen: u32,
     /// Reads since insertion or since the main queue last passed it (0–3).
     freq: Cell<u8>,
     /// In the main queue (else the small one).
@@ -208,8 +220,10 @@ struct Index<K, V: ?Sized, S> {
     /// The heap's segment size.
     segment: usize,
     map: HashMap<K, Entry<V>, S>,
-    small: VecDeque<(K, Handle<V>)>,
-    main: VecDeque<(K, Handle<V>)>,
+    small: VecDeque<(K, u32)>,
+    main: VecDeque<(K, u32)>,
+    /// The `gen` of the next entry.
+    next_gen: u32,
     ghost: Ghost,
     small_bytes: usize,
     value_bytes: usize,
@@ -227,6 +241,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             map: HashMap::with_hasher(hasher),
             small: VecDeque::new(),
             main: VecDeque::new(),
+            next_gen: 0,
             ghost: Ghost {
                 order: VecDeque::new(),
                 set: HashSet::default(),
@@ -243,7 +258,10 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     }
 
     /// The handle of `key`'s value, counting a hit (and a read) or a miss.
-    fn lookup(&self, key: &K) -> Option<Handle<V>> {
+    fn lookup<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> Option<Handle<V>>
+    where
+        K: Borrow<Q>,
+    {
         let Some(entry) = self.map.get(key) else {
             self.misses.set(self.misses.get() + 1);
             return None;
@@ -259,7 +277,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         SLOT_BYTES
             + core::mem::size_of::<(K, Entry<V>)>()
             + 1
-            + core::mem::size_of::<(K, Handle<V>)>()
+            + core::mem::size_of::<(K, u32)>()
             + 9
     }
 
@@ -283,7 +301,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
 
     /// The heap memory that `values` bytes of values take, holes included.
     fn heap_bytes(&self, values: usize) -> usize {
-        (values as f64 * HOLE_ALLOWANCE) as usize + 2 * self.segment
+        (values as f64 * HOLE_ALLOWANCE) as usize + SLACK_SEGMENTS * self.segment
     }
 
     /// The heap's memory limit: the budget less the slots and the index.
@@ -302,10 +320,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         for (queue, in_main) in [(&mut self.small, false), (&mut self.main, true)] {
             if queue.len() > 2 * len + 64 {
                 let map = &self.map;
-                queue.retain(|(k, h)| {
-                    map.get(k)
-                        .is_some_and(|e| e.handle == *h && e.main == in_main)
-                });
+                queue.retain(|(k, h)| map.get(k).is_some_and(|e| e.gen == *h && e.main == in_main));
             }
             if queue.capacity() > 2 * queue.len() + 64 {
                 queue.shrink_to(queue.len() + queue.len() / 4);
@@ -327,7 +342,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
 
     /// Bytes of the index: map, queues and ghost, by capacity.
     fn index_bytes(&self) -> usize {
-        let queue_item = core::mem::size_of::<(K, Handle<V>)>();
+        let queue_item = core::mem::size_of::<(K, u32)>();
         table_bytes(self.map.capacity(), core::mem::size_of::<(K, Entry<V>)>())
             + (self.small.capacity() + self.main.capacity()) * queue_item
             + self.ghost.bytes()
@@ -335,7 +350,11 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
 
     /// Evicts until an entry of `size` value bytes fits the budget.
     fn make_room(&mut self, size: usize, free: &mut impl FnMut(Handle<V>)) {
-        let needed = self.heap_bytes(size) + Self::per_entry_bytes();
+        let needed = if size == 0 {
+            0
+        } else {
+            (size as f64 * HOLE_ALLOWANCE) as usize + Self::per_entry_bytes()
+        };
         let mut evicted = false;
         while self.used_bytes() + needed > self.budget && self.evict_one(free) {
             evicted = true;
@@ -345,35 +364,58 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         }
     }
 
-    /// Adds `key` → `handle` (`key` must not be in the index).
-    fn add(&mut self, key: K, handle: Handle<V>, size: usize) {
+    /// Puts `key` → `handle`: a new entry, or a new value for the key's
+    /// entry (which keeps its place in its queue, and counts as a read);
+    /// the old value goes to `free`.
+    fn put(&mut self, key: K, handle: Handle<V>, size: usize, free: &mut impl FnMut(Handle<V>)) {
+        if let Some(entry) = self.map.get_mut(&key) {
+            let old = core::mem::replace(&mut entry.handle, handle);
+            let old_size = core::mem::replace(&mut entry.size, size as u32) as usize;
+            entry.freq.set((entry.freq.get() + 1).min(MAX_FREQ));
+            if !entry.main {
+                self.small_bytes = self.small_bytes - old_size + size;
+            }
+            self.value_bytes = self.value_bytes - old_size + size;
+            self.inserts += 1;
+            free(old);
+            return;
+        }
         let hash = self.map.hasher().hash_one(&key);
         let main = self.ghost.take(hash);
-        let old = self.map.insert(
+        let gen = self.next_gen;
+        self.next_gen = gen.wrapping_add(1);
+        self.map.insert(
             key.clone(),
             Entry {
                 handle,
                 size: size as u32,
+                gen,
                 freq: Cell::new(0),
                 main,
             },
         );
-        debug_assert!(old.is_none(), "add of a key already in the index");
         if main {
-            self.main.push_back((key, handle));
+            self.main.push_back((key, gen));
         } else {
-            self.small.push_back((key, handle));
+            self.small.push_back((key, gen));
             self.small_bytes += size;
         }
         self.value_bytes += size;
         self.inserts += 1;
+        if self.small.len() + self.main.len() > 2 * self.map.len() + 1024 {
+            // Replaced and removed entries left stale queue items behind.
+            self.shrink_index();
+        }
         // The ghost remembers about as many keys as the main queue holds.
         self.ghost.capacity = self.main.len().max(16);
     }
 
     /// Removes `key`; its value goes to `free`. Its queue item goes stale
     /// and is skipped when reached.
-    fn remove(&mut self, key: &K, free: &mut impl FnMut(Handle<V>)) -> bool {
+    fn remove<Q: ?Sized + Hash + Eq>(&mut self, key: &Q, free: &mut impl FnMut(Handle<V>)) -> bool
+    where
+        K: Borrow<Q>,
+    {
         let Some(entry) = self.map.remove(key) else {
             return false;
         };
@@ -411,10 +453,10 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// was read again, else evicted (and its key remembered). Returns
     /// whether an entry left the cache.
     fn evict_small(&mut self, free: &mut impl FnMut(Handle<V>)) -> bool {
-        let Some((key, handle)) = self.small.pop_front() else {
+        let Some((key, gen)) = self.small.pop_front() else {
             return self.evict_main(free);
         };
-        let Some(entry) = self.map.get(&key).filter(|e| e.handle == handle && !e.main) else {
+        let Some(entry) = self.map.get(&key).filter(|e| e.gen == gen && !e.main) else {
             return false; // stale: removed or replaced since
         };
         let hash = self.map.hasher().hash_one(&key);
@@ -424,7 +466,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             entry.main = true;
             entry.freq.set(0);
             self.small_bytes -= entry.size as usize;
-            self.main.push_back((key, handle));
+            self.main.push_back((key, gen));
             self.ghost.capacity = self.main.len().max(16);
             return false;
         }
@@ -437,21 +479,41 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// Takes the main queue's oldest entry: evicted if unread since the
     /// queue last passed it, else sent round again with one read fewer.
     fn evict_main(&mut self, free: &mut impl FnMut(Handle<V>)) -> bool {
-        let Some((key, handle)) = self.main.pop_front() else {
+        let Some((key, gen)) = self.main.pop_front() else {
             return false;
         };
-        let Some(entry) = self.map.get(&key).filter(|e| e.handle == handle && e.main) else {
+        let Some(entry) = self.map.get(&key).filter(|e| e.gen == gen && e.main) else {
             return false;
         };
         let freq = entry.freq.get();
         if freq > 0 {
             entry.freq.set(freq - 1);
-            self.main.push_back((key, handle));
+            self.main.push_back((key, gen));
             return false;
         }
         let entry = self.map.remove(&key).expect("checked above");
         self.forget(&entry, free);
         true
+    }
+
+    /// Forgets every entry (their values are freed by the caller, with the
+    /// heap's `clear`).
+    fn clear(&mut self) {
+        self.map.clear();
+        self.small.clear();
+        self.main.clear();
+        self.ghost.order.clear();
+        self.ghost.set.clear();
+        self.small_bytes = 0;
+        self.value_bytes = 0;
+        self.shrink_index();
+    }
+
+    /// Changes the budget and evicts until the cache fits it.
+    fn set_budget(&mut self, budget: usize, free: &mut impl FnMut(Handle<V>)) {
+        self.budget = budget;
+        while self.used_bytes() > self.budget && self.evict_one(free) {}
+        self.shrink_index();
     }
 
     fn stats(&self) -> CacheStats {
@@ -463,6 +525,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             entries: self.map.len(),
             value_bytes: self.value_bytes,
             used_bytes: self.used_bytes(),
+            index_bytes: self.index_bytes(),
             budget: self.budget,
         }
     }
@@ -488,7 +551,7 @@ fn segment_size(budget: usize) -> usize {
 /// bytes of memory. Single-threaded; [`SyncCache`] is the shared one.
 ///
 /// **The budget** counts what the process pays for the cache: every value's
-/// bytes (with a 7% allowance for the heap's holes), the heap's 16-byte slot
+/// bytes (with a 10% allowance for the heap's holes), the heap's 16-byte slot
 /// of each, and the index (hash map, queues, ghost list) by its allocated
 /// capacity. The cache evicts to stay within it, and its heap's memory limit
 /// is the budget less the slots and the index, so the memory held for values
@@ -565,13 +628,19 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
 
     /// The value of `key`, borrowed from the heap (pinned while the guard
     /// lives), or `None`. Counts a hit or a miss.
-    pub fn get(&self, key: &K) -> Option<Ref<'_, V>> {
+    pub fn get<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> Option<Ref<'_, V>>
+    where
+        K: Borrow<Q>,
+    {
         // An entry's handle is live while it is in the index.
         self.heap.get(self.index.lookup(key)?)
     }
 
     /// Whether `key` has a value (not counted as a hit or a miss).
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.index.map.contains_key(key)
     }
 
@@ -582,7 +651,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
     /// [`CacheError::TooLarge`] if the entry alone needs more than the
     /// budget: nothing is evicted, and an old value of `key` stays.
     /// [`CacheError::Alloc`] if the heap cannot take it even after evicting
-    /// everything else (the old value of `key` is gone then).
+    /// everything else.
     pub fn insert(&mut self, key: K, value: &V) -> Result<(), CacheError> {
         let size = core::mem::size_of_val(value);
         self.index.check_fits(size)?;
@@ -590,8 +659,10 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         let mut free = |h| {
             heap.free(h);
         };
-        self.index.remove(&key, &mut free);
-        self.index.make_room(size, &mut free);
+        // A new value for a key replaces the old one in its entry: room for
+        // the difference.
+        let old = self.index.map.get(&key).map_or(0, |e| e.size as usize);
+        self.index.make_room(size.saturating_sub(old), &mut free);
         let handle = loop {
             match heap.try_alloc_clone(value) {
                 Ok(h) => break h,
@@ -599,17 +670,51 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
                 Err(e) => return Err(CacheError::Alloc(e)),
             }
         };
-        self.index.add(key, handle, size);
+        self.index.put(key, handle, size, &mut free);
+        // The index may have grown its capacity by more than one entry.
+        self.index.make_room(0, &mut free);
         self.heap.set_memory_limit(Some(self.index.heap_limit()));
         Ok(())
     }
 
     /// Removes `key`'s value. Returns whether there was one.
-    pub fn remove(&mut self, key: &K) -> bool {
+    pub fn remove<Q: ?Sized + Hash + Eq>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         let heap = &self.heap;
         self.index.remove(key, &mut |h| {
             heap.free(h);
         })
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.heap.clear();
+        self.heap.set_memory_limit(Some(self.index.heap_limit()));
+    }
+
+    /// Changes the budget, evicting at once what no longer fits (a smaller
+    /// heap limit is reached as compaction gives memory back).
+    ///
+    /// # Errors
+    /// [`CacheError::ZeroBudget`] for 0 (the budget is unchanged).
+    pub fn set_budget(&mut self, budget: usize) -> Result<(), CacheError> {
+        if budget == 0 {
+            return Err(CacheError::ZeroBudget);
+        }
+        let heap = &self.heap;
+        self.index.set_budget(budget, &mut |h| {
+            heap.free(h);
+        });
+        self.heap.set_memory_limit(Some(self.index.heap_limit()));
+        Ok(())
+    }
+
+    /// The budget in bytes.
+    pub fn budget(&self) -> usize {
+        self.index.budget
     }
 
     /// Entries now.
@@ -691,7 +796,10 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
 
     /// The value of `key`, or `None` (also if another thread evicts it
     /// between the lookup and the borrow). Counts a hit or a miss.
-    pub fn get(&self, key: &K) -> Option<Ref<'_, V>> {
+    pub fn get<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> Option<Ref<'_, V>>
+    where
+        K: Borrow<Q>,
+    {
         let handle = self.index.lock().lookup(key)?;
         self.heap.get(handle)
     }
@@ -716,19 +824,48 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
             }
         };
         let mut index = self.index.lock();
-        index.remove(&key, &mut free);
-        index.make_room(size, &mut free);
-        index.add(key, handle, size);
+        let old = index.map.get(&key).map_or(0, |e| e.size as usize);
+        index.make_room(size.saturating_sub(old), &mut free);
+        index.put(key, handle, size, &mut free);
+        index.make_room(0, &mut free);
         self.heap.set_memory_limit(Some(index.heap_limit()));
         Ok(())
     }
 
     /// Removes `key`'s value. Returns whether there was one.
-    pub fn remove(&self, key: &K) -> bool {
+    pub fn remove<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         let heap = &self.heap;
         self.index.lock().remove(key, &mut |h| {
             heap.free(h);
         })
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        let mut index = self.index.lock();
+        index.clear();
+        self.heap.clear();
+        self.heap.set_memory_limit(Some(index.heap_limit()));
+    }
+
+    /// [`Cache::set_budget`] for a shared cache.
+    ///
+    /// # Errors
+    /// [`CacheError::ZeroBudget`] for 0.
+    pub fn set_budget(&self, budget: usize) -> Result<(), CacheError> {
+        if budget == 0 {
+            return Err(CacheError::ZeroBudget);
+        }
+        let heap = &self.heap;
+        let mut index = self.index.lock();
+        index.set_budget(budget, &mut |h| {
+            heap.free(h);
+        });
+        self.heap.set_memory_limit(Some(index.heap_limit()));
+        Ok(())
     }
 
     /// Entries now.

@@ -51,11 +51,11 @@ fn get_insert_replace_remove() {
     assert!(cache.is_empty());
     cache.insert("a".into(), "one").unwrap();
     cache.insert("a".into(), "uno").unwrap();
-    assert_eq!(&*cache.get(&"a".into()).unwrap(), "uno");
+    assert_eq!(&*cache.get("a").unwrap(), "uno");
     assert_eq!(cache.len(), 1);
-    assert!(cache.remove(&"a".into()));
-    assert!(!cache.remove(&"a".into()));
-    assert!(cache.get(&"a".into()).is_none());
+    assert!(cache.remove("a"));
+    assert!(!cache.remove("a"));
+    assert!(cache.get("a").is_none());
     let st = cache.stats();
     assert_eq!((st.hits, st.misses, st.inserts, st.entries), (1, 1, 2, 0));
     assert_eq!(st.value_bytes, 0);
