@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p compact-server -- --port 6390 --maxmemory 1gb
 //! ```
-//! Commands: GET, SET (EX, PX, NX, XX), DEL, EXISTS, INCR/DECR(BY), MGET,
+//! Commands: GET, SET (EX, PX, NX, XX), SETEX, PSETEX, DEL, EXISTS, INCR/DECR(BY), MGET,
 //! MSET, PING, ECHO, DBSIZE, FLUSHALL, INFO (memory figures as Redis defines
 //! them), CONFIG GET/SET maxmemory, SELECT 0, QUIT; anything else gets an error.
 

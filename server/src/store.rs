@@ -198,6 +198,13 @@ impl Store {
                     self.set(args, &mut r);
                 }
             }
+            "setex" | "psetex" => {
+                if arity(argc == 4, &mut r) {
+                    // SETEX key seconds value: SET key value EX seconds.
+                    let unit: &[u8] = if name == "setex" { b"EX" } else { b"PX" };
+                    self.set(&[b"SET", args[1], args[3], unit, args[2]], &mut r);
+                }
+            }
             "del" | "unlink" => {
                 if arity(argc >= 2, &mut r) {
                     let n = args[1..].iter().filter(|k| self.cache.remove(**k)).count();
