@@ -27,7 +27,10 @@ const MAX_QUERY_BUFFER: usize = 1 << 30;
 struct Conn {
     token: Token,
     stream: TcpStream,
+    /// Request bytes in `rbuf[..filled]`; the rest is room to read into
+    /// (zeroed once, when the buffer grows, so reads need no copy).
     rbuf: Vec<u8>,
+    filled: usize,
     wbuf: Vec<u8>,
     /// Bytes of `wbuf` already sent.
     sent: usize,
@@ -108,6 +111,7 @@ impl Server {
                             token,
                             stream,
                             rbuf: Vec::new(),
+                            filled: 0,
                             wbuf: Vec::new(),
                             sent: 0,
                             closing: false,
@@ -145,16 +149,19 @@ impl Server {
     fn serve_conn(&mut self, conn: &mut Conn) -> bool {
         let mut eof = false;
         if !conn.closing && conn.wbuf.len() - conn.sent < MAX_PENDING_REPLIES {
-            let mut chunk = [0u8; 16 << 10];
             loop {
-                match conn.stream.read(&mut chunk) {
+                if conn.rbuf.len() - conn.filled < 16 << 10 {
+                    let grown = (conn.rbuf.len() * 2).max(64 << 10);
+                    conn.rbuf.resize(grown, 0);
+                }
+                match conn.stream.read(&mut conn.rbuf[conn.filled..]) {
                     Ok(0) => {
                         eof = true;
                         break;
                     }
                     Ok(n) => {
-                        conn.rbuf.extend_from_slice(&chunk[..n]);
-                        if conn.rbuf.len() > MAX_QUERY_BUFFER {
+                        conn.filled += n;
+                        if conn.filled > MAX_QUERY_BUFFER {
                             Reply(&mut conn.wbuf).error("ERR Protocol error: query buffer too big");
                             conn.closing = true;
                             break;
@@ -180,7 +187,7 @@ impl Server {
     fn run_requests(&mut self, conn: &mut Conn) {
         let mut taken = 0;
         while !conn.closing && conn.wbuf.len() - conn.sent < MAX_PENDING_REPLIES {
-            match resp::parse(&conn.rbuf[taken..]) {
+            match resp::parse(&conn.rbuf[taken..conn.filled]) {
                 Ok(Some((ranges, used))) => {
                     let base = taken;
                     taken += used;
@@ -199,9 +206,13 @@ impl Server {
                 }
             }
         }
-        conn.rbuf.drain(..taken);
-        if conn.rbuf.capacity() > 64 << 10 && conn.rbuf.len() < conn.rbuf.capacity() / 4 {
-            conn.rbuf.shrink_to(conn.rbuf.len().max(16 << 10));
+        conn.rbuf.copy_within(taken..conn.filled, 0);
+        conn.filled -= taken;
+        // Give back a buffer a huge request grew, not one that normal
+        // traffic refills at once (it would be freed and faulted in again).
+        if conn.rbuf.len() > 4 << 20 && conn.filled < conn.rbuf.len() / 4 {
+            conn.rbuf.truncate(conn.filled.max(1 << 20));
+            conn.rbuf.shrink_to_fit();
         }
     }
 
@@ -220,8 +231,8 @@ impl Server {
         if conn.sent == conn.wbuf.len() {
             conn.wbuf.clear();
             conn.sent = 0;
-            if conn.wbuf.capacity() > 1 << 20 {
-                conn.wbuf.shrink_to(64 << 10);
+            if conn.wbuf.capacity() > 4 << 20 {
+                conn.wbuf.shrink_to(1 << 20);
             }
         }
         let want = conn.sent < conn.wbuf.len();

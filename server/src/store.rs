@@ -1,10 +1,13 @@
 //! The keyspace: keys to values in a compact-heap `Cache`, with expiry
 //! times, and the commands that read and change it.
 //!
-//! A value is stored in the heap as its 8-byte expiry time (milliseconds
-//! since the Unix epoch, little-endian; 0: none) followed by its bytes. An
-//! expired key is removed when a command reaches it (no background expiry).
+//! A value is stored in the heap as its bytes alone. The keys that have an
+//! expiry time (milliseconds since the Unix epoch) are in a side map, so
+//! that only they pay for it; an expired key is removed when a command
+//! reaches it (no background expiry). The side map may keep the time of a
+//! key the cache has evicted until that key is written or read again.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +22,8 @@ pub struct Store {
     maxmemory: usize,
     /// Bytes of connection buffers, counted in `used_memory` (set by the server).
     pub buffer_bytes: usize,
+    /// Expiry times of the keys that have one.
+    expiry: HashMap<Rc<[u8]>, u64>,
     scratch: Vec<u8>,
 }
 
@@ -69,6 +74,7 @@ impl Store {
             cache: Cache::new(cache_budget(maxmemory))?,
             maxmemory,
             buffer_bytes: 0,
+            expiry: HashMap::new(),
             scratch: Vec::new(),
         })
     }
@@ -78,63 +84,76 @@ impl Store {
     /// and the connection buffers.
     pub fn used_memory(&self) -> usize {
         let heap = self.cache.heap().stats();
-        heap.held_bytes + heap.metadata_bytes + self.cache.stats().index_bytes + self.buffer_bytes
+        let expiry = self.expiry.capacity() * (std::mem::size_of::<(Rc<[u8]>, u64)>() + 1)
+            + self.expiry.keys().map(|k| k.len() + 16).sum::<usize>();
+        heap.held_bytes
+            + heap.metadata_bytes
+            + self.cache.stats().index_bytes
+            + self.buffer_bytes
+            + expiry
     }
 
-    /// The value of `key` if it has one that has not expired (an expired one
-    /// is removed on the way).
-    fn read(&mut self, key: &[u8]) -> Option<&[u8]> {
-        let expired = {
-            let v = self.cache.get(key)?;
-            let deadline = u64::from_le_bytes(v[..8].try_into().expect("8-byte header"));
-            let expired = deadline != 0 && now_ms() >= deadline;
-            if !expired {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&v[8..]);
+    /// Whether `key` has expired; if so its value is removed.
+    fn expired(&mut self, key: &[u8]) -> bool {
+        if self.expiry.is_empty() {
+            return false;
+        }
+        match self.expiry.get(key) {
+            Some(&deadline) if now_ms() >= deadline => {
+                self.expiry.remove(key);
+                self.cache.remove(key);
+                true
             }
-            expired
-        };
-        if expired {
-            self.cache.remove(key);
+            _ => false,
+        }
+    }
+
+    /// The value of `key` if it has one that has not expired, copied out.
+    fn read(&mut self, key: &[u8]) -> Option<&[u8]> {
+        if self.expired(key) {
             return None;
         }
+        let v = self.cache.get(key)?;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&v);
+        drop(v);
         Some(&self.scratch)
     }
 
     /// Replies with `key`'s value (a bulk string straight from the heap) or nil.
     fn reply_value(&mut self, key: &[u8], r: &mut Reply<'_>) {
-        let expired = match self.cache.get(key) {
-            None => false,
-            Some(v) => {
-                let deadline = u64::from_le_bytes(v[..8].try_into().expect("8-byte header"));
-                let expired = deadline != 0 && now_ms() >= deadline;
-                if !expired {
-                    r.bulk(&v[8..]);
-                    return;
-                }
-                true
-            }
-        };
-        if expired {
-            self.cache.remove(key);
+        if self.expired(key) {
+            return r.nil();
         }
-        r.nil();
+        match self.cache.get(key) {
+            Some(v) => r.bulk(&v),
+            None => r.nil(),
+        }
     }
 
-    /// Whether `key` has a live value (no hit or miss counted by `read`'s
-    /// caller; an expired value is removed).
+    /// Whether `key` has a live value (an expired one is removed).
     fn exists(&mut self, key: &[u8]) -> bool {
-        self.read(key).is_some()
+        !self.expired(key) && self.cache.contains_key(key)
     }
 
+    /// Stores `value` under `key`, with an expiry time (0: none).
     fn write(&mut self, key: &[u8], value: &[u8], deadline: u64) -> Result<(), CacheError> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&deadline.to_le_bytes());
-        self.scratch.extend_from_slice(value);
-        let stored = std::mem::take(&mut self.scratch);
-        let r = self.cache.insert(Rc::from(key), &stored);
-        self.scratch = stored;
-        r
+        let key: Rc<[u8]> = Rc::from(key);
+        if deadline != 0 {
+            self.expiry.insert(key.clone(), deadline);
+        } else if !self.expiry.is_empty() {
+            self.expiry.remove(&key);
+        }
+        self.cache.insert(key, value)
+    }
+
+    /// Removes `key`. Returns whether it had a live value.
+    fn delete(&mut self, key: &[u8]) -> bool {
+        let live = !self.expired(key);
+        if !self.expiry.is_empty() {
+            self.expiry.remove(key);
+        }
+        self.cache.remove(key) && live
     }
 
     /// Runs one command, appending its reply to `out`.
@@ -207,7 +226,7 @@ impl Store {
             }
             "del" | "unlink" => {
                 if arity(argc >= 2, &mut r) {
-                    let n = args[1..].iter().filter(|k| self.cache.remove(**k)).count();
+                    let n = args[1..].iter().filter(|k| self.delete(k)).count();
                     r.int(n as i64);
                 }
             }
@@ -217,7 +236,7 @@ impl Store {
                     r.int(n as i64);
                 }
             }
-            "incr" | "decr" | "incrby" | "decrby" => self.incr(&name, args, &mut r),
+            "incr" | "decr" | "incrby" | "decrby" => self.incr(name, args, &mut r),
             "mget" => {
                 if arity(argc >= 2, &mut r) {
                     r.array(argc - 1);
@@ -247,6 +266,7 @@ impl Store {
             }
             "flushall" | "flushdb" => {
                 self.cache.clear();
+                self.expiry.clear();
                 r.simple("OK");
             }
             "info" => {
