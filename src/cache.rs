@@ -539,7 +539,7 @@ fn heap_config(budget: usize) -> Config {
         .segment_size(segment_size(budget))
         .memory_limit(budget)
         .segment_pool(2)
-        .pacing(Pacing::default().threshold(PACING_THRESHOLD).rate(1))
+        .pacing(Pacing::default().threshold(PACING_THRESHOLD).rate(2))
 }
 
 /// Segments of a 64th of the budget, between 4 KiB and 1 MiB.

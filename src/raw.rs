@@ -49,8 +49,10 @@ pub(crate) struct RawHeap {
     pub(crate) deferred: Vec<Dying>,
     /// Compaction paid for by allocation and free, if on.
     pacing: Option<Pacing>,
-    /// Bytes of compaction work owed (see [`Pacing`]).
-    debt: usize,
+    /// Bytes of compaction work owed (see [`Pacing`]); negative: work done
+    /// ahead (a step moves up to `max_step` whatever it owed), which later
+    /// allocations and frees pay off before the next step.
+    debt: isize,
     /// The waste (held less live bytes) when a paced pass last found no
     /// sources worth it; `None` once a pass starts.
     refused_waste: Option<usize>,
@@ -650,8 +652,9 @@ impl RawHeap {
     #[inline]
     fn pace(&mut self, bytes: usize) {
         let Some(pacing) = self.pacing else { return };
-        self.debt = self.debt.saturating_add(bytes.saturating_mul(pacing.rate));
-        if self.debt >= pacing.step {
+        let owed = isize::try_from(bytes.saturating_mul(pacing.rate)).unwrap_or(isize::MAX);
+        self.debt = self.debt.saturating_add(owed);
+        if self.debt >= pacing.step as isize {
             self.paced_step(pacing);
         }
     }
@@ -684,10 +687,10 @@ impl RawHeap {
             self.refused_waste = None;
         }
         // One step of `max_step` now (a smaller one would skip, for the rest
-        // of the pass, every object bigger than it); what is owed beyond it
-        // is paid by later calls.
+        // of the pass, every object bigger than it). What it moves is
+        // charged against the debt, which may go negative: on average the
+        // heap moves `rate` bytes per byte allocated or freed, no more.
         let budget = pacing.max_step;
-        self.debt = self.debt.saturating_sub(budget);
         let moved = self.totals.bytes_moved;
         let mut report = CompactReport::default();
         self.run_pass(
@@ -697,8 +700,15 @@ impl RawHeap {
             },
             &mut report,
         );
+        let moved = self.totals.bytes_moved - moved;
         self.totals.paced_steps += 1;
-        self.totals.paced_bytes_moved += self.totals.bytes_moved - moved;
+        self.totals.paced_bytes_moved += moved;
+        // A step that moved little (pinned objects, a pass ending) still
+        // costs a step's worth, so that steps cannot run back to back.
+        let charged = (moved as usize).max(pacing.step);
+        self.debt = self
+            .debt
+            .saturating_sub(isize::try_from(charged).unwrap_or(isize::MAX));
     }
 
     #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out

@@ -187,3 +187,53 @@ fn a_shared_cache_on_two_threads_stays_within_budget_and_correct() {
     assert!(cache.heap().stats().held_bytes <= budget);
     assert!(st.hits > 0 && st.evictions > 0);
 }
+
+#[test]
+fn clear_and_a_smaller_budget_give_memory_back() {
+    let mut cache: Cache<u64, [u8]> = Cache::new(4 << 20).unwrap();
+    for k in 0..3000u64 {
+        cache.insert(k, &value(k, 0, 1000)).unwrap();
+    }
+    let full = cache.stats();
+    cache.set_budget(1 << 20).unwrap();
+    let st = cache.stats();
+    assert!(
+        st.used_bytes <= 1 << 20 && st.entries < full.entries,
+        "{st:?}"
+    );
+    assert_eq!(cache.budget(), 1 << 20);
+    assert_eq!(cache.set_budget(0), Err(CacheError::ZeroBudget));
+    assert_eq!(cache.budget(), 1 << 20, "a refused budget changes nothing");
+    // Every entry left reads its own value.
+    for k in 0..3000u64 {
+        if let Some(v) = cache.get(&k) {
+            assert_eq!(&*v, &value(k, 0, 1000)[..]);
+        }
+    }
+    cache.clear();
+    assert!(cache.is_empty());
+    assert_eq!(cache.heap().stats().live_bytes, 0);
+    cache.insert(1, &[9u8; 10]).unwrap();
+    assert_eq!(&*cache.get(&1).unwrap(), &[9u8; 10]);
+}
+
+#[test]
+fn a_new_value_for_a_key_keeps_one_entry() {
+    let mut cache: Cache<u64, [u8]> = Cache::new(1 << 20).unwrap();
+    for round in 0..50u64 {
+        for k in 0..100u64 {
+            cache
+                .insert(k, &value(k, round, 100 + (round as usize % 7) * 50))
+                .unwrap();
+        }
+    }
+    assert_eq!(cache.len(), 100);
+    assert_eq!(cache.heap().len(), 100, "old values are freed");
+    for k in 0..100u64 {
+        assert_eq!(
+            &*cache.get(&k).unwrap(),
+            &value(k, 49, 100 + (49 % 7) * 50)[..]
+        );
+    }
+    assert_eq!(cache.stats().evictions, 0);
+}

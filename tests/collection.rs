@@ -423,3 +423,25 @@ fn builders_and_clear_race_on_a_shared_heap() {
     heap.clear();
     assert_eq!(drops.load(Ordering::SeqCst), made.load(Ordering::SeqCst));
 }
+
+#[test]
+fn a_memory_limit_set_while_running_is_obeyed_and_can_be_lifted() {
+    let heap = Heap::with_config(Config::default().segment_size(64 * 1024));
+    assert_eq!(heap.memory_limit(), None);
+    let hs: Vec<_> = (0..40).map(|_| heap.alloc_slice_fill(4000, 1u8)).collect();
+    heap.set_memory_limit(Some(heap.stats().held_bytes));
+    // Full: a new segment would pass the limit.
+    let refused = (0..100).find_map(|_| heap.try_alloc_slice_fill(4000, 2u8).err());
+    assert_eq!(refused, Some(AllocError::OutOfMemory));
+    assert!(heap.stats().held_bytes <= heap.memory_limit().unwrap());
+    // Frees and compaction make room under the same limit.
+    for h in &hs[..20] {
+        heap.free(*h);
+    }
+    assert!(heap.try_alloc_slice_fill(4000, 3u8).is_ok());
+    heap.set_memory_limit(None);
+    for _ in 0..100 {
+        heap.alloc_slice_fill(4000, 4u8);
+    }
+    assert!(heap.stats().live_bytes > 100 * 4000);
+}

@@ -429,18 +429,27 @@ impl Store {
         let used = self.used_memory();
         let rss = rss();
         let st = self.cache.stats();
+        let heap = self.cache.heap().stats();
         format!(
             "# Server\r\nredis_version:7.0.15-compact-heap\r\n\r\n\
              # Memory\r\nused_memory:{used}\r\nused_memory_rss:{rss}\r\n\
              mem_fragmentation_ratio:{:.2}\r\nmaxmemory:{}\r\nmaxmemory_policy:allkeys-s3fifo\r\n\r\n\
              # Stats\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nevicted_keys:{}\r\n\r\n\
-             # Keyspace\r\ndb0:keys={}\r\n",
+             # Keyspace\r\ndb0:keys={}\r\n\r\n\
+             # Heap\r\nheap_live_bytes:{}\r\nheap_held_bytes:{}\r\nheap_metadata_bytes:{}\r\n\
+             heap_bytes_moved:{}\r\nheap_paced_bytes_moved:{}\r\nheap_bytes_released:{}\r\n",
             rss as f64 / used.max(1) as f64,
             self.maxmemory,
             st.hits,
             st.misses,
             st.evictions,
             st.entries,
+            heap.live_bytes,
+            heap.held_bytes,
+            heap.metadata_bytes,
+            heap.bytes_moved,
+            heap.paced_bytes_moved,
+            heap.bytes_released,
         )
     }
 }
