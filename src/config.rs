@@ -121,14 +121,17 @@ impl Config {
 /// reaches [`Pacing::step`] and the heap holds more than
 /// `threshold × live bytes + one segment` (spare large mappings aside), that
 /// call runs one compaction step that moves at most [`Pacing::max_step`]
-/// bytes and clears the debt. So no single call does more than one bounded
-/// step, and a program that allocates and frees at a steady rate has its
-/// holes closed at a proportional rate. Pinned objects never move; objects
+/// bytes; what it moved is taken off the debt (which may go below zero, so
+/// a step that moved more than was owed is paid off by later calls before
+/// the next one). So no single call does more than one bounded step, and a
+/// program that allocates and frees at a steady rate moves at most `rate`
+/// bytes per byte it allocates or frees. Pinned objects never move; objects
 /// larger than the step stay for [`Heap::compact`](crate::Heap::compact).
 ///
-/// The defaults (threshold 1.08, rate 2, step 16 KiB, max step 64 KiB) keep a
+/// The defaults (threshold 1.08, rate 8, step 16 KiB, max step 64 KiB) keep a
 /// heap under about 1.10 × live + 2 segments while it churns; a step of
-/// 64 KiB costs tens of microseconds.
+/// 64 KiB costs tens of microseconds. A lower rate trades memory for speed
+/// (the [`Cache`](crate::Cache) uses 2, with a tighter threshold).
 ///
 /// # Examples
 /// ```
@@ -158,7 +161,7 @@ impl Default for Pacing {
     fn default() -> Pacing {
         Pacing {
             threshold: 1.08,
-            rate: 2,
+            rate: 8,
             step: 16 * 1024,
             max_step: 64 * 1024,
         }
