@@ -106,7 +106,8 @@ pub struct CacheStats {
     /// Bytes counted against the budget now: values (with the allowance
     /// for holes), slots and the index.
     pub used_bytes: usize,
-    /// Bytes of the index alone (hash map, queues, ghost), by capacity.
+    /// Bytes of the index alone (hash map, queues, ghost, by capacity),
+    /// and what the keys own outside it (see `with_key_weigher`).
     pub index_bytes: usize,
     /// The budget.
     pub budget: usize,
@@ -227,6 +228,9 @@ struct Index<K, V: ?Sized, S> {
     ghost: Ghost,
     small_bytes: usize,
     value_bytes: usize,
+    /// Bytes the keys own outside the index (see `with_key_weigher`).
+    key_bytes: usize,
+    key_weigher: fn(&K) -> usize,
     budget: usize,
     hits: Cell<u64>,
     misses: Cell<u64>,
@@ -249,6 +253,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             },
             small_bytes: 0,
             value_bytes: 0,
+            key_bytes: 0,
+            key_weigher: |_| 0,
             budget,
             hits: Cell::new(0),
             misses: Cell::new(0),
@@ -343,17 +349,18 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// Bytes of the index: map, queues and ghost, by capacity.
     fn index_bytes(&self) -> usize {
         let queue_item = core::mem::size_of::<(K, u32)>();
-        table_bytes(self.map.capacity(), core::mem::size_of::<(K, Entry<V>)>())
+        self.key_bytes
+            + table_bytes(self.map.capacity(), core::mem::size_of::<(K, Entry<V>)>())
             + (self.small.capacity() + self.main.capacity()) * queue_item
             + self.ghost.bytes()
     }
 
     /// Evicts until an entry of `size` value bytes fits the budget.
-    fn make_room(&mut self, size: usize, free: &mut impl FnMut(Handle<V>)) {
-        let needed = if size == 0 {
+    fn make_room(&mut self, size: usize, key: usize, free: &mut impl FnMut(Handle<V>)) {
+        let needed = if size == 0 && key == 0 {
             0
         } else {
-            (size as f64 * HOLE_ALLOWANCE) as usize + Self::per_entry_bytes()
+            (size as f64 * HOLE_ALLOWANCE) as usize + Self::per_entry_bytes() + key
         };
         let mut evicted = false;
         while self.used_bytes() + needed > self.budget && self.evict_one(free) {
@@ -382,6 +389,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         }
         let hash = self.map.hasher().hash_one(&key);
         let main = self.ghost.take(hash);
+        self.key_bytes += (self.key_weigher)(&key);
         let gen = self.next_gen;
         self.next_gen = gen.wrapping_add(1);
         self.map.insert(
@@ -416,14 +424,15 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     where
         K: Borrow<Q>,
     {
-        let Some(entry) = self.map.remove(key) else {
+        let Some((key, entry)) = self.map.remove_entry(key) else {
             return false;
         };
-        self.forget(&entry, free);
+        self.forget(&key, &entry, free);
         true
     }
 
-    fn forget(&mut self, entry: &Entry<V>, free: &mut impl FnMut(Handle<V>)) {
+    fn forget(&mut self, key: &K, entry: &Entry<V>, free: &mut impl FnMut(Handle<V>)) {
+        self.key_bytes -= (self.key_weigher)(key);
         let size = entry.size as usize;
         if !entry.main {
             self.small_bytes -= size;
@@ -471,7 +480,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             return false;
         }
         let entry = self.map.remove(&key).expect("checked above");
-        self.forget(&entry, free);
+        self.forget(&key, &entry, free);
         self.ghost.insert(hash);
         true
     }
@@ -492,7 +501,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             return false;
         }
         let entry = self.map.remove(&key).expect("checked above");
-        self.forget(&entry, free);
+        self.forget(&key, &entry, free);
         true
     }
 
@@ -506,6 +515,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         self.ghost.set.clear();
         self.small_bytes = 0;
         self.value_bytes = 0;
+        self.key_bytes = 0;
         self.shrink_index();
     }
 
@@ -626,6 +636,23 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         })
     }
 
+    /// Counts `f(key)` more bytes against the budget for each key: what a
+    /// key owns outside the cache's index (a `String`'s or `Box<[u8]>`'s
+    /// buffer, say), which the cache cannot see.
+    ///
+    /// ```
+    /// use compact_heap::Cache;
+    ///
+    /// let mut cache: Cache<String, str> = Cache::new(1 << 20).unwrap().with_key_weigher(|k| k.capacity());
+    /// cache.insert("k".repeat(1000), "v").unwrap();
+    /// assert!(cache.used_bytes() > 1000);
+    /// ```
+    pub fn with_key_weigher(mut self, f: fn(&K) -> usize) -> Self {
+        self.index.key_weigher = f;
+        self.index.key_bytes = self.index.map.keys().map(f).sum();
+        self
+    }
+
     /// The value of `key`, borrowed from the heap (pinned while the guard
     /// lives), or `None`. Counts a hit or a miss.
     pub fn get<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> Option<Ref<'_, V>>
@@ -661,8 +688,12 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         };
         // A new value for a key replaces the old one in its entry: room for
         // the difference.
-        let old = self.index.map.get(&key).map_or(0, |e| e.size as usize);
-        self.index.make_room(size.saturating_sub(old), &mut free);
+        let (old, key_weight) = match self.index.map.get(&key) {
+            Some(e) => (e.size as usize, 0),
+            None => (0, (self.index.key_weigher)(&key)),
+        };
+        self.index
+            .make_room(size.saturating_sub(old), key_weight, &mut free);
         let handle = loop {
             match heap.try_alloc_clone(value) {
                 Ok(h) => break h,
@@ -672,7 +703,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         };
         self.index.put(key, handle, size, &mut free);
         // The index may have grown its capacity by more than one entry.
-        self.index.make_room(0, &mut free);
+        self.index.make_room(0, 0, &mut free);
         self.heap.set_memory_limit(Some(self.index.heap_limit()));
         Ok(())
     }
@@ -794,6 +825,16 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
         })
     }
 
+    /// [`Cache::with_key_weigher`] for a shared cache.
+    pub fn with_key_weigher(self, f: fn(&K) -> usize) -> Self {
+        {
+            let mut index = self.index.lock();
+            index.key_weigher = f;
+            index.key_bytes = index.map.keys().map(f).sum();
+        }
+        self
+    }
+
     /// The value of `key`, or `None` (also if another thread evicts it
     /// between the lookup and the borrow). Counts a hit or a miss.
     pub fn get<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> Option<Ref<'_, V>>
@@ -824,10 +865,13 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
             }
         };
         let mut index = self.index.lock();
-        let old = index.map.get(&key).map_or(0, |e| e.size as usize);
-        index.make_room(size.saturating_sub(old), &mut free);
+        let (old, key_weight) = match index.map.get(&key) {
+            Some(e) => (e.size as usize, 0),
+            None => (0, (index.key_weigher)(&key)),
+        };
+        index.make_room(size.saturating_sub(old), key_weight, &mut free);
         index.put(key, handle, size, &mut free);
-        index.make_room(0, &mut free);
+        index.make_room(0, 0, &mut free);
         self.heap.set_memory_limit(Some(index.heap_limit()));
         Ok(())
     }

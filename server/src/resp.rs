@@ -125,6 +125,27 @@ fn parse_inline(buf: &[u8]) -> Result<Option<(Args, usize)>, ProtocolError> {
 /// Appends RESP2 replies to a buffer.
 pub struct Reply<'a>(pub &'a mut Vec<u8>);
 
+/// Appends `prefix`, the decimal `n` and CRLF, without an allocation.
+fn header(out: &mut Vec<u8>, prefix: u8, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push(prefix);
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
 impl Reply<'_> {
     pub fn simple(&mut self, s: &str) {
         self.0.push(b'+');
@@ -143,15 +164,12 @@ impl Reply<'_> {
     }
 
     pub fn int(&mut self, n: i64) {
-        self.0.push(b':');
-        self.0.extend_from_slice(n.to_string().as_bytes());
-        self.0.extend_from_slice(b"\r\n");
+        header(self.0, b':', n);
     }
 
     pub fn bulk(&mut self, data: &[u8]) {
-        self.0.push(b'$');
-        self.0.extend_from_slice(data.len().to_string().as_bytes());
-        self.0.extend_from_slice(b"\r\n");
+        self.0.reserve(data.len() + 24);
+        header(self.0, b'$', data.len() as i64);
         self.0.extend_from_slice(data);
         self.0.extend_from_slice(b"\r\n");
     }
@@ -161,9 +179,7 @@ impl Reply<'_> {
     }
 
     pub fn array(&mut self, len: usize) {
-        self.0.push(b'*');
-        self.0.extend_from_slice(len.to_string().as_bytes());
-        self.0.extend_from_slice(b"\r\n");
+        header(self.0, b'*', len as i64);
     }
 }
 
@@ -248,13 +264,15 @@ mod tests {
         let mut r = Reply(&mut out);
         r.simple("OK");
         r.int(-3);
+        r.int(i64::MIN);
+        r.int(0);
         r.bulk(b"x");
         r.nil();
         r.array(2);
         r.error("ERR bad\r\nthing");
         assert_eq!(
             out,
-            b"+OK\r\n:-3\r\n$1\r\nx\r\n$-1\r\n*2\r\n-ERR bad  thing\r\n"
+            b"+OK\r\n:-3\r\n:-9223372036854775808\r\n:0\r\n$1\r\nx\r\n$-1\r\n*2\r\n-ERR bad  thing\r\n"
         );
     }
 }

@@ -18,13 +18,19 @@ use crate::resp::Reply;
 /// The keyspace and its memory settings.
 pub struct Store {
     /// Keys are reference-counted: the index keeps two copies of each.
-    cache: Cache<Rc<[u8]>, [u8]>,
+    cache: Cache<Rc<[u8]>, [u8], foldhash::fast::RandomState>,
     maxmemory: usize,
     /// Bytes of connection buffers, counted in `used_memory` (set by the server).
     pub buffer_bytes: usize,
     /// Expiry times of the keys that have one.
-    expiry: HashMap<Rc<[u8]>, u64>,
+    expiry: HashMap<Rc<[u8]>, u64, foldhash::fast::RandomState>,
     scratch: Vec<u8>,
+}
+
+/// What a key's `Rc<[u8]>` takes from malloc: two counts and the bytes,
+/// plus malloc's header, in 16-byte steps.
+fn key_bytes(key: &Rc<[u8]>) -> usize {
+    (16 + key.len() + 8).next_multiple_of(16).max(32)
 }
 
 /// The part of `maxmemory` left to the cache: the rest is for connection
@@ -71,10 +77,11 @@ impl Store {
     /// A keyspace of at most `maxmemory` bytes.
     pub fn new(maxmemory: usize) -> Result<Store, CacheError> {
         Ok(Store {
-            cache: Cache::new(cache_budget(maxmemory))?,
+            cache: Cache::with_hasher(cache_budget(maxmemory), Default::default())?
+                .with_key_weigher(key_bytes),
             maxmemory,
             buffer_bytes: 0,
-            expiry: HashMap::new(),
+            expiry: HashMap::default(),
             scratch: Vec::new(),
         })
     }
@@ -84,8 +91,8 @@ impl Store {
     /// and the connection buffers.
     pub fn used_memory(&self) -> usize {
         let heap = self.cache.heap().stats();
-        let expiry = self.expiry.capacity() * (std::mem::size_of::<(Rc<[u8]>, u64)>() + 1)
-            + self.expiry.keys().map(|k| k.len() + 16).sum::<usize>();
+        // (Its keys are the cache's, counted there.)
+        let expiry = self.expiry.capacity() * (std::mem::size_of::<(Rc<[u8]>, u64)>() + 1);
         heap.held_bytes
             + heap.metadata_bytes
             + self.cache.stats().index_bytes
