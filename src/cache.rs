@@ -549,6 +549,7 @@ fn heap_config(budget: usize) -> Config {
         .segment_size(segment_size(budget))
         .memory_limit(budget)
         .segment_pool(2)
+        .line_align(512)
         .pacing(Pacing::default().threshold(PACING_THRESHOLD).rate(2))
 }
 

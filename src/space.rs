@@ -85,6 +85,8 @@ pub(crate) struct Space {
     /// [`Config::segment_pool`]), counted in `held`; `compact()` gives them back.
     pool: Vec<Segment>,
     pool_max: usize,
+    /// Objects of at least this many bytes start on a line boundary.
+    line_align_from: usize,
     cursor: Option<Cursor>,
     /// Segments worth recycling, by size class of their longest hole
     /// (`floor(log2(lines))`): a request takes the smallest class that fits,
@@ -110,6 +112,7 @@ impl Space {
             emptied: Vec::new(),
             pool: Vec::new(),
             pool_max: config.segment_pool,
+            line_align_from: config.line_align.unwrap_or(usize::MAX),
             cursor: None,
             recyclable: vec![Vec::new(); CLASSES],
             held: 0,
@@ -197,6 +200,13 @@ impl Space {
         align: usize,
     ) -> Result<(NonNull<u8>, Place), AllocError> {
         debug_assert!(align.is_power_of_two());
+        // (Objects from `line_align_from` bytes start on a line: see
+        // `Config::line_align`.)
+        let align = if size >= self.line_align_from {
+            align.max(LINE)
+        } else {
+            align
+        };
         if size == 0 {
             // A zero-sized value needs no memory: any aligned, non-null address will do.
             let ptr =

@@ -44,6 +44,15 @@ proptest! {
     }
 
     #[test]
+    fn heap_with_line_aligned_objects_matches_the_model(program in common::program()) {
+        // As a cache's heap: objects from 200 bytes start on a line.
+        let heap = TestHeap(Heap::with_config(config().line_align(200)));
+        let (log, ids) = common::run(&heap, &program);
+        drop(heap);
+        common::all_dropped_once(&log, ids);
+    }
+
+    #[test]
     fn heap_matches_the_model(program in common::program()) {
         let heap = TestHeap(Heap::with_config(config()));
         let (log, ids) = common::run(&heap, &program);
