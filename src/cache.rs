@@ -32,6 +32,7 @@ use crate::guard::Ref;
 use crate::handle::Handle;
 use crate::heap::Heap;
 use crate::object::CloneObject;
+use crate::segment::LINE;
 use crate::sync::SyncHeap;
 use parking_lot::Mutex;
 
@@ -101,7 +102,8 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Entries now.
     pub entries: usize,
-    /// Bytes of the values now.
+    /// Bytes the values take in the heap now (a value of 512 bytes or
+    /// more takes whole 128-byte lines).
     pub value_bytes: usize,
     /// Bytes counted against the budget now: values (with the allowance
     /// for holes), slots and the index.
@@ -230,6 +232,10 @@ struct Index<K, V: ?Sized, S> {
     value_bytes: usize,
     /// Bytes the keys own outside the index (see `with_key_weigher`).
     key_bytes: usize,
+    /// The memory limit last given to the heap.
+    heap_limit_set: usize,
+    /// Values of at least this many bytes start on a heap line.
+    line_align: usize,
     key_weigher: fn(&K) -> usize,
     budget: usize,
     hits: Cell<u64>,
@@ -254,6 +260,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             small_bytes: 0,
             value_bytes: 0,
             key_bytes: 0,
+            heap_limit_set: budget,
+            line_align: usize::MAX,
             key_weigher: |_| 0,
             budget,
             hits: Cell::new(0),
@@ -374,6 +382,44 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// Puts `key` → `handle`: a new entry, or a new value for the key's
     /// entry (which keeps its place in its queue, and counts as a read);
     /// the old value goes to `free`.
+    /// The heap limit to set now, if it moved by a quarter segment or more
+    /// since it was last set (setting it takes the heap's engine).
+    fn heap_limit_update(&mut self) -> Option<usize> {
+        let limit = self.heap_limit();
+        if limit.abs_diff(self.heap_limit_set) < self.segment / 4 {
+            return None;
+        }
+        self.heap_limit_set = limit;
+        Some(limit)
+    }
+
+    /// Gives `key`'s entry the value `handle` (see `put`); `Err(handle)` if
+    /// the key has no entry.
+    fn replace_value<Q: ?Sized + Hash + Eq>(
+        &mut self,
+        key: &Q,
+        handle: Handle<V>,
+        size: usize,
+        free: &mut impl FnMut(Handle<V>),
+    ) -> Result<(), Handle<V>>
+    where
+        K: Borrow<Q>,
+    {
+        let Some(entry) = self.map.get_mut(key) else {
+            return Err(handle);
+        };
+        let old = core::mem::replace(&mut entry.handle, handle);
+        let old_size = core::mem::replace(&mut entry.size, size as u32) as usize;
+        entry.freq.set((entry.freq.get() + 1).min(MAX_FREQ));
+        if !entry.main {
+            self.small_bytes = self.small_bytes - old_size + size;
+        }
+        self.value_bytes = self.value_bytes - old_size + size;
+        self.inserts += 1;
+        free(old);
+        Ok(())
+    }
+
     fn put(&mut self, key: K, handle: Handle<V>, size: usize, free: &mut impl FnMut(Handle<V>)) {
         if let Some(entry) = self.map.get_mut(&key) {
             let old = core::mem::replace(&mut entry.handle, handle);
@@ -541,6 +587,16 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     }
 }
 
+/// The bytes a value of `size` bytes takes in the cache's heap: a value
+/// that starts on a line (see `with_line_align`) takes whole lines.
+fn footprint(size: usize, line_align: usize) -> usize {
+    if size >= line_align {
+        size.next_multiple_of(LINE)
+    } else {
+        size
+    }
+}
+
 /// The heap configuration for a cache of `budget` bytes: segments small
 /// enough that a few of them are a small part of the budget, and the budget
 /// as the heap's memory limit.
@@ -549,7 +605,6 @@ fn heap_config(budget: usize) -> Config {
         .segment_size(segment_size(budget))
         .memory_limit(budget)
         .segment_pool(2)
-        .line_align(512)
         .pacing(Pacing::default().threshold(PACING_THRESHOLD).rate(2))
 }
 
@@ -654,6 +709,18 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         self
     }
 
+    /// Makes values of at least `min_size` bytes start on a heap line
+    /// ([`Config::line_align`](crate::Config::line_align)): right for
+    /// traffic that replaces values with others of about the same size (a
+    /// key-value server), where it lets the heap reuse the holes instead of
+    /// compacting; wrong for values of widely spread sizes, which then waste
+    /// up to a line each. The budget counts the whole lines.
+    pub fn with_line_align(mut self, min_size: usize) -> Self {
+        self.heap.set_line_align(Some(min_size));
+        self.index.line_align = min_size;
+        self
+    }
+
     /// The value of `key`, borrowed from the heap (pinned while the guard
     /// lives), or `None`. Counts a hit or a miss.
     pub fn get<Q: ?Sized + Hash + Eq>(&self, key: &Q) -> Option<Ref<'_, V>>
@@ -681,7 +748,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
     /// [`CacheError::Alloc`] if the heap cannot take it even after evicting
     /// everything else.
     pub fn insert(&mut self, key: K, value: &V) -> Result<(), CacheError> {
-        let size = core::mem::size_of_val(value);
+        let size = footprint(core::mem::size_of_val(value), self.index.line_align);
         self.index.check_fits(size)?;
         let heap = &self.heap;
         let mut free = |h| {
@@ -705,8 +772,59 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         self.index.put(key, handle, size, &mut free);
         // The index may have grown its capacity by more than one entry.
         self.index.make_room(0, 0, &mut free);
-        self.heap.set_memory_limit(Some(self.index.heap_limit()));
+        if let Some(limit) = self.index.heap_limit_update() {
+            self.heap.set_memory_limit(Some(limit));
+        }
         Ok(())
+    }
+
+    /// Stores a clone of `value` under `key` if `key` has an entry (and
+    /// returns true), without a `K` to give: for keys that are expensive to
+    /// make. False, with nothing stored, if `key` has no entry.
+    ///
+    /// # Errors
+    /// As [`Cache::insert`].
+    ///
+    /// ```
+    /// use compact_heap::Cache;
+    ///
+    /// let mut cache: Cache<String, str> = Cache::new(1 << 20).unwrap();
+    /// assert!(!cache.replace("k", "v1").unwrap());
+    /// cache.insert("k".to_string(), "v1").unwrap();
+    /// assert!(cache.replace("k", "v2").unwrap());
+    /// assert_eq!(&*cache.get("k").unwrap(), "v2");
+    /// ```
+    pub fn replace<Q: ?Sized + Hash + Eq>(&mut self, key: &Q, value: &V) -> Result<bool, CacheError>
+    where
+        K: Borrow<Q>,
+    {
+        let Some(old) = self.index.map.get(key).map(|e| e.size as usize) else {
+            return Ok(false);
+        };
+        let size = footprint(core::mem::size_of_val(value), self.index.line_align);
+        self.index.check_fits(size)?;
+        let heap = &self.heap;
+        let mut free = |h| {
+            heap.free(h);
+        };
+        self.index.make_room(size.saturating_sub(old), 0, &mut free);
+        let handle = loop {
+            match heap.try_alloc_clone(value) {
+                Ok(h) => break h,
+                Err(AllocError::OutOfMemory) if self.index.evict_one(&mut free) => {}
+                Err(e) => return Err(CacheError::Alloc(e)),
+            }
+        };
+        if let Err(h) = self.index.replace_value(key, handle, size, &mut free) {
+            // Evicted while room was made: nothing stored after all.
+            heap.free(h);
+            return Ok(false);
+        }
+        self.index.make_room(0, 0, &mut free);
+        if let Some(limit) = self.index.heap_limit_update() {
+            self.heap.set_memory_limit(Some(limit));
+        }
+        Ok(true)
     }
 
     /// Removes `key`'s value. Returns whether there was one.
@@ -724,7 +842,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
     pub fn clear(&mut self) {
         self.index.clear();
         self.heap.clear();
-        self.heap.set_memory_limit(Some(self.index.heap_limit()));
+        self.index.heap_limit_set = self.index.heap_limit();
+        self.heap.set_memory_limit(Some(self.index.heap_limit_set));
     }
 
     /// Changes the budget, evicting at once what no longer fits (a smaller
@@ -740,7 +859,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         self.index.set_budget(budget, &mut |h| {
             heap.free(h);
         });
-        self.heap.set_memory_limit(Some(self.index.heap_limit()));
+        self.index.heap_limit_set = self.index.heap_limit();
+        self.heap.set_memory_limit(Some(self.index.heap_limit_set));
         Ok(())
     }
 
@@ -852,7 +972,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
     /// # Errors
     /// As [`Cache::insert`].
     pub fn insert(&self, key: K, value: &V) -> Result<(), CacheError> {
-        let size = core::mem::size_of_val(value);
+        let size = footprint(core::mem::size_of_val(value), self.index.lock().line_align);
         let heap = &self.heap;
         let mut free = |h| {
             heap.free(h);
@@ -873,7 +993,9 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
         index.make_room(size.saturating_sub(old), key_weight, &mut free);
         index.put(key, handle, size, &mut free);
         index.make_room(0, 0, &mut free);
-        self.heap.set_memory_limit(Some(index.heap_limit()));
+        if let Some(limit) = index.heap_limit_update() {
+            self.heap.set_memory_limit(Some(limit));
+        }
         Ok(())
     }
 
@@ -893,7 +1015,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
         let mut index = self.index.lock();
         index.clear();
         self.heap.clear();
-        self.heap.set_memory_limit(Some(index.heap_limit()));
+        index.heap_limit_set = index.heap_limit();
+        self.heap.set_memory_limit(Some(index.heap_limit_set));
     }
 
     /// [`Cache::set_budget`] for a shared cache.
@@ -909,7 +1032,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
         index.set_budget(budget, &mut |h| {
             heap.free(h);
         });
-        self.heap.set_memory_limit(Some(index.heap_limit()));
+        index.heap_limit_set = index.heap_limit();
+        self.heap.set_memory_limit(Some(index.heap_limit_set));
         Ok(())
     }
 

@@ -344,6 +344,12 @@ impl Heap {
         self.exclusive(|raw| raw.set_memory_limit(bytes));
     }
 
+    /// [`Config::line_align`](crate::Config::line_align) while the heap
+    /// runs (`None`: off); objects already placed stay where they are.
+    pub fn set_line_align(&self, min_size: Option<usize>) {
+        self.exclusive(|raw| raw.space.set_line_align(min_size));
+    }
+
     /// Gives back every byte the heap can: a full [`Heap::compact`], which
     /// also releases spare large mappings and unused table chunks.
     ///
@@ -512,6 +518,11 @@ impl SyncHeap {
     /// [`Heap::set_memory_limit`] for a shared heap.
     pub fn set_memory_limit(&self, bytes: Option<usize>) {
         self.exclusive(|raw| raw.set_memory_limit(bytes));
+    }
+
+    /// [`Heap::set_line_align`] for a shared heap.
+    pub fn set_line_align(&self, min_size: Option<usize>) {
+        self.exclusive(|raw| raw.space.set_line_align(min_size));
     }
 
     /// [`Heap::shrink_to_fit`] for a shared heap.

@@ -488,6 +488,11 @@ impl Space {
         }
     }
 
+    /// Makes objects of at least `min_size` bytes start on a line (`None`: none).
+    pub(crate) fn set_line_align(&mut self, min_size: Option<usize>) {
+        self.line_align_from = min_size.unwrap_or(usize::MAX);
+    }
+
     /// The most bytes of mappings the space may hold.
     pub(crate) fn limit(&self) -> usize {
         self.limit

@@ -24,6 +24,10 @@ pub struct Store {
     pub buffer_bytes: usize,
     /// Expiry times of the keys that have one.
     expiry: HashMap<Rc<[u8]>, u64, foldhash::fast::RandomState>,
+    /// Commands since malloc was last asked to give back free pages, and
+    /// the index's size then.
+    since_trim: usize,
+    index_at_trim: usize,
     scratch: Vec<u8>,
 }
 
@@ -78,10 +82,15 @@ impl Store {
     pub fn new(maxmemory: usize) -> Result<Store, CacheError> {
         Ok(Store {
             cache: Cache::with_hasher(cache_budget(maxmemory), Default::default())?
-                .with_key_weigher(key_bytes),
+                .with_key_weigher(key_bytes)
+                // Clients replace values with others of their size: whole
+                // lines freed are lines the next value fits.
+                .with_line_align(512),
             maxmemory,
             buffer_bytes: 0,
             expiry: HashMap::default(),
+            since_trim: 0,
+            index_at_trim: 0,
             scratch: Vec::new(),
         })
     }
@@ -145,11 +154,18 @@ impl Store {
 
     /// Stores `value` under `key`, with an expiry time (0: none).
     fn write(&mut self, key: &[u8], value: &[u8], deadline: u64) -> Result<(), CacheError> {
+        if deadline == 0 {
+            if !self.expiry.is_empty() {
+                self.expiry.remove(key);
+            }
+            // A new value for a key the cache has: no key to allocate.
+            if self.cache.replace(key, value)? {
+                return Ok(());
+            }
+        }
         let key: Rc<[u8]> = Rc::from(key);
         if deadline != 0 {
             self.expiry.insert(key.clone(), deadline);
-        } else if !self.expiry.is_empty() {
-            self.expiry.remove(&key);
         }
         self.cache.insert(key, value)
     }
@@ -163,8 +179,26 @@ impl Store {
         self.cache.remove(key) && live
     }
 
+    /// Every 100 000 commands: if the index (keys, hash map, queues, all
+    /// from malloc) shrank by a tenth since the last look, asks malloc to
+    /// give its free pages back. The values are in the heap, which gives
+    /// memory back by itself; malloc keeps what keys freed, in holes.
+    fn maybe_trim(&mut self) {
+        self.since_trim += 1;
+        if self.since_trim < 100_000 {
+            return;
+        }
+        self.since_trim = 0;
+        let index = self.cache.stats().index_bytes;
+        if index < self.index_at_trim - self.index_at_trim / 10 {
+            trim_malloc();
+        }
+        self.index_at_trim = index;
+    }
+
     /// Runs one command, appending its reply to `out`.
     pub fn execute(&mut self, args: &[&[u8]], out: &mut Vec<u8>) -> After {
+        self.maybe_trim();
         let mut r = Reply(out);
         let Some(&raw_name) = args.first() else {
             return After::Continue;
@@ -274,6 +308,7 @@ impl Store {
             "flushall" | "flushdb" => {
                 self.cache.clear();
                 self.expiry.clear();
+                trim_malloc();
                 r.simple("OK");
             }
             "info" => {
@@ -458,6 +493,16 @@ impl Store {
             heap.paced_bytes_moved,
             heap.bytes_released,
         )
+    }
+}
+
+/// Asks malloc to return its free pages to the OS (glibc's `malloc_trim`;
+/// elsewhere nothing).
+fn trim_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory malloc holds and no one uses.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
