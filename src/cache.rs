@@ -421,18 +421,9 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     }
 
     fn put(&mut self, key: K, handle: Handle<V>, size: usize, free: &mut impl FnMut(Handle<V>)) {
-        if let Some(entry) = self.map.get_mut(&key) {
-            let old = core::mem::replace(&mut entry.handle, handle);
-            let old_size = core::mem::replace(&mut entry.size, size as u32) as usize;
-            entry.freq.set((entry.freq.get() + 1).min(MAX_FREQ));
-            if !entry.main {
-                self.small_bytes = self.small_bytes - old_size + size;
-            }
-            self.value_bytes = self.value_bytes - old_size + size;
-            self.inserts += 1;
-            free(old);
+        let Err(handle) = self.replace_value(&key, handle, size, free) else {
             return;
-        }
+        };
         let hash = self.map.hasher().hash_one(&key);
         let main = self.ghost.take(hash);
         self.key_bytes += (self.key_weigher)(&key);

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use compact_heap::{Cache, CacheError};
 
+use crate::proc::rss;
 use crate::resp::Reply;
 
 /// The keyspace and its memory settings.
@@ -513,24 +514,6 @@ fn oom(e: CacheError) -> String {
         }
         e => format!("OOM command not allowed: {e}"),
     }
-}
-
-/// This process's resident set size in bytes (Linux: /proc/self/statm).
-pub fn rss() -> usize {
-    rss_of("self")
-}
-
-/// The resident set size of process `pid` ("self" for this one).
-pub fn rss_of(pid: &str) -> usize {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf reads a configuration value; no memory is involved.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * usize::try_from(page).unwrap_or(4096)
 }
 
 #[cfg(test)]

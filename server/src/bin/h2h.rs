@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
 
+#[path = "../proc.rs"]
+mod proc;
+
 struct Args {
     /// Each phase runs this many times on each server; the best ops/s counts
     /// (the machine is shared and noisy).
@@ -88,16 +91,7 @@ impl Drop for Server {
 
 impl Server {
     fn rss(&self) -> usize {
-        let statm =
-            std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).unwrap_or_default();
-        let pages: usize = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|f| f.parse().ok())
-            .unwrap_or(0);
-        // SAFETY: sysconf reads a configuration value; no memory is involved.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        pages * usize::try_from(page).unwrap_or(4096)
+        proc::rss_of(&self.child.id().to_string())
     }
 
     /// `used_memory` from `INFO memory`, over a plain socket.
