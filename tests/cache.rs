@@ -67,7 +67,10 @@ fn get_insert_replace_remove() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "thousands of inserts: too slow under Miri, run natively")]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of inserts: too slow under Miri, run natively"
+)]
 fn the_budget_holds_for_values_index_and_heap_memory() {
     let budget = 4 << 20;
     let mut cache: Cache<u64, [u8]> = Cache::new(budget).unwrap();
@@ -102,7 +105,10 @@ fn the_budget_holds_for_values_index_and_heap_memory() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "thousands of inserts: too slow under Miri, run natively")]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of inserts: too slow under Miri, run natively"
+)]
 fn s3_fifo_keeps_a_hot_set_through_a_scan() {
     let mut cache: Cache<u64, [u8]> = Cache::new(1 << 20).unwrap();
     let hot: Vec<u64> = (0..500).collect();
@@ -200,7 +206,10 @@ fn a_shared_cache_on_two_threads_stays_within_budget_and_correct() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "thousands of inserts: too slow under Miri, run natively")]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of inserts: too slow under Miri, run natively"
+)]
 fn clear_and_a_smaller_budget_give_memory_back() {
     let mut cache: Cache<u64, [u8]> = Cache::new(4 << 20).unwrap();
     for k in 0..3000u64 {
@@ -230,7 +239,10 @@ fn clear_and_a_smaller_budget_give_memory_back() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "thousands of inserts: too slow under Miri, run natively")]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of inserts: too slow under Miri, run natively"
+)]
 fn a_new_value_for_a_key_keeps_one_entry() {
     let mut cache: Cache<u64, [u8]> = Cache::new(1 << 20).unwrap();
     for round in 0..50u64 {

@@ -425,7 +425,10 @@ fn builders_and_clear_race_on_a_shared_heap() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "hundreds of KiB written element by element: too slow under Miri")]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds of KiB written element by element: too slow under Miri"
+)]
 fn a_memory_limit_set_while_running_is_obeyed_and_can_be_lifted() {
     let heap = Heap::with_config(Config::default().segment_size(64 * 1024));
     assert_eq!(heap.memory_limit(), None);
