@@ -4,10 +4,11 @@
 //! # The budget
 //! The budget counts what the process pays for the cache: every value's
 //! bytes, the heap's handle-table slot of each, and the index (the hash map,
-//! the queues and the ghost list, by their allocated capacity). The cache
-//! evicts to stay within it, and its heap has the budget as a memory limit,
-//! so the memory it holds for values cannot pass it either: fragmentation
-//! is closed by the heap's paced compaction, not paid for in RSS.
+//! the queues and the ghost list, by their allocated capacity), with an
+//! allowance for the heap's holes. The cache evicts to stay within it, and
+//! its heap's memory limit is the budget less the slots and the index, so
+//! the memory it holds for values cannot pass it either: fragmentation is
+//! closed by the heap's paced compaction, not paid for in RSS.
 //!
 //! # Eviction: S3-FIFO
 //! Juncheng Yang, Yazhuo Zhang, Ziyue Qiu, Yao Yue, Rashmi Vinayak, "FIFO
