@@ -44,6 +44,7 @@ proptest! {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "the same unsafe code as heap_matches_the_model; run natively")]
     fn heap_with_line_aligned_objects_matches_the_model(program in common::program()) {
         // As a cache's heap: objects from 200 bytes start on a line.
         let heap = TestHeap(Heap::with_config(config().line_align(200)));
