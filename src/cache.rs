@@ -316,7 +316,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
 
     /// The heap memory that `values` bytes of values take, holes included.
     fn heap_bytes(&self, values: usize) -> usize {
-        (values as f64 * HOLE_ALLOWANCE) as usize + SLACK_SEGMENTS * self.segment
+        with_holes(values) + SLACK_SEGMENTS * self.segment
     }
 
     /// The heap's memory limit: the budget less the slots and the index.
@@ -369,7 +369,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         let needed = if size == 0 && key == 0 {
             0
         } else {
-            (size as f64 * HOLE_ALLOWANCE) as usize + Self::per_entry_bytes() + key
+            with_holes(size) + Self::per_entry_bytes() + key
         };
         let mut evicted = false;
         while self.used_bytes() + needed > self.budget && self.evict_one(free) {
@@ -579,6 +579,11 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     }
 }
 
+/// Heap bytes that `values` bytes of values take with the allowance for holes.
+fn with_holes(values: usize) -> usize {
+    (values as f64 * HOLE_ALLOWANCE) as usize
+}
+
 /// The bytes a value of `size` bytes takes in the cache's heap: a value
 /// that starts on a line (see `with_line_align`) takes whole lines.
 fn footprint(size: usize, line_align: usize) -> usize {
@@ -742,31 +747,18 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
     pub fn insert(&mut self, key: K, value: &V) -> Result<(), CacheError> {
         let size = footprint(core::mem::size_of_val(value), self.index.line_align);
         self.index.check_fits(size)?;
-        let heap = &self.heap;
-        let mut free = |h| {
-            heap.free(h);
-        };
         // A new value for a key replaces the old one in its entry: room for
         // the difference.
         let (old, key_weight) = match self.index.map.get(&key) {
             Some(e) => (e.size as usize, 0),
             None => (0, (self.index.key_weigher)(&key)),
         };
-        self.index
-            .make_room(size.saturating_sub(old), key_weight, &mut free);
-        let handle = loop {
-            match heap.try_alloc_clone(value) {
-                Ok(h) => break h,
-                Err(AllocError::OutOfMemory) if self.index.evict_one(&mut free) => {}
-                Err(e) => return Err(CacheError::Alloc(e)),
-            }
-        };
-        self.index.put(key, handle, size, &mut free);
-        // The index may have grown its capacity by more than one entry.
-        self.index.make_room(0, 0, &mut free);
-        if let Some(limit) = self.index.heap_limit_update() {
-            self.heap.set_memory_limit(Some(limit));
-        }
+        let handle = self.store(value, size.saturating_sub(old), key_weight)?;
+        let heap = &self.heap;
+        self.index.put(key, handle, size, &mut |h| {
+            heap.free(h);
+        });
+        self.settle();
         Ok(())
     }
 
@@ -795,28 +787,48 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         };
         let size = footprint(core::mem::size_of_val(value), self.index.line_align);
         self.index.check_fits(size)?;
+        let handle = self.store(value, size.saturating_sub(old), 0)?;
         let heap = &self.heap;
         let mut free = |h| {
             heap.free(h);
-        };
-        self.index.make_room(size.saturating_sub(old), 0, &mut free);
-        let handle = loop {
-            match heap.try_alloc_clone(value) {
-                Ok(h) => break h,
-                Err(AllocError::OutOfMemory) if self.index.evict_one(&mut free) => {}
-                Err(e) => return Err(CacheError::Alloc(e)),
-            }
         };
         if let Err(h) = self.index.replace_value(key, handle, size, &mut free) {
             // Evicted while room was made: nothing stored after all.
             heap.free(h);
             return Ok(false);
         }
-        self.index.make_room(0, 0, &mut free);
+        self.settle();
+        Ok(true)
+    }
+
+    /// Makes room for `grow` more value bytes (and `key` bytes of a new
+    /// key), then clones `value` into the heap, evicting more while the heap
+    /// refuses it.
+    fn store(&mut self, value: &V, grow: usize, key: usize) -> Result<Handle<V>, CacheError> {
+        let heap = &self.heap;
+        let mut free = |h| {
+            heap.free(h);
+        };
+        self.index.make_room(grow, key, &mut free);
+        loop {
+            match heap.try_alloc_clone(value) {
+                Ok(h) => return Ok(h),
+                Err(AllocError::OutOfMemory) if self.index.evict_one(&mut free) => {}
+                Err(e) => return Err(CacheError::Alloc(e)),
+            }
+        }
+    }
+
+    /// After a value is stored: evicts if the index grew its capacity past
+    /// the budget, and gives the heap its new limit if it moved.
+    fn settle(&mut self) {
+        let heap = &self.heap;
+        self.index.make_room(0, 0, &mut |h| {
+            heap.free(h);
+        });
         if let Some(limit) = self.index.heap_limit_update() {
             self.heap.set_memory_limit(Some(limit));
         }
-        Ok(true)
     }
 
     /// Removes `key`'s value. Returns whether there was one.

@@ -236,11 +236,9 @@ impl RawHeap {
     #[inline(never)]
     fn try_locate_elsewhere(&self, ty: u16, loc: Loc) -> Option<(NonNull<u8>, usize)> {
         Some(match loc.decode() {
-            Where::Segment { id, offset, len } => {
-                // SAFETY: the object's bytes are at `offset` in segment `id` (I2),
-                // so the offset is inside the segment's mapping.
-                (unsafe { self.space.try_base(id)?.add(offset) }, len)
-            }
+            // `try_locate_at` found no such segment: the table and the space
+            // disagree, which they never do.
+            Where::Segment { .. } => return None,
             Where::Large { id } => self.space.try_large(id)?,
             Where::Nowhere { len } => {
                 let align = self.types.try_info(ty)?.align;
@@ -374,15 +372,21 @@ impl RawHeap {
     ///
     /// Needs exclusive access: no pin or unpin runs at the same time.
     pub(crate) fn free<T: ?Sized + Object>(&mut self, key: KeyData) -> Freed {
-        if self.live_slot::<T>(key).is_none() {
-            return Freed::Stale;
-        }
-        self.free_any(key)
+        self.free_where(key, Types::is::<T>)
     }
 
     /// [`RawHeap::free`] for a live handle of any type.
     pub(crate) fn free_any(&mut self, key: KeyData) -> Freed {
-        let Some(slot) = self.table.get(key).filter(|s| !s.is_dead()) else {
+        self.free_where(key, |_, _| true)
+    }
+
+    /// [`RawHeap::free`] if the slot's type passes `is_type`.
+    fn free_where(&mut self, key: KeyData, is_type: impl Fn(&Types, u16) -> bool) -> Freed {
+        let Some(slot) = self
+            .table
+            .get(key)
+            .filter(|s| !s.is_dead() && is_type(&self.types, s.ty))
+        else {
             return Freed::Stale;
         };
         let size = self.size_of(slot);

@@ -535,8 +535,10 @@ impl Space {
         }
         self.free_segments.push(id);
         self.segment_count -= 1;
-        let pooled = (self.pool.len() + 1) * self.segment_size;
-        if self.pool.len() < self.pool_max && self.held <= self.limit && pooled <= self.held / 16 {
+        if self.pool.len() < self.pool_max
+            && self.held <= self.limit
+            && self.pool_fits(self.pool.len() + 1)
+        {
             // Kept mapped (and counted in `held`) for the next segment: no
             // munmap now, no page faults then. At most a sixteenth of what
             // the heap holds, so a small heap gives its segments back.
@@ -549,11 +551,16 @@ impl Space {
         seg.mapped_bytes()
     }
 
+    /// Whether a pool of `segments` is at most a sixteenth of what the heap holds.
+    fn pool_fits(&self, segments: usize) -> bool {
+        segments * self.segment_size <= self.held / 16
+    }
+
     /// Unmaps pooled segments beyond a sixteenth of what the heap holds (it
     /// may have shrunk since they were pooled). Returns how many, and their bytes.
     pub(crate) fn trim_pool(&mut self) -> (usize, usize) {
         let (mut count, mut bytes) = (0, 0);
-        while !self.pool.is_empty() && self.pool.len() * self.segment_size > self.held / 16 {
+        while !self.pool.is_empty() && !self.pool_fits(self.pool.len()) {
             let seg = self.pool.pop().expect("not empty");
             count += 1;
             bytes += seg.mapped_bytes();
