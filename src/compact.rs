@@ -81,6 +81,7 @@ impl RawHeap {
         let mut report = CompactReport::default();
         self.release_spares(&mut report);
         while !self.run_pass(Budget::ALL, &mut report) {}
+        self.release_pending(usize::MAX, &mut report);
         if self.space.held_bytes() < held {
             return true;
         }
@@ -96,6 +97,7 @@ impl RawHeap {
             }
             self.start_pass(vec![id]);
             while !self.run_pass(Budget::ALL, &mut report) {}
+            self.release_pending(usize::MAX, &mut report);
             if self.space.held_bytes() < held {
                 return true;
             }
@@ -144,16 +146,29 @@ impl RawHeap {
             while self.make_room() {}
         }
         self.release_spares(report);
+        self.release_pending(usize::MAX, report);
         self.table.release_vacant();
         report.finished = true;
     }
 
-    /// Unmaps the spare large-object mappings.
+    /// Unmaps the spare large-object mappings; queues the pooled segments
+    /// to go back to the OS.
     fn release_spares(&mut self, report: &mut CompactReport) {
-        let (segments, spare) = self.space.release_spares();
-        report.segments_released += segments;
+        let spare = self.space.release_spares();
         report.bytes_released += spare;
         self.totals.bytes_released += spare as u64;
+    }
+
+    /// Gives about `max` bytes of emptied segments back to the OS (see
+    /// [`Space::release_pending`](crate::space::Space::release_pending)).
+    pub(crate) fn release_pending(&mut self, max: usize, report: &mut CompactReport) {
+        if !self.space.has_pending() {
+            return;
+        }
+        let (segments, bytes) = self.space.release_pending(max);
+        report.segments_released += segments;
+        report.bytes_released += bytes;
+        self.totals.bytes_released += bytes as u64;
     }
 
     /// An incremental compaction: moves at most `budget` bytes. Starts a pass
@@ -166,13 +181,13 @@ impl RawHeap {
         if self.reading() {
             return report; // a read scope is open: nothing may move (not finished)
         }
-        let (segments, bytes) = self.space.trim_pool();
-        report.segments_released += segments;
-        report.bytes_released += bytes;
-        self.totals.bytes_released += bytes as u64;
+        // Emptied segments go back to the OS a few pieces per step, so that
+        // no step pays for unmapping a pass's worth at once.
+        self.space.trim_pool();
+        self.release_pending(budget.saturating_mul(4), &mut report);
         let min_gain = (self.space.segment_count() / 16).max(1);
         if !self.evac.active() && !self.begin_pass(min_gain, 7) {
-            report.finished = true;
+            report.finished = !self.space.has_pending();
             return report;
         }
         self.run_pass(
@@ -182,6 +197,8 @@ impl RawHeap {
             },
             &mut report,
         );
+        // Not finished while memory waits to go back.
+        report.finished &= !self.space.has_pending();
         report
     }
 
@@ -296,39 +313,31 @@ impl RawHeap {
                     self.evac.starved = true;
                     self.evac.found.clear();
                     for id in core::mem::take(&mut self.evac.sources) {
-                        self.end_source(id, report);
+                        self.end_source(id);
                     }
                 }
                 Evacuated::Done => {
                     self.evac.sources.pop();
                     self.evac.found.pop();
-                    self.end_source(id, report);
+                    self.end_source(id);
                 }
             }
             self.evac.pos = 0;
         }
         self.evac.found = Vec::new();
-        let (count, bytes) = self.space.release_emptied();
-        report.segments_released += count;
-        report.bytes_released += bytes;
-        self.totals.bytes_released += bytes as u64;
+        self.space.release_emptied();
         report.finished = true;
         true
     }
 
-    /// Source `id` is done: keep it as an emptied target (or unmap it) if
+    /// Source `id` is done: keep it as an emptied target (or let it go) if
     /// empty, else make it a normal segment.
-    fn end_source(&mut self, id: u32, report: &mut CompactReport) {
+    fn end_source(&mut self, id: u32) {
         let seg = self.space.segment(id).expect("source segment exists");
         if seg.live_objects == 0 {
-            // Reused as a target for the rest of the pass (unmapped at its end),
-            // or unmapped now.
-            let bytes = self.space.keep_emptied(id);
-            if bytes > 0 {
-                report.segments_released += 1;
-                report.bytes_released += bytes;
-                self.totals.bytes_released += bytes as u64;
-            }
+            // Reused as a target for the rest of the pass (let go at its end),
+            // or let go now.
+            self.space.keep_emptied(id);
         } else {
             // Pinned (or dying) objects keep it; a later pass tries again.
             self.space.set_evacuating(id, false);

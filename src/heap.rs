@@ -431,7 +431,13 @@ impl Heap {
     /// A step starts a new pass only when the pass would give back at least
     /// a sixteenth of the segments (and at least one), so calling it often
     /// costs little while the heap is dense. `finished` in the report says
-    /// whether the pass is done (or none was needed).
+    /// whether the pass is done (or none was needed) and every emptied
+    /// segment is back with the OS.
+    ///
+    /// A step gives emptied segments back to the OS in pieces, up to
+    /// `max(4 × budget, 256 KiB)` per call (one `madvise` each), never a
+    /// whole pass's worth at once; so does every allocation and free while
+    /// some wait. [`Heap::compact`] gives everything back before it returns.
     ///
     /// # Examples
     /// ```

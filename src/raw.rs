@@ -655,12 +655,25 @@ impl RawHeap {
     /// bounded compaction step if it is due and the heap holds too much.
     #[inline]
     fn pace(&mut self, bytes: usize) {
+        if self.space.has_pending() {
+            self.release_piece();
+        }
         let Some(pacing) = self.pacing else { return };
         let owed = isize::try_from(bytes.saturating_mul(pacing.rate)).unwrap_or(isize::MAX);
         self.debt = self.debt.saturating_add(owed);
         if self.debt >= pacing.step as isize {
             self.paced_step(pacing);
         }
+    }
+
+    /// Gives one piece of an emptied segment back to the OS: allocation and
+    /// free pay for it as they go, whether pacing is on or not, so that no
+    /// single call unmaps a pass's worth of segments.
+    #[cold]
+    #[inline(never)]
+    fn release_piece(&mut self) {
+        let mut report = CompactReport::default();
+        self.release_pending(0, &mut report);
     }
 
     #[cold]
@@ -670,8 +683,10 @@ impl RawHeap {
             self.debt = 0;
             return; // a read scope: nothing moves
         }
-        // Pooled segments count: they are memory the heap holds.
-        let held = self.space.held_bytes() - self.space.large_spare_bytes();
+        // Pooled segments count: they are memory the heap holds. Emptied ones
+        // on their way back do not: `release_piece` is giving them back.
+        let held =
+            self.space.held_bytes() - self.space.large_spare_bytes() - self.space.pending_bytes();
         let allowed = pacing.threshold * self.live_bytes as f64 + self.space.segment_size() as f64;
         if !self.evac.active() {
             // A refused pass is not tried again until the waste (held less

@@ -91,6 +91,18 @@ impl Segment {
         self.mapping.len()
     }
 
+    /// Gives the pages of `len` bytes at byte `offset` of the mapping back to
+    /// the OS (see [`Mapping::discard`]); false where the platform cannot.
+    ///
+    /// # Safety
+    /// The segment must hold no object (`live_objects == 0`), and
+    /// `offset + len <= self.mapped_bytes()`.
+    pub(crate) unsafe fn discard(&self, offset: usize, len: usize) -> bool {
+        debug_assert_eq!(self.live_objects, 0);
+        // SAFETY: in bounds (caller); no object lies in an empty segment.
+        unsafe { self.mapping.discard(offset, len) }
+    }
+
     /// Bytes of metadata kept for this segment (line counts and bitmap).
     pub(crate) fn metadata_bytes(&self) -> usize {
         core::mem::size_of::<Segment>()

@@ -85,6 +85,12 @@ pub(crate) struct Space {
     /// [`Config::segment_pool`]), counted in `held`; `compact()` gives them back.
     pool: Vec<Segment>,
     pool_max: usize,
+    /// Empty segments on their way back to the OS, a piece at a time (see
+    /// [`Space::release_pending`]), so that no call pays for unmapping many
+    /// at once; the one being given back is last. Their bytes not given back
+    /// yet are counted in `held`. A new segment is taken from here before
+    /// a fresh one is mapped.
+    releasing: Vec<Releasing>,
     /// Objects of at least this many bytes start on a line boundary.
     line_align_from: usize,
     cursor: Option<Cursor>,
@@ -112,6 +118,7 @@ impl Space {
             emptied: Vec::new(),
             pool: Vec::new(),
             pool_max: config.segment_pool,
+            releasing: Vec::new(),
             line_align_from: config.line_align.unwrap_or(usize::MAX),
             cursor: None,
             recyclable: vec![Vec::new(); CLASSES],
@@ -147,6 +154,13 @@ impl Space {
                 .flatten()
                 .map(Segment::metadata_bytes)
                 .sum::<usize>()
+            + self
+                .pool
+                .iter()
+                .chain(self.releasing.iter().map(|r| &r.seg))
+                .map(Segment::metadata_bytes)
+                .sum::<usize>()
+            + self.releasing.capacity() * size_of::<Releasing>()
             + self.large.metadata_bytes()
             + self.bases.capacity() * core::mem::size_of::<Base>()
             + (self.free_segments.capacity()
@@ -309,7 +323,14 @@ impl Space {
                 });
             }
         }
-        if (self.pool.is_empty() && self.held.saturating_add(self.segment_size) > self.limit)
+        // What taking a segment adds to `held`: nothing from the pool, the
+        // discarded pages of one on its way back, or a fresh one.
+        let adds = match (self.pool.is_empty(), self.releasing.first()) {
+            (false, _) => 0,
+            (true, Some(r)) => r.discarded,
+            (true, None) => self.segment_size,
+        };
+        if self.held.saturating_add(adds) > self.limit
             || (self.free_segments.is_empty() && self.segments.len() >= Loc::MAX_SEGMENTS as usize)
         {
             // Past the limit, or out of ids (a slot names a segment in 16 bits).
@@ -317,6 +338,14 @@ impl Space {
         }
         let seg = match self.pool.pop() {
             Some(seg) => seg, // already counted in `held`
+            None if !self.releasing.is_empty() => {
+                // Its pages are (mostly) still there: no mmap, fewer faults.
+                let r = self.releasing.remove(0);
+                self.held += r.discarded;
+                let mut seg = r.seg;
+                seg.reset_empty();
+                seg
+            }
             None => {
                 let seg = Segment::new(self.segment_size).ok_or(AllocError::OutOfMemory)?;
                 self.held += seg.mapped_bytes();
@@ -415,7 +444,8 @@ impl Space {
                 });
                 return 0;
             }
-            return self.release_segment(id);
+            self.release_segment(id);
+            return 0;
         }
         if line_freed && current != Some(id) {
             self.queue(id);
@@ -504,10 +534,13 @@ impl Space {
         self.limit = bytes;
     }
 
-    /// Bytes of the mappings kept for reuse: spare large-object mappings
-    /// and pooled empty segments.
+    /// Bytes of the mappings held but holding no objects: spare
+    /// large-object mappings, pooled empty segments, and emptied segments
+    /// on their way back to the OS.
     pub(crate) fn spare_bytes(&self) -> usize {
-        self.large.spare_bytes() + self.pool.iter().map(Segment::mapped_bytes).sum::<usize>()
+        self.large.spare_bytes()
+            + self.pool.iter().map(Segment::mapped_bytes).sum::<usize>()
+            + self.pending_bytes()
     }
 
     /// Bytes of the spare large-object mappings alone (pacing leaves them
@@ -516,18 +549,84 @@ impl Space {
         self.large.spare_bytes()
     }
 
-    /// Unmaps the spare large-object mappings and the pooled segments.
-    /// Returns how many segments, and the bytes of all.
-    pub(crate) fn release_spares(&mut self) -> (usize, usize) {
-        let segments = self.pool.len();
-        let pooled: usize = self.pool.drain(..).map(|seg| seg.mapped_bytes()).sum();
-        let bytes = self.large.release_spares() + pooled;
+    /// Unmaps the spare large-object mappings, and queues the pooled
+    /// segments to go back to the OS (see [`Space::release_pending`]).
+    /// Returns the bytes unmapped.
+    pub(crate) fn release_spares(&mut self) -> usize {
+        let pooled: Vec<Segment> = self.pool.drain(..).collect();
+        for seg in pooled {
+            self.retire(seg);
+        }
+        let bytes = self.large.release_spares();
         self.held -= bytes;
-        (segments, bytes)
+        bytes
     }
 
-    /// Unmaps segment `id`, which must hold no live object. Returns its size.
-    pub(crate) fn release_segment(&mut self, id: u32) -> usize {
+    /// Queues an empty segment, out of the table, to go back to the OS.
+    fn retire(&mut self, seg: Segment) {
+        debug_assert_eq!(seg.live_objects, 0);
+        self.releasing.push(Releasing { seg, discarded: 0 });
+    }
+
+    /// Whether emptied segments wait to go back to the OS.
+    #[inline]
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.releasing.is_empty()
+    }
+
+    /// Bytes of the emptied segments not given back to the OS yet.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.releasing
+            .iter()
+            .map(|r| r.seg.mapped_bytes() - r.discarded)
+            .sum()
+    }
+
+    /// Gives emptied segments back to the OS, about `max` bytes of them (at
+    /// least one piece of [`RELEASE_PIECE`] bytes if any wait): each is
+    /// discarded a piece at a time and unmapped when the rest fits in `max`.
+    /// Returns how many segments were unmapped, and the bytes given back.
+    pub(crate) fn release_pending(&mut self, max: usize) -> (usize, usize) {
+        let (mut count, mut bytes) = (0, 0);
+        let max = max.max(RELEASE_PIECE);
+        while let Some(r) = self.releasing.last_mut() {
+            let left = r.seg.mapped_bytes() - r.discarded;
+            if bytes + left <= max || left <= RELEASE_PIECE {
+                // The rest at once: unmapping pages already discarded costs
+                // next to nothing.
+                self.releasing.pop();
+                self.held -= left;
+                bytes += left;
+                count += 1;
+            } else if bytes + RELEASE_PIECE <= max {
+                let at = left - RELEASE_PIECE;
+                // SAFETY: a retired segment holds no object, and the piece
+                // `[at, at + RELEASE_PIECE)` is inside its mapping.
+                if unsafe { r.seg.discard(at, RELEASE_PIECE) } {
+                    r.discarded += RELEASE_PIECE;
+                    self.held -= RELEASE_PIECE;
+                } else {
+                    // The platform keeps pages until unmapped: all at once.
+                    self.releasing.pop();
+                    self.held -= left;
+                    count += 1;
+                    bytes += left;
+                    continue;
+                }
+                bytes += RELEASE_PIECE;
+            } else {
+                break;
+            }
+            if bytes >= max {
+                break;
+            }
+        }
+        (count, bytes)
+    }
+
+    /// Takes segment `id`, which must hold no live object, out of the table:
+    /// into the pool, or on its way back to the OS.
+    pub(crate) fn release_segment(&mut self, id: u32) {
         let seg = self.segments[id as usize].take().expect("segment exists");
         debug_assert_eq!(seg.live_objects, 0);
         if self.cursor.is_some_and(|c| c.seg == id) {
@@ -545,10 +644,9 @@ impl Space {
             let mut seg = seg;
             seg.reset_empty();
             self.pool.push(seg);
-            return 0;
+            return;
         }
-        self.held -= seg.mapped_bytes();
-        seg.mapped_bytes()
+        self.retire(seg);
     }
 
     /// Whether a pool of `segments` is at most a sixteenth of what the heap holds.
@@ -556,23 +654,19 @@ impl Space {
         segments * self.segment_size <= self.held / 16
     }
 
-    /// Unmaps pooled segments beyond a sixteenth of what the heap holds (it
-    /// may have shrunk since they were pooled). Returns how many, and their bytes.
-    pub(crate) fn trim_pool(&mut self) -> (usize, usize) {
-        let (mut count, mut bytes) = (0, 0);
+    /// Queues the pooled segments beyond a sixteenth of what the heap holds
+    /// (it may have shrunk since they were pooled) to go back to the OS.
+    pub(crate) fn trim_pool(&mut self) {
         while !self.pool.is_empty() && !self.pool_fits(self.pool.len()) {
             let seg = self.pool.pop().expect("not empty");
-            count += 1;
-            bytes += seg.mapped_bytes();
-            self.held -= seg.mapped_bytes();
+            self.retire(seg);
         }
-        (count, bytes)
     }
 
     /// A compaction source that ended empty: keep it as a target for the
     /// rest of the pass instead of unmapping it now, if fewer than
-    /// [`EMPTIED_KEPT`] are kept; else unmap it. Returns the bytes unmapped.
-    pub(crate) fn keep_emptied(&mut self, id: u32) -> usize {
+    /// [`EMPTIED_KEPT`] are kept; else let it go (see [`Space::release_segment`]).
+    pub(crate) fn keep_emptied(&mut self, id: u32) {
         let seg = self.segments[id as usize].as_mut().expect("segment exists");
         debug_assert_eq!(seg.live_objects, 0);
         seg.evacuating = false;
@@ -580,23 +674,18 @@ impl Space {
             return self.release_segment(id);
         }
         self.emptied.push(id);
-        0
     }
 
-    /// The end of a pass: unmaps the emptied segments that are still empty.
-    /// Returns how many, and their bytes.
-    pub(crate) fn release_emptied(&mut self) -> (usize, usize) {
-        let (mut count, mut bytes) = (0, 0);
+    /// The end of a pass: lets go of the emptied segments that are still empty.
+    pub(crate) fn release_emptied(&mut self) {
         for id in core::mem::take(&mut self.emptied) {
             let unused = self.segments[id as usize]
                 .as_ref()
                 .is_some_and(|s| s.live_objects == 0);
             if unused && self.cursor.is_none_or(|c| c.seg != id) {
-                bytes += self.release_segment(id);
-                count += 1;
+                self.release_segment(id);
             }
         }
-        (count, bytes)
     }
 
     /// Stops allocating into the current segment (it is queued if it has holes).
@@ -642,6 +731,18 @@ fn class_of(lines: usize) -> usize {
 /// How many emptied segments a compaction pass keeps as warm targets (more
 /// would only be unmapped in one go at the pass's end: a latency spike).
 const EMPTIED_KEPT: usize = 2;
+
+/// Emptied segments go back to the OS in pieces of this many bytes (a
+/// multiple of every common OS page size): one piece costs about 20 µs.
+pub(crate) const RELEASE_PIECE: usize = 256 * 1024;
+
+/// An empty segment on its way back to the OS.
+#[derive(Debug)]
+struct Releasing {
+    seg: Segment,
+    /// Bytes at the end of its mapping already given back (discarded).
+    discarded: usize,
+}
 
 /// The byte written over freed and moved-from memory in debug builds.
 pub(crate) const POISON: u8 = 0xD5;
@@ -710,7 +811,7 @@ mod tests {
         );
         // SAFETY: from `alloc` above.
         unsafe { s.release(q, 4000, place) };
-        assert_eq!(s.release_spares(), (0, 4096));
+        assert_eq!(s.release_spares(), 4096);
         assert_eq!(s.held_bytes(), 0);
     }
 

@@ -387,6 +387,66 @@ fn compact_step_keeps_its_budget_and_finishes() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "Miri's segments come from the allocator: no pages to discard"
+)]
+fn compact_step_gives_memory_back_a_piece_at_a_time() {
+    // 1 MiB segments, half empty: a pass empties them faster than a step
+    // may give them back, so the rest waits for the next steps.
+    let heap = Heap::with_config(Config::default().no_pacing());
+    let all: Vec<_> = (0..16 * 1024u32)
+        .map(|i| heap.alloc_slice_fill(1024, i as u8))
+        .collect();
+    let mut kept = Vec::new();
+    for (i, h) in all.into_iter().enumerate() {
+        if i % 2 == 0 {
+            heap.free(h);
+        } else {
+            kept.push(h);
+        }
+    }
+    let mut steps = 0;
+    loop {
+        let r = heap.compact_step(16 * 1024);
+        // 4 × the budget, or one piece (256 KiB), plus the end of a segment.
+        assert!(r.bytes_released <= 512 * 1024, "step {steps}: {r:?}");
+        steps += 1;
+        if r.finished {
+            break;
+        }
+    }
+    let st = heap.stats();
+    assert!(
+        st.held_bytes <= st.live_bytes + (2 << 20),
+        "all given back: {st:?}"
+    );
+    assert_eq!(st.spare_bytes, 0, "nothing waits when finished: {st:?}");
+    for (i, h) in kept.iter().enumerate() {
+        assert_eq!(heap.get(*h).unwrap()[1023], (2 * i + 1) as u8);
+    }
+}
+
+#[test]
+fn emptied_segments_go_back_as_the_heap_is_used() {
+    // No pacing: segments that frees empty are given back a piece per later
+    // alloc or free, not all in the free that empties them.
+    let heap = Heap::with_config(Config::default().segment_size(1 << 20).no_pacing());
+    let all: Vec<_> = (0..if cfg!(miri) { 64 } else { 8 * 1024 })
+        .map(|i| heap.alloc_slice_fill(1024, i as u8))
+        .collect();
+    for h in &all {
+        heap.free(*h);
+    }
+    for i in 0..64 {
+        let h = heap.alloc(i as u64);
+        heap.free(h);
+    }
+    let st = heap.stats();
+    assert!(st.held_bytes <= 2 << 20, "{st:?}");
+}
+
+#[test]
 fn a_handle_from_another_heap_never_reads_another_type() {
     let a = Heap::new();
     let b = Heap::new();

@@ -37,3 +37,12 @@ pub(super) unsafe fn unmap(base: NonNull<u8>, len: usize) {
     // SAFETY: guaranteed by the caller; the same layout as in `map`.
     unsafe { std::alloc::dealloc(base.as_ptr(), layout) }
 }
+
+/// Pages cannot be given back while the block stays allocated here: always
+/// false (the block goes back whole, on `unmap`).
+///
+/// # Safety
+/// None needed (nothing is done); the signature matches the other sources.
+pub(super) unsafe fn discard(_ptr: NonNull<u8>, _len: usize) -> bool {
+    false
+}

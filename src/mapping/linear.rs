@@ -82,6 +82,16 @@ pub(super) unsafe fn unmap(base: NonNull<u8>, len: usize) {
     let _ = pool.give(base.as_ptr().addr() as u64, len as u64);
 }
 
+/// Pages cannot be given back while the block stays allocated here: always
+/// false (the block goes back whole, on `unmap`).
+///
+/// # Safety
+/// None needed (nothing is done); the signature matches the other sources.
+#[cfg(target_arch = "wasm32")]
+pub(super) unsafe fn discard(_ptr: NonNull<u8>, _len: usize) -> bool {
+    false
+}
+
 /// A free block: `[start, start + len)` of linear memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Range {

@@ -72,6 +72,24 @@ pub(super) unsafe fn unmap(base: NonNull<u8>, len: usize) {
     debug_assert_eq!(rc, 0, "munmap failed");
 }
 
+/// Gives the pages of `len` bytes at `ptr` back to the OS while keeping the
+/// range mapped (`madvise(MADV_DONTNEED)`): they read as zeros if touched
+/// again. Returns false, with nothing done, unless `ptr` and `len` are whole
+/// OS pages.
+///
+/// # Safety
+/// The range must lie inside one block from [`map`], and nothing may rely
+/// on its contents afterwards.
+pub(super) unsafe fn discard(ptr: NonNull<u8>, len: usize) -> bool {
+    let page = page_size();
+    if !ptr.as_ptr().addr().is_multiple_of(page) || !len.is_multiple_of(page) {
+        return false;
+    }
+    // SAFETY: the range is whole pages of a private anonymous mapping we own
+    // (caller); DONTNEED only drops their contents.
+    unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,6 +84,21 @@ impl Mapping {
         Some(mapping)
     }
 
+    /// Gives the pages of `len` bytes at `offset` back to the OS, keeping the
+    /// range mapped (they read as zeros if touched again). Returns false,
+    /// with nothing done, where the source cannot (the allocator and wasm
+    /// sources, or a range that is not whole OS pages).
+    ///
+    /// # Safety
+    /// `offset + len <= self.len()`, and nothing may rely on those bytes'
+    /// contents afterwards (no live object lies there).
+    pub(crate) unsafe fn discard(&self, offset: usize, len: usize) -> bool {
+        debug_assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds (caller), so inside our block; the caller gives up
+        // the contents.
+        unsafe { source::discard(self.base.add(offset), len) }
+    }
+
     /// The length of a fresh mapping for `size` bytes aligned to `align` (a
     /// power of two): page-rounded, with room to slide the start up to an
     /// `align` boundary. `None` if it overflows `isize`.
