@@ -33,6 +33,14 @@ impl Drop for Counted {
 /// Fills segments with objects and frees every other one, so compaction has work.
 fn fragment(heap: &Heap, n: u64) -> Vec<Handle<[u64; 8]>> {
     let all: Vec<_> = (0..n).map(|i| heap.alloc([i; 8])).collect();
+    free_every_other(heap, all)
+}
+
+/// Frees the objects at even positions; returns the others.
+fn free_every_other<T: ?Sized + compact_heap::Object>(
+    heap: &Heap,
+    all: Vec<Handle<T>>,
+) -> Vec<Handle<T>> {
     let mut kept = Vec::new();
     for (i, h) in all.into_iter().enumerate() {
         if i % 2 == 0 {
@@ -398,14 +406,7 @@ fn compact_step_gives_memory_back_a_piece_at_a_time() {
     let all: Vec<_> = (0..16 * 1024u32)
         .map(|i| heap.alloc_slice_fill(1024, i as u8))
         .collect();
-    let mut kept = Vec::new();
-    for (i, h) in all.into_iter().enumerate() {
-        if i % 2 == 0 {
-            heap.free(h);
-        } else {
-            kept.push(h);
-        }
-    }
+    let kept = free_every_other(&heap, all);
     let mut steps = 0;
     loop {
         let r = heap.compact_step(16 * 1024);
