@@ -503,13 +503,10 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         let Some((key, gen)) = self.small.pop_front() else {
             return self.evict_main(free);
         };
-        let Some(entry) = self.map.get(&key).filter(|e| e.gen == gen && !e.main) else {
+        let Some(entry) = self.map.get_mut(&key).filter(|e| e.gen == gen && !e.main) else {
             return false; // stale: removed or replaced since
         };
-        let hash = self.map.hasher().hash_one(&key);
-        let admit = entry.freq.get() >= PROMOTE_AT;
-        let entry = self.map.get_mut(&key).expect("checked above");
-        if admit {
+        if entry.freq.get() >= PROMOTE_AT {
             entry.main = true;
             entry.freq.set(0);
             self.small_bytes -= entry.size as usize;
@@ -517,6 +514,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             self.ghost.capacity = self.main.len().max(16);
             return false;
         }
+        let hash = self.map.hasher().hash_one(&key);
         let entry = self.map.remove(&key).expect("checked above");
         self.forget(&key, &entry, free);
         self.ghost.insert(hash);
