@@ -44,7 +44,8 @@ pub(crate) fn try_alloc<E: Engine, T: Send + 'static>(
     })
 }
 
-/// Allocates a bitwise copy of `src`, which must be a `Copy` slice or a `str`.
+/// Allocates a bitwise copy of `src`, which must be a `Copy` slice or a `str`
+/// (or a value whose [`CloneObject::clones_bitwise`]).
 pub(crate) fn try_alloc_copy<E: Engine, T: ?Sized + Object>(
     e: &E,
     src: &T,
@@ -269,6 +270,10 @@ pub(crate) fn try_alloc_clone<E: Engine, T: ?Sized + CloneObject>(
     e: &E,
     src: &T,
 ) -> Result<Handle<T>, AllocError> {
+    if T::clones_bitwise() {
+        // No user code: copied while the engine is held, one entry.
+        return try_alloc_copy(e, src);
+    }
     // SAFETY: `try_build` gives room for a `T` with `src`'s metadata, aligned
     // and holding nothing; `clone_to` drops what it wrote if a clone panics.
     try_build(e, src.meta(), |dst| unsafe { src.clone_to(dst) })

@@ -57,6 +57,14 @@ pub trait CloneObject: Object {
     /// `dst` must be valid for writes of `size_of_val(self)` bytes, aligned
     /// for `Self`, and hold no value the caller still needs.
     unsafe fn clone_to(&self, dst: *mut u8);
+
+    #[doc(hidden)]
+    /// Whether a clone is a copy of the bytes that runs no user code (`str`,
+    /// `[u8]`): then the heap copies it while it allocates, in one go.
+    #[inline]
+    fn clones_bitwise() -> bool {
+        false
+    }
 }
 
 mod private {
@@ -214,8 +222,13 @@ impl<T: Send + 'static> Object for [T] {
 }
 
 impl<T: Clone + Send + 'static> CloneObject for [T] {
+    #[inline]
+    fn clones_bitwise() -> bool {
+        TypeId::of::<T>() == TypeId::of::<u8>() // `u8`'s `clone` is a copy
+    }
+
     unsafe fn clone_to(&self, dst: *mut u8) {
-        if TypeId::of::<T>() == TypeId::of::<u8>() {
+        if Self::clones_bitwise() {
             // Bytes (the common case: a cache's values) are copied in one go;
             // `u8`'s `clone` is a copy.
             // SAFETY: the caller gives room for `self.len()` bytes at `dst`,
@@ -287,6 +300,11 @@ impl Object for str {
 }
 
 impl CloneObject for str {
+    #[inline]
+    fn clones_bitwise() -> bool {
+        true
+    }
+
     unsafe fn clone_to(&self, dst: *mut u8) {
         // SAFETY: the caller gives room for `self.len()` bytes; a `str`
         // cannot overlap bytes the heap has just reserved.
