@@ -28,7 +28,7 @@ use core::cell::Cell;
 use core::fmt;
 use core::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{hash_map, HashMap, HashSet, VecDeque};
 
 use crate::config::{Config, Pacing};
 use crate::error::AllocError;
@@ -423,37 +423,42 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         let Some(entry) = self.map.get_mut(key) else {
             return Err(handle);
         };
-        let old = core::mem::replace(&mut entry.handle, handle);
-        let old_size = core::mem::replace(&mut entry.size, size as u32) as usize;
-        entry.freq.set((entry.freq.get() + 1).min(MAX_FREQ));
-        if !entry.main {
-            self.small_bytes = self.small_bytes - old_size + size;
-        }
-        self.value_bytes = self.value_bytes - old_size + size;
+        let old = renew(
+            entry,
+            handle,
+            size,
+            &mut self.small_bytes,
+            &mut self.value_bytes,
+        );
         self.inserts += 1;
         free(old);
         Ok(())
     }
 
     fn put(&mut self, key: K, handle: Handle<V>, size: usize, free: &mut impl FnMut(Handle<V>)) {
-        let Err(handle) = self.replace_value(&key, handle, size, free) else {
-            return;
-        };
         let hash = self.map.hasher().hash_one(&key);
+        let slot = match self.map.entry(key) {
+            hash_map::Entry::Occupied(o) => {
+                let (small, values) = (&mut self.small_bytes, &mut self.value_bytes);
+                let old = renew(o.into_mut(), handle, size, small, values);
+                self.inserts += 1;
+                free(old);
+                return;
+            }
+            hash_map::Entry::Vacant(v) => v,
+        };
+        let key = slot.key().clone();
         let main = self.ghost.take(hash);
         self.key_bytes += (self.key_weigher)(&key);
         let gen = self.next_gen;
         self.next_gen = gen.wrapping_add(1);
-        self.map.insert(
-            key.clone(),
-            Entry {
-                handle,
-                size: size as u32,
-                gen,
-                freq: Cell::new(0),
-                main,
-            },
-        );
+        slot.insert(Entry {
+            handle,
+            size: size as u32,
+            gen,
+            freq: Cell::new(0),
+            main,
+        });
         if main {
             self.main.push_back((key, gen));
         } else {
@@ -589,6 +594,25 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             budget: self.budget,
         }
     }
+}
+
+/// Gives `entry` the value `handle` of `size` bytes, counted as a read, and
+/// moves the byte counts; returns the old value's handle.
+fn renew<V: ?Sized>(
+    entry: &mut Entry<V>,
+    handle: Handle<V>,
+    size: usize,
+    small_bytes: &mut usize,
+    value_bytes: &mut usize,
+) -> Handle<V> {
+    let old = core::mem::replace(&mut entry.handle, handle);
+    let old_size = core::mem::replace(&mut entry.size, size as u32) as usize;
+    entry.freq.set((entry.freq.get() + 1).min(MAX_FREQ));
+    if !entry.main {
+        *small_bytes = *small_bytes - old_size + size;
+    }
+    *value_bytes = *value_bytes - old_size + size;
+    old
 }
 
 /// Asks malloc to give back the free pages it keeps, after the index shrank:

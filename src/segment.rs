@@ -152,7 +152,7 @@ impl Segment {
     ) -> Option<(usize, usize)> {
         let n = self.lines.len();
         let needed = size.div_ceil(LINE);
-        if align <= LINE && needed <= 16 {
+        if align <= LINE && needed <= 64 {
             // A line-aligned start fits: the first run of `needed` free lines.
             let start = self.first_run(from, needed)?;
             let end = self.next_line(start, false).unwrap_or(n);
@@ -211,10 +211,14 @@ impl Segment {
             // Bits of this word and the next, so runs may cross the boundary.
             let z = u128::from(self.free_bits[w])
                 | (u128::from(self.free_bits.get(w + 1).copied().unwrap_or(0)) << 64);
-            let mut starts = z;
-            for shift in 1..k {
-                starts &= z >> shift; // bit p stays iff bits p..=p+shift are free
+            // Bit p of `starts` stays iff bits p..p+len are free; `len`
+            // doubles, then the last step tops it up to `k`.
+            let (mut starts, mut len) = (z, 1);
+            while 2 * len <= k {
+                starts &= starts >> len;
+                len *= 2;
             }
+            starts &= starts >> (k - len);
             let mut starts = starts as u64;
             if w == from / 64 {
                 starts &= u64::MAX << (from % 64);
@@ -474,13 +478,14 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if x % 3 == 0 {
+                if x % (2 + seed % 24) == 0 {
+                    // Dense for some seeds, sparse (long runs) for others.
                     s.mark(line * LINE, LINE);
                 }
             }
             let free: Vec<bool> = s.lines.iter().map(|&c| c == 0).collect();
             let mut longest = 0;
-            for k in 1..=16 {
+            for k in 1..=64 {
                 for from in [0, 1, 63, 64, 100, 200] {
                     let plain =
                         (from..256).find(|&p| p + k <= 256 && free[p..p + k].iter().all(|&f| f));

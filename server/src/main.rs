@@ -9,6 +9,7 @@
 //! MSET, PING, ECHO, DBSIZE, FLUSHALL, INFO (memory figures as Redis defines
 //! them), CONFIG GET/SET maxmemory, SELECT 0, QUIT; anything else gets an error.
 
+mod key;
 mod proc;
 mod resp;
 mod server;

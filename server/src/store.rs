@@ -8,34 +8,29 @@
 //! key the cache has evicted until that key is written or read again.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use compact_heap::{Cache, CacheError};
 
+use crate::key::Key;
 use crate::proc::rss;
 use crate::resp::Reply;
 
 /// The keyspace and its memory settings.
 pub struct Store {
-    /// Keys are reference-counted: the index keeps two copies of each.
-    cache: Cache<Rc<[u8]>, [u8], foldhash::fast::RandomState>,
+    /// Short keys are inline, longer ones shared: the index keeps two
+    /// copies of each (see [`Key`]).
+    cache: Cache<Key, [u8], foldhash::fast::RandomState>,
     maxmemory: usize,
     /// Bytes of connection buffers, counted in `used_memory` (set by the server).
     pub buffer_bytes: usize,
     /// Expiry times of the keys that have one.
-    expiry: HashMap<Rc<[u8]>, u64, foldhash::fast::RandomState>,
+    expiry: HashMap<Key, u64, foldhash::fast::RandomState>,
     /// Commands since malloc was last asked to give back free pages, and
     /// the index's size then.
     since_trim: usize,
     index_at_trim: usize,
     scratch: Vec<u8>,
-}
-
-/// What a key's `Rc<[u8]>` takes from malloc: two counts and the bytes,
-/// plus malloc's header, in 16-byte steps.
-fn key_bytes(key: &Rc<[u8]>) -> usize {
-    (16 + key.len() + 8).next_multiple_of(16).max(32)
 }
 
 /// The part of `maxmemory` left to the cache: the rest is for connection
@@ -83,7 +78,7 @@ impl Store {
     pub fn new(maxmemory: usize) -> Result<Store, CacheError> {
         Ok(Store {
             cache: Cache::with_hasher(cache_budget(maxmemory), Default::default())?
-                .with_key_weigher(key_bytes)
+                .with_key_weigher(Key::heap_bytes)
                 // Clients replace values with others of their size: whole
                 // lines freed are lines the next value fits.
                 .with_line_align(512),
@@ -102,7 +97,7 @@ impl Store {
     pub fn used_memory(&self) -> usize {
         let heap = self.cache.heap().stats();
         // (Its keys are the cache's, counted there.)
-        let expiry = self.expiry.capacity() * (std::mem::size_of::<(Rc<[u8]>, u64)>() + 1);
+        let expiry = self.expiry.capacity() * (std::mem::size_of::<(Key, u64)>() + 1);
         heap.held_bytes
             + heap.metadata_bytes
             + self.cache.stats().index_bytes
@@ -164,7 +159,7 @@ impl Store {
                 return Ok(());
             }
         }
-        let key: Rc<[u8]> = Rc::from(key);
+        let key = Key::new(key);
         if deadline != 0 {
             self.expiry.insert(key.clone(), deadline);
         }
@@ -180,10 +175,10 @@ impl Store {
         self.cache.remove(key) && live
     }
 
-    /// Every 100 000 commands: if the index (keys, hash map, queues, all
-    /// from malloc) shrank by a tenth since the last look, asks malloc to
-    /// give its free pages back. The values are in the heap, which gives
-    /// memory back by itself; malloc keeps what keys freed, in holes.
+    /// Every 100 000 commands: if the index (hash map, queues, long keys,
+    /// all from malloc) shrank by a tenth since the last look, asks malloc
+    /// to give its free pages back. The values are in the heap, which gives
+    /// memory back by itself; the cache trims after its own tables shrink.
     fn maybe_trim(&mut self) {
         self.since_trim += 1;
         if self.since_trim < 100_000 {
