@@ -241,9 +241,16 @@ impl Segment {
 
     /// Recomputes [`Segment::max_hole`] from the line counts.
     pub(crate) fn rescan_holes(&mut self) {
-        // `run` free lines, starting at `run_at`, run into the current word.
+        // `run` free lines, starting at `run_at`, run into the current word;
+        // `left` free lines lie at or after it.
         let (mut best, mut best_at, mut run, mut run_at) = (0usize, 0usize, 0usize, 0usize);
+        let mut left = self.free_lines;
         for (w, &x) in self.free_bits.iter().enumerate() {
+            if run + left <= best {
+                break; // no run ahead can be longer (a full segment stops at once)
+            }
+            let ones = x.count_ones() as usize;
+            left -= ones;
             if x == u64::MAX {
                 if run == 0 {
                     run_at = w * 64;
@@ -255,7 +262,7 @@ impl Segment {
             if joined > best {
                 (best, best_at) = (joined, if run > 0 { run_at } else { w * 64 });
             }
-            if x.count_ones() as usize <= best {
+            if ones <= best {
                 // No run inside the word can beat the best (and the runs
                 // across its edges are handled above and below).
                 run = x.leading_ones() as usize;
@@ -326,19 +333,17 @@ impl Segment {
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());
         let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
-        let mut newly_used = 0;
         for count in &mut self.lines[first..=last] {
             // At most LINE one-byte objects plus one spanning object share a line.
             debug_assert!(*count < u8::MAX);
-            newly_used += usize::from(*count == 0); // branch-free: vectorises
-            *count += 1;
+            *count += 1; // vectorises
         }
-        self.free_lines -= newly_used;
-        // Every line of the range is used now: clear its bits a word at a time.
+        // Every line of the range is used now: clear its bits a word at a
+        // time; the bits that were set are the lines that were free.
         for w in first / 64..=last / 64 {
-            let lo = if w == first / 64 { first % 64 } else { 0 };
-            let hi = if w == last / 64 { last % 64 } else { 63 };
-            self.free_bits[w] &= !((u64::MAX >> (63 - hi)) & (u64::MAX << lo));
+            let bits = word_range(w, first, last);
+            self.free_lines -= (self.free_bits[w] & bits).count_ones() as usize;
+            self.free_bits[w] &= !bits;
         }
         self.live_bytes += size;
         self.live_objects += 1;
@@ -348,20 +353,57 @@ impl Segment {
     /// became free.
     pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
         debug_assert!(size > 0 && offset + size <= self.size());
+        let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
+        for count in &mut self.lines[first..=last] {
+            debug_assert!(*count > 0, "unmarking a free line");
+            *count -= 1; // vectorises
+        }
+        // The lines whose count is now 0 are free (none of the range was).
         let mut freed = 0;
-        for line in offset / LINE..=(offset + size - 1) / LINE {
-            let count = self.lines[line];
-            debug_assert!(count > 0, "unmarking a free line");
-            let now_free = u64::from(count == 1); // branch-free
-            freed += now_free as usize;
-            self.free_bits[line / 64] |= now_free << (line % 64);
-            self.lines[line] = count - 1;
+        for w in first / 64..=last / 64 {
+            let (lo, hi) = (first.max(w * 64), last.min(w * 64 + 63));
+            let now_free = zero_counts(&self.lines[lo..=hi]) << (lo % 64);
+            debug_assert_eq!(now_free & !word_range(w, first, last), 0);
+            freed += now_free.count_ones() as usize;
+            self.free_bits[w] |= now_free;
         }
         self.free_lines += freed;
         self.live_bytes -= size;
         self.live_objects -= 1;
         freed > 0
     }
+}
+
+/// Bit `i` set iff `counts[i] == 0`, for at most 64 counts: eight at a
+/// time, as one `u64` each (the zero bytes found with the carry-free test,
+/// their flags gathered into one byte by a multiply).
+#[inline]
+fn zero_counts(counts: &[u8]) -> u64 {
+    debug_assert!(counts.len() <= 64);
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let mut mask = 0u64;
+    let mut chunks = counts.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
+        // The high bit of each byte that is zero, exactly (no carries).
+        let zero = !(((x & LOW7) + LOW7) | x | LOW7);
+        // Bit 8k + 7 of `zero` -> bit k of the top byte.
+        mask |= ((zero >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << at;
+        at += 8;
+    }
+    for (i, &c) in chunks.remainder().iter().enumerate() {
+        mask |= u64::from(c == 0) << (at + i);
+    }
+    mask
+}
+
+/// The bits of word `w` (lines `64 w ..= 64 w + 63`) for lines `first..=last`.
+#[inline]
+fn word_range(w: usize, first: usize, last: usize) -> u64 {
+    let lo = if w == first / 64 { first % 64 } else { 0 };
+    let hi = if w == last / 64 { last % 64 } else { 63 };
+    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
 }
 
 #[cfg(test)]
@@ -465,6 +507,31 @@ mod tests {
             let plain_used = (from..64).find(|&j| s.lines[j] != 0);
             assert_eq!(s.next_line(from, true), plain_free, "free from {from}");
             assert_eq!(s.next_line(from, false), plain_used, "used from {from}");
+        }
+    }
+
+    #[test]
+    fn zero_counts_agrees_with_a_plain_test() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..if cfg!(miri) { 200 } else { 20_000 } {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let counts: Vec<u8> = (0..x % 65)
+                .map(|i| {
+                    let b = (x.rotate_left(i as u32 * 7) >> 3) as u8;
+                    if b % 3 == 0 {
+                        0
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            let plain = counts
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (i, &c)| m | (u64::from(c == 0) << i));
+            assert_eq!(zero_counts(&counts), plain, "{counts:?}");
         }
     }
 
