@@ -520,7 +520,7 @@ mod tests {
             let counts: Vec<u8> = (0..x % 65)
                 .map(|i| {
                     let b = (x.rotate_left(i as u32 * 7) >> 3) as u8;
-                    if b % 3 == 0 {
+                    if b.is_multiple_of(3) {
                         0
                     } else {
                         b
