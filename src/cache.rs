@@ -47,7 +47,7 @@ const SMALL_SHARE: f64 = 0.05;
 const SLOT_BYTES: usize = 16;
 /// The cache's heap paces compaction to hold at most this many bytes per
 /// live byte (plus a segment).
-const PACING_THRESHOLD: f64 = 1.15;
+const PACING_THRESHOLD: f64 = 1.05;
 /// Heap bytes per value byte the budget allows for (plus [`SLACK_SEGMENTS`]):
 /// above the pacing threshold, because paced passes take only segments at
 /// most 7/8 full as sources, so holes settle at 5–10% of the live bytes;
