@@ -485,6 +485,11 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             return false;
         };
         self.forget(&key, &entry, free);
+        if self.map.capacity() > 8 * self.map.len() + 1024 {
+            // Mostly removed: give the index's room back (as Redis resizes
+            // a dict below a tenth full), a rare, amortised O(entries).
+            self.shrink_index();
+        }
         true
     }
 

@@ -243,6 +243,29 @@ fn clear_and_a_smaller_budget_give_memory_back() {
     miri,
     ignore = "thousands of inserts: too slow under Miri, run natively"
 )]
+fn removing_most_entries_gives_the_index_back() {
+    let mut cache: Cache<u64, [u8]> = Cache::new(64 << 20).unwrap();
+    for k in 0..20_000u64 {
+        cache.insert(k, &value(k, 0, 100)).unwrap();
+    }
+    let full = cache.stats();
+    assert_eq!(full.entries, 20_000, "all fit");
+    for k in (0..20_000u64).filter(|k| k % 20 != 0) {
+        assert!(cache.remove(&k));
+    }
+    let st = cache.stats();
+    assert_eq!(st.entries, 1_000);
+    assert!(st.index_bytes * 4 < full.index_bytes, "{full:?} -> {st:?}");
+    for k in (0..20_000u64).step_by(20) {
+        assert_eq!(&*cache.get(&k).unwrap(), &value(k, 0, 100)[..]);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of inserts: too slow under Miri, run natively"
+)]
 fn a_new_value_for_a_key_keeps_one_entry() {
     let mut cache: Cache<u64, [u8]> = Cache::new(1 << 20).unwrap();
     for round in 0..50u64 {

@@ -44,6 +44,7 @@ fn main() {
         }
     }
     let addr: SocketAddr = format!("{bind}:{port}").parse().unwrap_or_else(|_| usage());
+    malloc_big_blocks_apart();
     let store = store::Store::new(maxmemory).unwrap_or_else(|e| {
         eprintln!("compact-server: {e}");
         std::process::exit(1)
@@ -58,5 +59,22 @@ fn main() {
     if let Err(e) = server.run() {
         eprintln!("compact-server: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Makes glibc map every block of 128 KiB or more on its own, and give the
+/// top of its heap back from 128 KiB, for good: by default it raises both
+/// thresholds each time a big block is freed, after which the index's
+/// tables and the buffers of clients that pipelined big values come from
+/// its heap, where what they leave when freed stays resident among small
+/// blocks (RSS that `used_memory` no longer counts). A process-wide
+/// setting, so the server's `main` makes it, not the library.
+fn malloc_big_blocks_apart() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's tunables; called before any
+    // thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }

@@ -27,7 +27,7 @@ pub struct Store {
     /// Expiry times of the keys that have one.
     expiry: HashMap<Key, u64, foldhash::fast::RandomState>,
     /// Commands since malloc was last asked to give back free pages, and
-    /// the index's size then.
+    /// the index's and buffers' size then.
     since_trim: usize,
     index_at_trim: usize,
     scratch: Vec<u8>,
@@ -175,21 +175,23 @@ impl Store {
         self.cache.remove(key) && live
     }
 
-    /// Every 100 000 commands: if the index (hash map, queues, long keys,
-    /// all from malloc) shrank by a tenth since the last look, asks malloc
-    /// to give its free pages back. The values are in the heap, which gives
-    /// memory back by itself; the cache trims after its own tables shrink.
+    /// Every 100 000 commands: if what the server takes from malloc (the
+    /// index: hash map, queues, long keys; and the connection buffers)
+    /// shrank by a tenth since the last look, asks malloc to give its free
+    /// pages back: glibc keeps big freed blocks, such as the buffers of
+    /// clients that pipelined big values and left. The values are in the
+    /// heap, which gives memory back by itself.
     fn maybe_trim(&mut self) {
         self.since_trim += 1;
         if self.since_trim < 100_000 {
             return;
         }
         self.since_trim = 0;
-        let index = self.cache.stats().index_bytes;
-        if index < self.index_at_trim - self.index_at_trim / 10 {
+        let from_malloc = self.cache.stats().index_bytes + self.buffer_bytes;
+        if from_malloc < self.index_at_trim - self.index_at_trim / 10 {
             trim_malloc();
         }
-        self.index_at_trim = index;
+        self.index_at_trim = from_malloc;
     }
 
     /// Runs one command, appending its reply to `out`.
