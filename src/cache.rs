@@ -46,8 +46,14 @@ const SMALL_SHARE: f64 = 0.05;
 /// Bytes of one handle-table slot, counted for every entry.
 const SLOT_BYTES: usize = 16;
 /// The cache's heap paces compaction to hold at most this many bytes per
-/// live byte (plus a segment).
+/// live byte (plus a segment)...
 const PACING_THRESHOLD: f64 = 1.05;
+/// ...but only this many while the cache uses less than [`RELAXED_BELOW`]
+/// of its budget: holes then cost no entry, and fewer moves save time
+/// (a quarter of holes on 70% of the budget still fits in it).
+const RELAXED_THRESHOLD: f64 = 1.25;
+/// The share of the budget below which pacing is relaxed.
+const RELAXED_BELOW: f64 = 0.7;
 /// Heap bytes per value byte the budget allows for (plus [`SLACK_SEGMENTS`]):
 /// above the pacing threshold, because paced passes take only segments at
 /// most 7/8 full as sources, so holes settle at 5–10% of the live bytes;
@@ -245,6 +251,8 @@ struct Index<K, V: ?Sized, S> {
     key_bytes: usize,
     /// The memory limit last given to the heap.
     heap_limit_set: usize,
+    /// Whether the heap's pacing is relaxed now (see [`RELAXED_BELOW`]).
+    relaxed: bool,
     /// Values of at least this many bytes start on a heap line.
     line_align: usize,
     key_weigher: fn(&K) -> usize,
@@ -272,6 +280,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             value_bytes: 0,
             key_bytes: 0,
             heap_limit_set: budget,
+            relaxed: false,
             line_align: usize::MAX,
             key_weigher: |_| 0,
             budget,
@@ -397,6 +406,21 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// Puts `key` → `handle`: a new entry, or a new value for the key's
     /// entry (which keeps its place in its queue, and counts as a read);
     /// the old value goes to `free`.
+    /// The heap's pacing to set now, if the cache crossed [`RELAXED_BELOW`]
+    /// of its budget (setting it takes the heap's engine).
+    fn pacing_update(&mut self) -> Option<Pacing> {
+        let relaxed = (self.used_bytes() as f64) < RELAXED_BELOW * self.budget as f64;
+        if relaxed == self.relaxed {
+            return None;
+        }
+        self.relaxed = relaxed;
+        Some(pacing(if relaxed {
+            RELAXED_THRESHOLD
+        } else {
+            PACING_THRESHOLD
+        }))
+    }
+
     /// The heap limit to set now, if it moved by a quarter segment or more
     /// since it was last set (setting it takes the heap's engine).
     fn heap_limit_update(&mut self) -> Option<usize> {
@@ -655,7 +679,12 @@ fn heap_config(budget: usize) -> Config {
         .segment_size(segment_size(budget))
         .memory_limit(budget)
         .segment_pool(2)
-        .pacing(Pacing::default().threshold(PACING_THRESHOLD).rate(2))
+        .pacing(pacing(PACING_THRESHOLD))
+}
+
+/// The cache's pacing, compacting past `threshold` × live bytes.
+fn pacing(threshold: f64) -> Pacing {
+    Pacing::default().threshold(threshold).rate(2)
 }
 
 /// Segments of a 64th of the budget, between 4 KiB and 1 MiB.
@@ -882,6 +911,9 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject, S: BuildHasher> Cache<K, V, 
         if let Some(limit) = self.index.heap_limit_update() {
             self.heap.set_memory_limit(Some(limit));
         }
+        if let Some(pacing) = self.index.pacing_update() {
+            self.heap.set_pacing(Some(pacing));
+        }
     }
 
     /// Removes `key`'s value. Returns whether there was one.
@@ -1052,6 +1084,9 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
         index.make_room(0, 0, &mut free);
         if let Some(limit) = index.heap_limit_update() {
             self.heap.set_memory_limit(Some(limit));
+        }
+        if let Some(pacing) = index.pacing_update() {
+            self.heap.set_pacing(Some(pacing));
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use core::fmt;
 use core::marker::PhantomData;
 
 use crate::access;
+use crate::config::Pacing;
 use crate::engine::Engine;
 use crate::error::{AllocError, ResizeError};
 use crate::handle::Handle;
@@ -350,6 +351,28 @@ impl Heap {
         self.exclusive(|raw| raw.space.set_line_align(min_size));
     }
 
+    /// [`Config::pacing`](crate::Config::pacing) while the heap runs
+    /// (`None`: no paced compaction); the debt owed so far is kept.
+    ///
+    /// # Examples
+    /// ```
+    /// use compact_heap::{Heap, Pacing};
+    ///
+    /// let heap = Heap::new();
+    /// heap.set_pacing(Some(Pacing::default().threshold(1.25)));
+    /// assert_eq!(heap.pacing(), Some(Pacing::default().threshold(1.25)));
+    /// heap.set_pacing(None);
+    /// assert!(heap.pacing().is_none());
+    /// ```
+    pub fn set_pacing(&self, pacing: Option<Pacing>) {
+        self.exclusive(|raw| raw.pacing = pacing);
+    }
+
+    /// The heap's paced compaction, if on.
+    pub fn pacing(&self) -> Option<Pacing> {
+        self.shared(|raw| raw.pacing)
+    }
+
     /// Gives back every byte the heap can: a full [`Heap::compact`], which
     /// also releases spare large mappings and unused table chunks.
     ///
@@ -523,6 +546,16 @@ impl SyncHeap {
     /// [`Heap::set_line_align`] for a shared heap.
     pub fn set_line_align(&self, min_size: Option<usize>) {
         self.exclusive(|raw| raw.space.set_line_align(min_size));
+    }
+
+    /// [`Heap::set_pacing`] for a shared heap.
+    pub fn set_pacing(&self, pacing: Option<Pacing>) {
+        self.exclusive(|raw| raw.pacing = pacing);
+    }
+
+    /// [`Heap::pacing`] for a shared heap.
+    pub fn pacing(&self) -> Option<Pacing> {
+        self.shared(|raw| raw.pacing)
     }
 
     /// [`Heap::shrink_to_fit`] for a shared heap.

@@ -48,7 +48,7 @@ pub(crate) struct RawHeap {
     /// bytes released when the last scope ends.
     pub(crate) deferred: Vec<Dying>,
     /// Compaction paid for by allocation and free, if on.
-    pacing: Option<Pacing>,
+    pub(crate) pacing: Option<Pacing>,
     /// Bytes of compaction work owed (see [`Pacing`]); negative: work done
     /// ahead (a step moves up to `max_step` whatever it owed), which later
     /// allocations and frees pay off before the next step.
