@@ -409,7 +409,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// The heap's pacing to set now, if the cache crossed [`RELAXED_BELOW`]
     /// of its budget (setting it takes the heap's engine).
     fn pacing_update(&mut self) -> Option<Pacing> {
-        let relaxed = (self.used_bytes() as f64) < RELAXED_BELOW * self.budget as f64;
+        // The values alone, with their holes: the rest moves slowly.
+        let relaxed = (with_holes(self.value_bytes) as f64) < RELAXED_BELOW * self.budget as f64;
         if relaxed == self.relaxed {
             return None;
         }
