@@ -333,8 +333,21 @@ impl Segment {
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());
         let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
-        for count in &mut self.lines[first..=last] {
+        self.live_bytes += size;
+        self.live_objects += 1;
+        if first == last {
+            // One line (most small objects): no loops.
+            let count = &mut self.lines[first];
             // At most LINE one-byte objects plus one spanning object share a line.
+            debug_assert!(*count < u8::MAX);
+            if *count == 0 {
+                self.free_lines -= 1;
+                self.free_bits[first / 64] &= !(1 << (first % 64));
+            }
+            *count += 1;
+            return;
+        }
+        for count in &mut self.lines[first..=last] {
             debug_assert!(*count < u8::MAX);
             *count += 1; // vectorises
         }
@@ -345,8 +358,6 @@ impl Segment {
             self.free_lines -= (self.free_bits[w] & bits).count_ones() as usize;
             self.free_bits[w] &= !bits;
         }
-        self.live_bytes += size;
-        self.live_objects += 1;
     }
 
     /// Forgets the object at `[offset, offset + size)`. Returns whether a line
@@ -354,6 +365,20 @@ impl Segment {
     pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
         debug_assert!(size > 0 && offset + size <= self.size());
         let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
+        self.live_bytes -= size;
+        self.live_objects -= 1;
+        if first == last {
+            // One line (most small objects): no loops.
+            let count = &mut self.lines[first];
+            debug_assert!(*count > 0, "unmarking a free line");
+            *count -= 1;
+            if *count == 0 {
+                self.free_lines += 1;
+                self.free_bits[first / 64] |= 1 << (first % 64);
+                return true;
+            }
+            return false;
+        }
         for count in &mut self.lines[first..=last] {
             debug_assert!(*count > 0, "unmarking a free line");
             *count -= 1; // vectorises
@@ -368,8 +393,6 @@ impl Segment {
             self.free_bits[w] |= now_free;
         }
         self.free_lines += freed;
-        self.live_bytes -= size;
-        self.live_objects -= 1;
         freed > 0
     }
 }
