@@ -208,6 +208,10 @@ impl Segment {
         let words = self.free_bits.len();
         let mut w = from / 64;
         while w < words {
+            if self.free_bits[w] == 0 {
+                w += 1; // no run starts in a word of used lines
+                continue;
+            }
             // Bits of this word and the next, so runs may cross the boundary.
             let z = u128::from(self.free_bits[w])
                 | (u128::from(self.free_bits.get(w + 1).copied().unwrap_or(0)) << 64);
@@ -248,6 +252,15 @@ impl Segment {
         for (w, &x) in self.free_bits.iter().enumerate() {
             if run + left <= best {
                 break; // no run ahead can be longer (a full segment stops at once)
+            }
+            if x == 0 {
+                // A word of used lines (the most common in a full heap): the
+                // run ends. (Bit counts are not one instruction on every CPU.)
+                if run > best {
+                    (best, best_at) = (run, run_at);
+                }
+                run = 0;
+                continue;
             }
             let ones = x.count_ones() as usize;
             left -= ones;
