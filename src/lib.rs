@@ -82,7 +82,8 @@
 //! program that never compacts reuses holes. Objects larger than a quarter of
 //! a segment get a mapping of their own, unmapped when freed. Compaction
 //! copies the unpinned objects of the sparsest segments into dense ones, one
-//! `memcpy` each, updates their slots, and unmaps the emptied segments. Each
+//! `memcpy` each, updates their slots, and gives the emptied segments back to
+//! the OS (a piece at a time between `compact_step`s, at once in `compact`). Each
 //! object costs a 16-byte slot in the handle table and nothing else (no
 //! header, no per-segment list: compaction finds objects by sweeping the table).
 //! docs/DESIGN.md has the layout, the slot states, the pin protocol and the

@@ -140,7 +140,8 @@ pub struct CompactReport {
     pub bytes_released: usize,
     /// Objects that stayed where they were because a guard pinned them.
     pub pinned_skipped: usize,
-    /// Whether the compaction pass is finished (always true after `compact`);
-    /// false when `compact_step` stopped at its budget with work left.
+    /// Whether the compaction pass is finished and its emptied segments are
+    /// back with the OS (always true after `compact`); false when
+    /// `compact_step` stopped at its budget with work left.
     pub finished: bool,
 }
