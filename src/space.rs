@@ -589,37 +589,32 @@ impl Space {
     pub(crate) fn release_pending(&mut self, max: usize) -> (usize, usize) {
         let (mut count, mut bytes) = (0, 0);
         let max = max.max(RELEASE_PIECE);
-        while let Some(r) = self.releasing.last_mut() {
+        while bytes < max {
+            let Some(r) = self.releasing.last_mut() else {
+                break;
+            };
             let left = r.seg.mapped_bytes() - r.discarded;
-            if bytes + left <= max || left <= RELEASE_PIECE {
-                // The rest at once: unmapping pages already discarded costs
-                // next to nothing.
-                self.releasing.pop();
-                self.held -= left;
-                bytes += left;
-                count += 1;
-            } else if bytes + RELEASE_PIECE <= max {
+            if bytes + left > max && left > RELEASE_PIECE {
+                if bytes + RELEASE_PIECE > max {
+                    break;
+                }
                 let at = left - RELEASE_PIECE;
                 // SAFETY: a retired segment holds no object, and the piece
                 // `[at, at + RELEASE_PIECE)` is inside its mapping.
                 if unsafe { r.seg.discard(at, RELEASE_PIECE) } {
                     r.discarded += RELEASE_PIECE;
                     self.held -= RELEASE_PIECE;
-                } else {
-                    // The platform keeps pages until unmapped: all at once.
-                    self.releasing.pop();
-                    self.held -= left;
-                    count += 1;
-                    bytes += left;
+                    bytes += RELEASE_PIECE;
                     continue;
                 }
-                bytes += RELEASE_PIECE;
-            } else {
-                break;
+                // The platform keeps pages until unmapped: the rest at once.
             }
-            if bytes >= max {
-                break;
-            }
+            // The rest at once: unmapping pages already discarded costs next
+            // to nothing.
+            self.releasing.pop();
+            self.held -= left;
+            bytes += left;
+            count += 1;
         }
         (count, bytes)
     }
@@ -787,6 +782,32 @@ mod tests {
         let (c, _) = s.alloc(LINE, 8).unwrap();
         assert_ne!(c, a, "one free line of 32 is left for compaction");
         assert_eq!(s.segment_count(), 2);
+    }
+
+    #[test]
+    fn an_emptied_segment_goes_back_in_pieces_unless_it_is_needed_first() {
+        // Pieces where the source can discard pages (mmap); whole elsewhere.
+        let pieces = cfg!(all(unix, not(miri), not(feature = "alloc-segments")));
+        let mut s = space(1 << 20);
+        let (p, place) = s.alloc(64, 8).unwrap();
+        // SAFETY: from `alloc` above, released once.
+        unsafe { s.release(p, 64, place) };
+        s.drop_cursor(); // empty, and too big for the pool of a 1 MiB heap
+        assert_eq!((s.segment_count(), s.pending_bytes()), (0, 1 << 20));
+        assert_eq!(s.held_bytes(), 1 << 20, "held until it is back");
+        let (count, bytes) = s.release_pending(0);
+        if pieces {
+            assert_eq!((count, bytes), (0, RELEASE_PIECE), "one piece");
+            assert_eq!(s.held_bytes(), s.pending_bytes());
+            assert_eq!(s.pending_bytes(), (1 << 20) - RELEASE_PIECE);
+            // The next segment is that one, its discarded piece held again.
+            let (q, _) = s.alloc(64, 8).unwrap();
+            assert_eq!(q, p, "no fresh mapping");
+            assert_eq!((s.pending_bytes(), s.held_bytes()), (0, 1 << 20));
+        } else {
+            assert_eq!((count, bytes), (1, 1 << 20), "whole at once");
+            assert_eq!(s.held_bytes(), 0);
+        }
     }
 
     #[test]
