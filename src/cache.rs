@@ -40,9 +40,11 @@ use crate::segment::LINE;
 use crate::sync::SyncHeap;
 use parking_lot::Mutex;
 
-/// The share of the budget for the small queue (S3-FIFO's paper uses 10%;
-/// 5% gave 0.25 points more hits on cache-bench's trace).
-const SMALL_SHARE: f64 = 0.05;
+/// The small queue's share of the budget is one part in this many (5%;
+/// S3-FIFO's paper uses 10%; 5% gave 0.25 points more hits on cache-bench's
+/// trace). Integer shares: the eviction loop tests them every round, and
+/// x86-64 converts between `usize` and `f64` slowly.
+const SMALL_SHARE_DIV: usize = 20;
 /// Bytes of one handle-table slot, counted for every entry.
 const SLOT_BYTES: usize = 16;
 /// The cache's heap paces compaction to hold at most this many bytes per
@@ -58,7 +60,8 @@ const RELAXED_BELOW: f64 = 0.7;
 /// above the pacing threshold, because paced passes take only segments at
 /// most 7/8 full as sources, so holes settle at 5–10% of the live bytes;
 /// the heap's memory limit is a backstop that steady traffic does not reach.
-const HOLE_ALLOWANCE: f64 = 1.10;
+/// One byte more per this many (1.10).
+const HOLE_ALLOWANCE_DIV: usize = 10;
 /// Segments of heap memory the budget keeps besides the values: the one
 /// being allocated into, and the heap's pool of two empty ones.
 const SLACK_SEGMENTS: usize = 3;
@@ -347,35 +350,53 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// Gives back the index's excess capacity (after its entries shrank to
     /// less than half of it) and drops stale queue items.
     fn shrink_index(&mut self) {
+        if !self.index_oversized() {
+            return;
+        }
         let before = self.index_bytes();
         let len = self.map.len();
-        if self.map.capacity() > 2 * len + 64 {
+        if oversized(self.map.capacity(), len) {
             self.map.shrink_to(len + len / 4);
         }
         for (queue, in_main) in [(&mut self.small, false), (&mut self.main, true)] {
-            if queue.len() > 2 * len + 64 {
+            if oversized(queue.len(), len) {
                 let map = &self.map;
                 queue.retain(|(k, h)| map.get(k).is_some_and(|e| e.gen == *h && e.main == in_main));
             }
-            if queue.capacity() > 2 * queue.len() + 64 {
+            if oversized(queue.capacity(), queue.len()) {
                 queue.shrink_to(queue.len() + queue.len() / 4);
             }
         }
-        if self.ghost.order.len() > 2 * self.ghost.capacity + 64 {
+        if oversized(self.ghost.order.len(), self.ghost.capacity) {
             let set = &self.ghost.set;
             self.ghost.order.retain(|h| set.contains(h));
         }
-        if self.ghost.set.capacity() > 2 * self.ghost.set.len() + 64 {
+        if oversized(self.ghost.set.capacity(), self.ghost.set.len()) {
             let len = self.ghost.set.len();
             self.ghost.set.shrink_to(len + len / 4);
         }
-        if self.ghost.order.capacity() > 2 * self.ghost.order.len() + 64 {
+        if oversized(self.ghost.order.capacity(), self.ghost.order.len()) {
             let len = self.ghost.order.len();
             self.ghost.order.shrink_to(len + len / 4);
         }
         if before - self.index_bytes() >= (self.budget / 64).max(64 << 10) {
             trim_malloc();
         }
+    }
+
+    /// Whether `shrink_index` has anything to do: a table at more than
+    /// twice what it holds, or a queue at more than twice the entries.
+    fn index_oversized(&self) -> bool {
+        let over = oversized;
+        let len = self.map.len();
+        over(self.map.capacity(), len)
+            || over(self.small.len(), len)
+            || over(self.main.len(), len)
+            || over(self.small.capacity(), self.small.len())
+            || over(self.main.capacity(), self.main.len())
+            || over(self.ghost.order.len(), self.ghost.capacity)
+            || over(self.ghost.set.capacity(), self.ghost.set.len())
+            || over(self.ghost.order.capacity(), self.ghost.order.len())
     }
 
     /// Bytes of the index: map, queues and ghost, by capacity.
@@ -395,7 +416,21 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             with_holes(size) + Self::per_entry_bytes() + key
         };
         let mut evicted = false;
-        while self.used_bytes() + needed > self.budget && self.evict_one(free) {
+        loop {
+            // The index's own bytes change only as its tables grow or shrink:
+            // taken once per round, and the round repeated with them as they
+            // are after the evictions (the ghost grows as it remembers keys).
+            let fixed = self.index_bytes() + needed;
+            let mut progressed = false;
+            while self.heap_bytes(self.value_bytes) + self.map.len() * SLOT_BYTES + fixed
+                > self.budget
+                && self.evict_one(free)
+            {
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
             evicted = true;
         }
         if evicted {
@@ -531,7 +566,7 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     /// Evicts one entry (S3-FIFO). False if the cache is empty.
     fn evict_one(&mut self, free: &mut impl FnMut(Handle<V>)) -> bool {
         while !self.map.is_empty() {
-            let small_over = self.small_bytes as f64 >= SMALL_SHARE * self.budget as f64;
+            let small_over = self.small_bytes >= self.budget / SMALL_SHARE_DIV;
             let evicted = if small_over || self.main.is_empty() {
                 self.evict_small(free)
             } else {
@@ -645,6 +680,12 @@ fn renew<V: ?Sized>(
     old
 }
 
+/// Whether a table or queue of `capacity` is worth shrinking to `len`
+/// (more than twice it, past a small floor).
+fn oversized(capacity: usize, len: usize) -> bool {
+    capacity > 2 * len + 64
+}
+
 /// Asks malloc to give back the free pages it keeps, after the index shrank:
 /// glibc keeps a freed big table in its heap, where it counts in RSS but no
 /// longer in the budget. A no-op where there is no `malloc_trim`.
@@ -659,7 +700,7 @@ fn trim_malloc() {
 
 /// Heap bytes that `values` bytes of values take with the allowance for holes.
 fn with_holes(values: usize) -> usize {
-    (values as f64 * HOLE_ALLOWANCE) as usize
+    values + values / HOLE_ALLOWANCE_DIV
 }
 
 /// The bytes a value of `size` bytes takes in the cache's heap: a value
@@ -1062,12 +1103,16 @@ impl<K: Hash + Eq + Clone, V: ?Sized + CloneObject + Sync, S: BuildHasher> SyncC
     /// # Errors
     /// As [`Cache::insert`].
     pub fn insert(&self, key: K, value: &V) -> Result<(), CacheError> {
-        let size = footprint(core::mem::size_of_val(value), self.index.lock().line_align);
+        let size = {
+            let index = self.index.lock();
+            let size = footprint(core::mem::size_of_val(value), index.line_align);
+            index.check_fits(size)?;
+            size
+        };
         let heap = &self.heap;
         let mut free = |h| {
             heap.free(h);
         };
-        self.index.lock().check_fits(size)?;
         let handle = loop {
             match heap.try_alloc_clone(value) {
                 Ok(h) => break h,
