@@ -140,6 +140,33 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+
+    /// Gives up ownership without unmapping: the start and the usable
+    /// bytes. [`Mapping::from_raw`] takes it back.
+    pub(crate) fn into_raw(self) -> (NonNull<u8>, usize) {
+        let raw = (self.start(), self.usable());
+        core::mem::forget(self);
+        raw
+    }
+
+    /// Takes back a mapping given up by [`Mapping::into_raw`].
+    ///
+    /// # Safety
+    /// `start` is what `into_raw` returned for a mapping made by
+    /// `Mapping::new(n, align)` with `align <= PAGE`, `size` is at least `n`
+    /// and at most the usable bytes `into_raw` returned, and the mapping has
+    /// not been taken back before.
+    pub(crate) unsafe fn from_raw(start: NonNull<u8>, size: usize) -> Mapping {
+        // With `align <= PAGE` the start is the base (offset 0) and the
+        // length is `n` rounded up to a page, as it is for `size`.
+        let len = Mapping::length_for(size, PAGE).expect("the mapping was made for this size");
+        debug_assert_eq!(start.as_ptr().addr() % PAGE, 0);
+        Mapping {
+            base: start,
+            len,
+            offset: 0,
+        }
+    }
 }
 
 impl Drop for Mapping {

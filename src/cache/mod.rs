@@ -28,7 +28,8 @@ use core::cell::Cell;
 use core::fmt;
 use core::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::collections::hash_map::RandomState;
-use std::collections::{hash_map, HashMap, HashSet, VecDeque};
+
+use hashbrown::{hash_map, HashMap, HashSet};
 
 use crate::config::{Config, Pacing};
 use crate::error::AllocError;
@@ -39,6 +40,12 @@ use crate::object::CloneObject;
 use crate::segment::LINE;
 use crate::sync::SyncHeap;
 use parking_lot::Mutex;
+
+use fifo::Fifo;
+use index_alloc::IndexAlloc;
+
+mod fifo;
+mod index_alloc;
 
 /// The small queue's share of the budget is one part in this many (5%;
 /// S3-FIFO's paper uses 10%; 5% gave 0.25 points more hits on cache-bench's
@@ -165,8 +172,8 @@ struct Entry<V: ?Sized> {
 /// A FIFO of recently evicted keys, by hash: a key found here skips the
 /// small queue when it comes back.
 struct Ghost {
-    order: VecDeque<u64>,
-    set: HashSet<u64, BuildHasherDefault<PreHashed>>,
+    order: Fifo<u64>,
+    set: HashSet<u64, BuildHasherDefault<PreHashed>, IndexAlloc>,
     capacity: usize,
 }
 
@@ -233,7 +240,7 @@ fn table_bytes(capacity: usize, item: usize) -> usize {
     buckets * (item + 1) + 16
 }
 
-fn hash_set_bytes(set: &HashSet<u64, BuildHasherDefault<PreHashed>>) -> usize {
+fn hash_set_bytes(set: &HashSet<u64, BuildHasherDefault<PreHashed>, IndexAlloc>) -> usize {
     table_bytes(set.capacity(), 8)
 }
 
@@ -242,9 +249,9 @@ fn hash_set_bytes(set: &HashSet<u64, BuildHasherDefault<PreHashed>>) -> usize {
 struct Index<K, V: ?Sized, S> {
     /// The heap's segment size.
     segment: usize,
-    map: HashMap<K, Entry<V>, S>,
-    small: VecDeque<(K, u32)>,
-    main: VecDeque<(K, u32)>,
+    map: HashMap<K, Entry<V>, S, IndexAlloc>,
+    small: Fifo<(K, u32)>,
+    main: Fifo<(K, u32)>,
     /// The `gen` of the next entry.
     next_gen: u32,
     ghost: Ghost,
@@ -270,13 +277,13 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     fn new(budget: usize, hasher: S) -> Self {
         Index {
             segment: segment_size(budget),
-            map: HashMap::with_hasher(hasher),
-            small: VecDeque::new(),
-            main: VecDeque::new(),
+            map: HashMap::with_hasher_in(hasher, IndexAlloc),
+            small: Fifo::new(),
+            main: Fifo::new(),
             next_gen: 0,
             ghost: Ghost {
-                order: VecDeque::new(),
-                set: HashSet::default(),
+                order: Fifo::new(),
+                set: HashSet::with_hasher_in(BuildHasherDefault::default(), IndexAlloc),
                 capacity: 0,
             },
             small_bytes: 0,
@@ -353,7 +360,6 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         if !self.index_oversized() {
             return;
         }
-        let before = self.index_bytes();
         let len = self.map.len();
         if oversized(self.map.capacity(), len) {
             self.map.shrink_to(len + len / 4);
@@ -378,9 +384,6 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         if oversized(self.ghost.order.capacity(), self.ghost.order.len()) {
             let len = self.ghost.order.len();
             self.ghost.order.shrink_to(len + len / 4);
-        }
-        if before - self.index_bytes() >= (self.budget / 64).max(64 << 10) {
-            trim_malloc();
         }
     }
 
@@ -684,18 +687,6 @@ fn renew<V: ?Sized>(
 /// (more than twice it, past a small floor).
 fn oversized(capacity: usize, len: usize) -> bool {
     capacity > 2 * len + 64
-}
-
-/// Asks malloc to give back the free pages it keeps, after the index shrank:
-/// glibc keeps a freed big table in its heap, where it counts in RSS but no
-/// longer in the budget. A no-op where there is no `malloc_trim`.
-fn trim_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu", not(miri)))]
-    // SAFETY: malloc_trim only gives back memory that malloc holds and no
-    // one uses; it takes malloc's own locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Heap bytes that `values` bytes of values take with the allowance for holes.
