@@ -29,27 +29,27 @@ impl fmt::Display for ProtocolError {
 pub type Args = Vec<Range<usize>>;
 
 /// Parses one request at the start of `buf`: `Ok(None)` if it is not
-/// complete yet, else where its arguments are in `buf` and the bytes it
-/// took. An empty argument list (`*0`, a blank inline line) is a request to
-/// skip.
-pub fn parse(buf: &[u8]) -> Result<Option<(Args, usize)>, ProtocolError> {
+/// complete yet, else the bytes it took, with where its arguments are in
+/// `buf` in `args` (cleared first: one vector serves every request). An
+/// empty argument list (`*0`, a blank inline line) is a request to skip.
+pub fn parse(buf: &[u8], args: &mut Args) -> Result<Option<usize>, ProtocolError> {
+    args.clear();
     if buf.is_empty() {
         return Ok(None);
     }
     if buf[0] != b'*' {
-        return parse_inline(buf);
+        return parse_inline(buf, args);
     }
     let Some((count, mut pos)) = line_number(buf, 1)? else {
         return Ok(None);
     };
     if count <= 0 {
-        return Ok(Some((Vec::new(), pos)));
+        return Ok(Some(pos));
     }
     let count = usize::try_from(count).map_err(|_| ProtocolError("invalid multibulk length"))?;
     if count > MAX_ARGS {
         return Err(ProtocolError("invalid multibulk length"));
     }
-    let mut args = Vec::with_capacity(count.min(64));
     for _ in 0..count {
         match buf.get(pos) {
             None => return Ok(None),
@@ -73,7 +73,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Args, usize)>, ProtocolError> {
         args.push(start..end);
         pos = end + 2;
     }
-    Ok(Some((args, pos)))
+    Ok(Some(pos))
 }
 
 /// The integer on the line starting at `from`, and where the next line
@@ -97,14 +97,13 @@ fn line_number(buf: &[u8], from: usize) -> Result<Option<(i64, usize)>, Protocol
 }
 
 /// An inline command: one line of words separated by spaces.
-fn parse_inline(buf: &[u8]) -> Result<Option<(Args, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8], args: &mut Args) -> Result<Option<usize>, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_LINE {
             return Err(ProtocolError("too big inline request"));
         }
         return Ok(None);
     };
-    let mut args = Vec::new();
     let mut start = None;
     for (i, &b) in buf[..nl].iter().enumerate() {
         match (b.is_ascii_whitespace(), start) {
@@ -119,7 +118,7 @@ fn parse_inline(buf: &[u8]) -> Result<Option<(Args, usize)>, ProtocolError> {
     if let Some(s) = start {
         args.push(s..nl);
     }
-    Ok(Some((args, nl + 1)))
+    Ok(Some(nl + 1))
 }
 
 /// Appends RESP2 replies to a buffer.
@@ -189,7 +188,8 @@ mod tests {
 
     /// The arguments of the first request in `buf`, as strings.
     fn words(buf: &[u8]) -> Result<Option<(Vec<String>, usize)>, ProtocolError> {
-        Ok(parse(buf)?.map(|(args, used)| {
+        let mut args = Vec::new();
+        Ok(parse(buf, &mut args)?.map(|used| {
             let words = args
                 .into_iter()
                 .map(|r| String::from_utf8(buf[r].to_vec()).unwrap())

@@ -8,7 +8,7 @@
 //! key the cache has evicted until that key is written or read again.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use compact_heap::{Cache, CacheError};
 
@@ -27,11 +27,18 @@ pub struct Store {
     /// Expiry times of the keys that have one.
     expiry: HashMap<Key, u64, foldhash::fast::RandomState>,
     /// Commands since malloc was last asked to give back free pages, and
-    /// the index's and buffers' size then.
+    /// when that was.
     since_trim: usize,
-    index_at_trim: usize,
+    trimmed_at: Instant,
+    /// Commands since the last periodic look, and the index's and buffers'
+    /// size then (see `maybe_trim`).
+    since_check: usize,
+    index_at_check: usize,
     scratch: Vec<u8>,
 }
+
+/// The shortest time between two trims of malloc when the server goes idle.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// The part of `maxmemory` left to the cache: the rest is for connection
 /// buffers and the server's own small structures.
@@ -86,7 +93,9 @@ impl Store {
             buffer_bytes: 0,
             expiry: HashMap::default(),
             since_trim: 0,
-            index_at_trim: 0,
+            trimmed_at: Instant::now(),
+            since_check: 0,
+            index_at_check: 0,
             scratch: Vec::new(),
         })
     }
@@ -183,15 +192,41 @@ impl Store {
     /// heap, which gives memory back by itself.
     fn maybe_trim(&mut self) {
         self.since_trim += 1;
-        if self.since_trim < 100_000 {
+        self.since_check += 1;
+        if self.since_check < 100_000 {
             return;
         }
-        self.since_trim = 0;
+        self.since_check = 0;
         let from_malloc = self.cache.stats().index_bytes + self.buffer_bytes;
-        if from_malloc < self.index_at_trim - self.index_at_trim / 10 {
-            trim_malloc();
+        if from_malloc < self.index_at_check - self.index_at_check / 10 {
+            self.trim();
         }
-        self.index_at_trim = from_malloc;
+        self.index_at_check = from_malloc;
+    }
+
+    /// Called when the event loop is about to sleep: if commands ran since
+    /// malloc last gave back its free pages, and that was a second ago or
+    /// more, asks it again. (glibc keeps freed memory until a trim, where
+    /// jemalloc's background thread purges it after a delay: a server going
+    /// idle after a burst of deletes, or after its clients left, would
+    /// otherwise keep those pages.) Returns how long the loop may sleep
+    /// before it calls again: until the second is up, or for good.
+    pub fn idle(&mut self) -> Option<Duration> {
+        if self.since_trim == 0 {
+            return None;
+        }
+        let since = self.trimmed_at.elapsed();
+        if since < TRIM_EVERY {
+            return Some(TRIM_EVERY - since);
+        }
+        self.trim();
+        None
+    }
+
+    fn trim(&mut self) {
+        trim_malloc();
+        self.since_trim = 0;
+        self.trimmed_at = Instant::now();
     }
 
     /// Runs one command, appending its reply to `out`.

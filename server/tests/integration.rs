@@ -216,6 +216,75 @@ fn clients_that_disconnect_mid_command_lose_nothing_of_others() {
 }
 
 #[test]
+fn a_client_that_closes_its_end_after_a_command_gets_the_reply_and_the_end() {
+    // The command and the end of the stream often arrive in one event: the
+    // server must answer and then close, not wait for more.
+    let server = Server::start("16mb");
+    for i in 0..200 {
+        let mut s = server.raw();
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        if i % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(1)); // apart, sometimes
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)
+            .unwrap_or_else(|e| panic!("connection {i} not closed by the server: {e}"));
+        assert_eq!(out, b"+PONG\r\n", "connection {i}");
+    }
+}
+
+#[test]
+fn an_idle_server_gives_the_memory_of_departed_clients_back() {
+    // A hundred clients pipeline 40 KB of SETs each, so the server grows a
+    // read buffer for each, and keys interleave with them in malloc's heap;
+    // then they leave. Once idle, the server gives the pages back.
+    let server = Server::start("64mb");
+    let mut clients = Vec::new();
+    for c in 0..100 {
+        let mut s = server.raw();
+        let mut req = Vec::new();
+        for i in 0..40 {
+            req.extend_from_slice(
+                format!("*3\r\n$3\r\nSET\r\n$9\r\nk{c:03}:{i:04}\r\n$1000\r\n").as_bytes(),
+            );
+            req.extend_from_slice(&[b'v'; 1000]);
+            req.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&req).unwrap();
+        let mut ok = vec![0u8; 40 * 5];
+        s.read_exact(&mut ok).unwrap();
+        assert!(ok.chunks(5).all(|r| r == b"+OK\r\n"));
+        clients.push(s);
+    }
+    // Keys stored after the buffers lie above them in the heap: what the
+    // clients free is a hole malloc cannot give back by trimming its top.
+    let mut later = server.raw();
+    let mut req = Vec::new();
+    for i in 0..20_000 {
+        req.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n$6\r\nl{i:05}\r\n$1\r\nx\r\n").as_bytes(),
+        );
+    }
+    later.write_all(&req).unwrap();
+    let mut ok = vec![0u8; 20_000 * 5];
+    later.read_exact(&mut ok).unwrap();
+    let with_clients = server.rss();
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut con = server.client(); // (and the server is still up)
+    let after = server.rss();
+    assert_eq!(
+        con.get::<_, Vec<u8>>("k099:0039").unwrap(),
+        vec![b'v'; 1000]
+    );
+    assert!(
+        with_clients - after > 3 << 20,
+        "RSS {with_clients} with the clients, {after} after they left"
+    );
+}
+
+#[test]
 fn pipelined_requests_get_their_replies_in_order() {
     let server = Server::start("16mb");
     let mut s = server.raw();
