@@ -3,9 +3,12 @@
 //!
 //! Phases: SET over a fixed key space with values of 100 B, then 1000 B,
 //! then 10 000 B, then 300 B, then a random DEL phase, with a GET phase after
-//! each; every phase runs without pipelining and with `-P 16`. After each
-//! phase: each server's RSS (from /proc), `used_memory` (from INFO memory)
-//! and ops/s (from `redis-benchmark --csv`).
+//! each; every phase runs without pipelining and with `-P 16`, `--rounds`
+//! times (the best ops/s counts), except DEL, which runs once (a second
+//! round would delete what the first left). After each phase, once both
+//! servers are idle (1.2 s later): each server's RSS (from /proc),
+//! `used_memory` (from INFO memory), and the ops/s (from
+//! `redis-benchmark --csv`).
 //!
 //! ```text
 //! cargo build --release -p compact-server
@@ -23,6 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
+
+/// The pause after a phase before memory is read.
+const SETTLE: Duration = Duration::from_millis(1200);
 
 #[path = "../proc.rs"]
 mod proc;
@@ -269,10 +275,23 @@ fn main() {
                 i + 1,
                 if pipeline > 1 { " -P 16" } else { "" }
             );
-            for server in [&redis, &compact] {
-                let rps = (0..args.rounds.max(1))
+            // DEL runs once: a second round would delete what the first left.
+            let rounds = if name.starts_with("DEL") {
+                1
+            } else {
+                args.rounds.max(1)
+            };
+            let mut rps = [0.0f64; 2];
+            for (server, rps) in [&redis, &compact].into_iter().zip(&mut rps) {
+                *rps = (0..rounds)
                     .map(|_| bench(server.port, &args, &extra))
                     .fold(0.0, f64::max);
+            }
+            // Memory is read once both servers are idle: what a server gives
+            // back when its clients stop (our idle trim, at most once a
+            // second; jemalloc's purging in Redis) counts as given back.
+            std::thread::sleep(SETTLE);
+            for (server, rps) in [&redis, &compact].into_iter().zip(rps) {
                 let row = Row {
                     phase: phase.clone(),
                     server: server.name,
