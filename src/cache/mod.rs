@@ -590,9 +590,14 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         let Some((key, gen)) = self.small.pop_front() else {
             return self.evict_main(free);
         };
-        let Some(entry) = self.map.get_mut(&key).filter(|e| e.gen == gen && !e.main) else {
-            return false; // stale: removed or replaced since
+        // One probe: the entry is read, promoted or removed where it is.
+        let hash_map::EntryRef::Occupied(mut slot) = self.map.entry_ref(&key) else {
+            return false; // stale: removed since
         };
+        let entry = slot.get_mut();
+        if entry.gen != gen || entry.main {
+            return false; // stale: replaced since
+        }
         if entry.freq.get() >= PROMOTE_AT {
             entry.main = true;
             entry.freq.set(0);
@@ -601,8 +606,8 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
             self.ghost.capacity = (self.main.len() / GHOST_SHARE).max(16);
             return false;
         }
+        let (key, entry) = slot.remove_entry();
         let hash = self.map.hasher().hash_one(&key);
-        let entry = self.map.remove(&key).expect("checked above");
         self.forget(&key, &entry, free);
         self.ghost.insert(hash);
         true
@@ -614,16 +619,20 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
         let Some((key, gen)) = self.main.pop_front() else {
             return false;
         };
-        let Some(entry) = self.map.get(&key).filter(|e| e.gen == gen && e.main) else {
+        let hash_map::EntryRef::Occupied(slot) = self.map.entry_ref(&key) else {
             return false;
         };
+        let entry = slot.get();
+        if entry.gen != gen || !entry.main {
+            return false;
+        }
         let freq = entry.freq.get();
         if freq > 0 {
             entry.freq.set(freq - 1);
             self.main.push_back((key, gen));
             return false;
         }
-        let entry = self.map.remove(&key).expect("checked above");
+        let (key, entry) = slot.remove_entry();
         self.forget(&key, &entry, free);
         true
     }
