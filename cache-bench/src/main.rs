@@ -6,10 +6,14 @@
 //! values, slots and its index). RSS is sampled every 10 000 operations.
 //!
 //! ```text
-//! cargo run --release -p cache-bench                     # 64 MiB budget, 4 M ops
-//! cargo run --release -p cache-bench -- --budget-mib 16 --ops 1000000
+//! cargo run --release -p cache-bench                     # 64 MiB budget, 4 M ops, 3 rounds
+//! cargo run --release -p cache-bench -- --budget-mib 16 --ops 1000000 --rounds 1
 //! ```
-//! Writes target/cache-bench/results.md, samples.csv and rss.svg.
+//! Every round runs each contender once (interleaved, so that a slow spell of
+//! a shared machine hits all alike). The table shows each contender's worst
+//! memory over the rounds and its best ops/s, with every round's ops/s.
+//! Writes target/cache-bench/results.md, samples.csv and rss.svg (the
+//! samples of each contender's worst round).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -36,12 +40,14 @@ struct Args {
     keys: u64,
     threads: Vec<usize>,
     contenders: Vec<String>,
+    /// Each contender runs this many times, interleaved with the others.
+    rounds: usize,
     out: PathBuf,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cache-bench [--budget-mib N] [--ops N] [--keys N] [--threads 1,2] [--only a,b]\n\
+        "usage: cache-bench [--budget-mib N] [--ops N] [--keys N] [--threads 1,2] [--only a,b] [--rounds N (3)]\n\
          contenders: {}",
         CONTENDERS.join(", ")
     );
@@ -55,6 +61,7 @@ fn parse_args(args: &[String]) -> Args {
         keys: 1_000_000,
         threads: vec![1, 2],
         contenders: CONTENDERS.iter().map(|c| c.to_string()).collect(),
+        rounds: 3,
         out: PathBuf::from("target/cache-bench"),
     };
     let mut it = args.iter();
@@ -71,6 +78,7 @@ fn parse_args(args: &[String]) -> Args {
                     .collect()
             }
             "--only" => a.contenders = value().split(',').map(str::to_string).collect(),
+            "--rounds" => a.rounds = value().parse().unwrap_or_else(|_| usage()),
             "--out" => a.out = PathBuf::from(value()),
             "--help" | "-h" => usage(),
             _ => {
@@ -328,31 +336,40 @@ fn main() {
     let args = parse_args(&raw);
     std::fs::create_dir_all(&args.out).expect("create the output directory");
     let me = std::env::current_exe().expect("own path");
-    let mut runs: Vec<(String, usize, RunResult)> = Vec::new();
-    for &threads in &args.threads {
-        for name in &args.contenders {
-            eprintln!("running {name} with {threads} thread(s)...");
-            let out = Command::new(&me)
-                .arg("--child")
-                .arg(name)
-                .arg(threads.to_string())
-                .args(&raw)
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run the child");
-            assert!(out.status.success(), "{name} failed");
-            runs.push((
-                name.clone(),
-                threads,
-                parse_child(&String::from_utf8_lossy(&out.stdout)),
-            ));
+    // Every round runs every contender once, so that a slow spell of this
+    // shared machine hits all of them alike.
+    let mut rounds: Vec<(String, usize, Vec<RunResult>)> = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        for &threads in &args.threads {
+            for name in &args.contenders {
+                eprintln!("round {}: {name} with {threads} thread(s)...", round + 1);
+                let out = Command::new(&me)
+                    .arg("--child")
+                    .arg(name)
+                    .arg(threads.to_string())
+                    .args(&raw)
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .expect("run the child");
+                assert!(out.status.success(), "{name} failed");
+                let r = parse_child(&String::from_utf8_lossy(&out.stdout));
+                match rounds
+                    .iter_mut()
+                    .find(|(n, t, _)| n == name && *t == threads)
+                {
+                    Some((_, _, rs)) => rs.push(r),
+                    None => rounds.push((name.clone(), threads, vec![r])),
+                }
+            }
         }
     }
+    let runs = summarize(&args, rounds);
     let report = report(&args, &runs);
     print!("{report}");
     std::fs::write(args.out.join("results.md"), &report).expect("write results.md");
     let mut csv = String::from("contender,threads,ops,rss_above_baseline\n");
-    for (name, threads, r) in &runs {
+    for (name, threads, sum) in &runs {
+        let r = &sum.worst;
         for &(ops, rss) in &r.samples {
             let _ = writeln!(
                 csv,
@@ -367,34 +384,90 @@ fn main() {
     }
 }
 
-fn report(args: &Args, runs: &[(String, usize, RunResult)]) -> String {
+/// What the table shows of a contender's rounds: its worst memory (the
+/// round with the highest peak, whose samples are charted) and its best
+/// speed (the machine is shared: a slow round says more about it).
+struct Summary {
+    /// The round with the highest peak RSS.
+    worst: RunResult,
+    /// Operations per second of every round.
+    ops: Vec<f64>,
+    /// Mean hit ratio over the rounds.
+    hit_ratio: f64,
+}
+
+/// Peak RSS above the baseline / budget, over a run's samples.
+fn peak(r: &RunResult, budget: f64) -> f64 {
+    r.samples
+        .iter()
+        .map(|&(_, rss)| rss.saturating_sub(r.baseline) as f64 / budget)
+        .fold(0.0, f64::max)
+}
+
+fn summarize(
+    args: &Args,
+    rounds: Vec<(String, usize, Vec<RunResult>)>,
+) -> Vec<(String, usize, Summary)> {
+    let budget = args.budget as f64;
+    rounds
+        .into_iter()
+        .map(|(name, threads, rs)| {
+            let ops = rs
+                .iter()
+                .map(|r| r.gets as f64 / r.secs.max(1e-9))
+                .collect();
+            let hit_ratio = rs
+                .iter()
+                .map(|r| r.hits as f64 / r.gets.max(1) as f64)
+                .sum::<f64>()
+                / rs.len() as f64;
+            let worst = rs
+                .into_iter()
+                .max_by(|a, b| peak(a, budget).total_cmp(&peak(b, budget)))
+                .expect("at least one round");
+            (
+                name,
+                threads,
+                Summary {
+                    worst,
+                    ops,
+                    hit_ratio,
+                },
+            )
+        })
+        .collect()
+}
+
+fn report(args: &Args, runs: &[(String, usize, Summary)]) -> String {
     let budget = args.budget as f64;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "budget {} MiB, {} ops, {} keys (Zipf 0.99), value median 512 B → 8 KiB → 512 B\n",
+        "budget {} MiB, {} ops, {} keys (Zipf 0.99), value median 512 B → 8 KiB → 512 B; \
+         {} round(s): memory of the worst round, ops/s of the best (all rounds in brackets)\n",
         args.budget >> 20,
         args.ops,
-        args.keys
+        args.keys,
+        args.rounds.max(1)
     );
     let _ = writeln!(
         s,
         "| cache | threads | peak RSS / budget | final RSS / budget | hit ratio | ops/s |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
-    for (name, threads, r) in runs {
-        let above = |rss: usize| rss.saturating_sub(r.baseline) as f64 / budget;
-        let peak = r
-            .samples
-            .iter()
-            .map(|&(_, rss)| above(rss))
-            .fold(0.0, f64::max);
-        let last = r.samples.last().map_or(0.0, |&(_, rss)| above(rss));
+    for (name, threads, sum) in runs {
+        let r = &sum.worst;
+        let last = r.samples.last().map_or(0.0, |&(_, rss)| {
+            rss.saturating_sub(r.baseline) as f64 / budget
+        });
+        let best = sum.ops.iter().copied().fold(0.0, f64::max);
+        let all: Vec<String> = sum.ops.iter().map(|o| format!("{o:.0}")).collect();
         let _ = writeln!(
             s,
-            "| {name} | {threads} | {peak:.3} | {last:.3} | {:.2}% | {:.0} |",
-            100.0 * r.hits as f64 / r.gets.max(1) as f64,
-            r.gets as f64 / r.secs.max(1e-9)
+            "| {name} | {threads} | {:.3} | {last:.3} | {:.2}% | {best:.0} ({}) |",
+            peak(r, budget),
+            100.0 * sum.hit_ratio,
+            all.join(", ")
         );
     }
     s
@@ -402,7 +475,7 @@ fn report(args: &Args, runs: &[(String, usize, RunResult)]) -> String {
 
 fn chart(
     args: &Args,
-    runs: &[(String, usize, RunResult)],
+    runs: &[(String, usize, Summary)],
     threads: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let path = args.out.join("rss.svg");
@@ -410,7 +483,8 @@ fn chart(
     let series: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
         .filter(|(_, t, _)| *t == threads)
-        .map(|(name, _, r)| {
+        .map(|(name, _, sum)| {
+            let r = &sum.worst;
             let last = r.samples.last().map_or(1, |s| s.0).max(1) as f64;
             let pts = r
                 .samples
