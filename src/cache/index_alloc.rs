@@ -91,7 +91,7 @@ mod tests {
             std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(),
             IndexAlloc,
         );
-        let n = if cfg!(miri) { 5_000 } else { 100_000 };
+        let n = if cfg!(miri) { 1_000 } else { 100_000 };
         for i in 0..n {
             map.insert(i, i * 2);
         }
