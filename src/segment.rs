@@ -1,10 +1,11 @@
 //! [`Segment`]: one mapped block of the object space, divided into lines.
 //!
 //! Objects are bump-allocated into *holes*: runs of lines on which no live
-//! object lies. Each line counts the live objects that overlap it, so a line
-//! becomes reusable the moment its last object dies (the line-granular hole
-//! reuse of Immix, with exact counts instead of mark bits). See
-//! docs/DESIGN.md, "Segments and lines".
+//! object lies. Each line counts the live objects that start or end in it
+//! (the lines an object passes through are its alone), and a bitmap says
+//! which lines are free, so a line becomes reusable the moment its last
+//! object dies (the line-granular hole reuse of Immix, with exact counts
+//! instead of mark bits). See docs/DESIGN.md, "Memory layout" and I3.
 
 use core::ptr::NonNull;
 
@@ -247,7 +248,7 @@ impl Segment {
         self.free_lines > 0 && (self.max_hole >= 8 || self.free_lines >= self.lines.len() / 16)
     }
 
-    /// Recomputes [`Segment::max_hole`] from the line counts.
+    /// Recomputes [`Segment::max_hole`] from the free-line bits.
     pub(crate) fn rescan_holes(&mut self) {
         // `run` free lines, starting at `run_at`, run into the current word;
         // `left` free lines lie at or after it.

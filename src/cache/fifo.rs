@@ -86,12 +86,16 @@ impl<T> Fifo<T> {
 
     /// Keeps only the items for which `keep` is true, in order.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        // Each item goes round once: popped, and pushed again if kept (into
-        // the slot just freed, so the buffer never grows). A panic in `keep`
-        // drops the item in hand and leaves a valid queue.
+        // Each item goes round once: looked at in place, then popped, and
+        // pushed again if kept (into the slot just freed, so the buffer never
+        // grows). A panic in `keep` leaves every item in the queue (the ones
+        // already looked at moved to the back).
         for _ in 0..self.len {
+            // SAFETY: `len > 0` (the loop counts down what is left of it), so
+            // `buf[head]` is the first item, initialised (invariant).
+            let kept = keep(unsafe { self.buf[self.head].assume_init_ref() });
             let item = self.pop_front().expect("counted");
-            if keep(&item) {
+            if kept {
                 self.push_back(item);
             }
         }
@@ -180,5 +184,24 @@ mod tests {
         fifo.push_back((0, token.clone()));
         drop(fifo);
         assert_eq!(Rc::strong_count(&token), 1, "every item dropped once");
+    }
+
+    #[test]
+    fn a_panic_in_retain_loses_no_item() {
+        let mut fifo = Fifo::new();
+        (0..10).for_each(|i| fifo.push_back(i));
+        let mut seen = 0;
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fifo.retain(|&i| {
+                seen += 1;
+                assert!(seen < 4, "a key whose Eq panics");
+                i % 2 == 0
+            })
+        }));
+        assert!(caught.is_err());
+        let mut rest: std::vec::Vec<i32> = core::iter::from_fn(|| fifo.pop_front()).collect();
+        rest.sort_unstable();
+        // 1 was dropped before the panic; the item in hand (3) stays.
+        assert_eq!(rest, [0, 2, 3, 4, 5, 6, 7, 8, 9]);
     }
 }

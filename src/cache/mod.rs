@@ -568,7 +568,10 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
 
     /// Evicts one entry (S3-FIFO). False if the cache is empty.
     fn evict_one(&mut self, free: &mut impl FnMut(Handle<V>)) -> bool {
-        while !self.map.is_empty() {
+        // Every entry has an item in a queue; if a panic in the key's `Hash`
+        // or `Eq` (caught by the caller) lost one, the loop ends with the
+        // queues instead of spinning.
+        while !self.map.is_empty() && (!self.small.is_empty() || !self.main.is_empty()) {
             let small_over = self.small_bytes >= self.budget / SMALL_SHARE_DIV;
             let evicted = if small_over || self.main.is_empty() {
                 self.evict_small(free)
