@@ -35,10 +35,9 @@ impl IndexAlloc {
     }
 }
 
-// SAFETY: blocks are valid for `layout` until deallocated (a mapping stays
-// mapped until `deallocate` turns it back into a `Mapping` and drops it;
-// small blocks are the global allocator's); `IndexAlloc` is a unit value, so
-// copies of it are interchangeable and any of them may free any block.
+// A block stays valid until deallocated: a mapping until `deallocate` takes
+// it back as a `Mapping` and drops it, a small block as long as `Global` keeps
+// it. SAFETY: that, and copies of a unit value are one allocator.
 unsafe impl Allocator for IndexAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         if !IndexAlloc::mapped(layout) {
