@@ -312,14 +312,18 @@ pub(crate) fn resize<E: Engine, T: Copy + Send + 'static>(
 
 /// Bytes of the object, without a guard.
 pub(crate) fn size_of<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> Option<usize> {
-    e.shared(|raw| raw.live_slot::<T>(h.key()).map(|s| raw.size_of(s)))
+    e.shared(|raw| raw.live_held::<T>(h.key()).map(|held| raw.size_of(held)))
 }
 
 /// Elements of a slice (bytes of a `str`, 1 for a sized value), without a guard.
 pub(crate) fn len_of<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> Option<usize> {
     e.shared(|raw| {
-        let slot = raw.live_slot::<T>(h.key())?;
-        Some(if T::INFO.is_slice { raw.meta(slot) } else { 1 })
+        let held = raw.live_held::<T>(h.key())?;
+        Some(if T::INFO.is_slice {
+            raw.meta_of(held)
+        } else {
+            1
+        })
     })
 }
 

@@ -15,7 +15,7 @@ use core::ptr;
 use crate::raw::RawHeap;
 use crate::space::Place;
 use crate::stats::CompactReport;
-use crate::table::Loc;
+use crate::table::{Held, Loc};
 
 /// The state of the compaction pass in progress, if any.
 #[derive(Debug, Default)]
@@ -263,13 +263,13 @@ impl RawHeap {
             return true;
         };
         let to = from.saturating_add(limit).min(self.table.slots_len());
-        let evac = &mut self.evac;
+        let (evac, space) = (&mut self.evac, &self.space);
         for (index, slot) in self.table.range(from..to) {
             // Segments mapped since the pass began (ids past `rank`) are no sources.
             let rank = slot
                 .loc
-                .segment_id()
-                .and_then(|id| evac.rank.get(id as usize));
+                .granule()
+                .and_then(|g| evac.rank.get(space.split_granule(g).0 as usize));
             if let Some(&rank) = rank.filter(|&&r| r != u32::MAX) {
                 evac.found[rank as usize].push(index);
             }
@@ -361,7 +361,7 @@ impl RawHeap {
                 self.evac.pos += 1; // freed since the sweep
                 continue;
             };
-            if slot.loc.segment_id() != Some(id) {
+            if slot.loc.granule().map(|g| self.space.split_granule(g).0) != Some(id) {
                 // Freed since the sweep, its slot reused by an object elsewhere.
                 self.evac.pos += 1;
                 continue;
@@ -371,9 +371,14 @@ impl RawHeap {
                 self.evac.pos += 1;
                 continue;
             }
-            let size = self.size_of(slot);
+            let held = Held {
+                ty: slot.ty,
+                loc: slot.loc,
+                len: self.table.len(index as usize),
+            };
+            let size = self.size_of(held);
             let align = self.types.info(slot.ty).align;
-            let (src, len) = self.locate(slot);
+            let (src, _) = self.locate(held);
             if size > *left {
                 if size <= budget.bytes || (budget.oversize && *left < budget.bytes) {
                     return Evacuated::Paused;
@@ -401,7 +406,7 @@ impl RawHeap {
             // SAFETY: nobody reads or writes `src` now, and the two do not overlap (I8).
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
             let slot = self.table.slot_at_mut(index).expect("slot checked above");
-            slot.loc = Loc::segment(target, offset, len);
+            slot.loc = Loc::segment(self.space.granule(target, offset));
             // SAFETY: the object's bytes at `src` were reserved by one alloc in
             // segment `id`; the slot now points at `dst`, so nothing reads `src` again.
             unsafe { self.space.release(src, size, Place::segment(id)) };

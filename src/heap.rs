@@ -488,7 +488,10 @@ impl Heap {
         &self,
         handle: Handle<T>,
     ) -> Option<core::ptr::NonNull<u8>> {
-        self.shared(|raw| raw.live_slot::<T>(handle.key()).map(|s| raw.locate(s).0))
+        self.shared(|raw| {
+            raw.live_held::<T>(handle.key())
+                .map(|held| raw.locate(held).0)
+        })
     }
 }
 

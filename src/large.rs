@@ -58,6 +58,11 @@ impl LargeObjects {
         Some(self.spare.swap_remove(i))
     }
 
+    /// Whether every id below `max` is taken.
+    pub(crate) fn is_full(&self, max: usize) -> bool {
+        self.free_ids.is_empty() && self.mappings.len() >= max
+    }
+
     /// Files `mapping` as the home of a new large object; returns its id.
     pub(crate) fn insert(&mut self, mapping: Mapping) -> u32 {
         self.count += 1;

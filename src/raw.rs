@@ -15,7 +15,7 @@ use crate::space::{Place, Space};
 use crate::stats::{CompactReport, HeapStats};
 use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use crate::sync::plain;
-use crate::table::{Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
+use crate::table::{index_of, Held, Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
 use crate::types::Types;
 
 /// Running totals of compaction work.
@@ -170,7 +170,9 @@ impl RawHeap {
         // caller has yet to write.
         self.pace(layout.size());
         let ty = self.types.index_of(info).ok_or(AllocError::OutOfMemory)?;
-        if layout.size() == 0 && meta > Loc::MAX_NOWHERE_LEN {
+        if layout.size() == 0 && u32::try_from(meta).is_err() {
+            // The table keeps slice lengths in 32 bits (segment slices are
+            // far shorter; large objects keep theirs with the mapping).
             return Err(AllocError::TooLarge);
         }
         let (ptr, place) = loop {
@@ -182,98 +184,104 @@ impl RawHeap {
                 Err(e) => return Err(e),
             }
         };
-        let loc = if let Some(id) = place.segment_id() {
+        let (loc, len) = if let Some(id) = place.segment_id() {
             let offset = self
                 .space
                 .segment(id)
                 .expect("new object's segment")
                 .offset_of(ptr);
-            Loc::segment(id, offset, meta)
+            (Loc::segment(self.space.granule(id, offset)), meta)
         } else if let Some(id) = place.large_id() {
             self.space.set_large_meta(id as usize, meta);
-            Loc::large(id as usize)
+            (Loc::large(id as usize), 0)
         } else {
-            Loc::nowhere(meta)
+            (Loc::ZERO_SIZED, meta)
         };
-        let key = self.table.insert(ty, loc);
+        let key = self.table.insert(ty, loc, len);
         self.live_bytes += layout.size();
         Ok((key, ptr))
     }
 
-    /// The address and slice length of the object in `slot` (live or dying).
+    /// The address and slice length of the object that `held` describes
+    /// (an occupied slot's, or one just unlinked).
     #[inline]
-    pub(crate) fn locate(&self, slot: &Slot) -> (NonNull<u8>, usize) {
-        self.locate_at(slot.ty, slot.loc)
-    }
-
-    /// The address and slice length of an object of type `ty` at `loc` (a
-    /// slot's, maybe just unlinked).
-    fn locate_at(&self, ty: u16, loc: Loc) -> (NonNull<u8>, usize) {
-        self.try_locate_at(ty, loc)
+    pub(crate) fn locate(&self, held: Held) -> (NonNull<u8>, usize) {
+        self.try_locate(held)
             .expect("a live or dying object has a location")
     }
 
     /// [`RawHeap::locate`] that never panics (for `pin`, see `Engine::try_pin`):
     /// `None` only if the table and the space disagree, which they never do.
     #[inline]
-    pub(crate) fn try_locate(&self, slot: &Slot) -> Option<(NonNull<u8>, usize)> {
-        self.try_locate_at(slot.ty, slot.loc)
-    }
-
-    #[inline]
-    fn try_locate_at(&self, ty: u16, loc: Loc) -> Option<(NonNull<u8>, usize)> {
-        // The hot case first, in one compare: the large and zero-sized tags
-        // are above every segment id, so they fail `try_base` too.
-        if let Some(base) = self.space.try_base(loc.tag()) {
-            // SAFETY: the object's bytes are at `offset` in the segment (I2),
-            // so the offset is inside the segment's mapping.
-            return Some((unsafe { base.add(loc.offset()) }, loc.segment_len()));
+    pub(crate) fn try_locate(&self, held: Held) -> Option<(NonNull<u8>, usize)> {
+        // The hot case first: the large and zero-sized tags are above every
+        // granule address, so they fail `try_at` too.
+        if let Some(ptr) = self.space.try_at(held.loc) {
+            return Some((ptr, held.len));
         }
-        self.try_locate_elsewhere(ty, loc)
+        self.try_locate_elsewhere(held)
     }
 
     #[cold]
     #[inline(never)]
-    fn try_locate_elsewhere(&self, ty: u16, loc: Loc) -> Option<(NonNull<u8>, usize)> {
-        Some(match loc.decode() {
-            // `try_locate_at` found no such segment: the table and the space
+    fn try_locate_elsewhere(&self, held: Held) -> Option<(NonNull<u8>, usize)> {
+        Some(match held.loc.decode() {
+            // `try_locate` found no such segment: the table and the space
             // disagree, which they never do.
             Where::Segment { .. } => return None,
             Where::Large { id } => self.space.try_large(id)?,
-            Where::Nowhere { len } => {
-                let align = self.types.try_info(ty)?.align;
-                (NonNull::new(core::ptr::without_provenance_mut(align))?, len)
+            Where::Nowhere => {
+                let align = self.types.try_info(held.ty)?.align;
+                (
+                    NonNull::new(core::ptr::without_provenance_mut(align))?,
+                    held.len,
+                )
             }
         })
     }
 
-    /// Bytes of the object in `slot`.
+    /// What the occupied slot `slot` of `key` holds, with the slice length
+    /// read only if `T` is a slice type.
     #[inline]
-    pub(crate) fn size_of(&self, slot: &Slot) -> usize {
-        let info = self.types.info(slot.ty);
+    fn held_as<T: ?Sized + Object>(&self, key: KeyData, slot: &Slot) -> Held {
+        Held {
+            ty: slot.ty,
+            loc: slot.loc,
+            len: if T::INFO.is_slice {
+                self.table.len(index_of(key))
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Bytes of the object that `held` describes.
+    #[inline]
+    pub(crate) fn size_of(&self, held: Held) -> usize {
+        let info = self.types.info(held.ty);
         if !info.is_slice {
             return info.elem_size;
         }
-        info.size(self.meta_of(slot.loc))
+        info.size(self.meta_of(held))
     }
 
-    /// The slice length of the object at `loc` (no address needed).
+    /// The slice length of the object that `held` describes (no address needed).
     #[inline]
-    fn meta_of(&self, loc: Loc) -> usize {
-        match loc.decode() {
-            Where::Segment { len, .. } | Where::Nowhere { len } => len,
+    pub(crate) fn meta_of(&self, held: Held) -> usize {
+        match held.loc.decode() {
+            Where::Segment { .. } | Where::Nowhere => held.len,
             Where::Large { id } => self.space.try_large(id).map_or(0, |(_, meta)| meta),
         }
     }
 
-    /// The object that `ty` and `loc` (a slot's, just unlinked) describe.
-    fn dying(&self, (ty, loc): (u16, Loc)) -> Dying {
-        let info = self.types.info(ty);
-        let (ptr, meta) = self.locate_at(ty, loc);
-        let place = match loc.decode() {
-            Where::Segment { id, .. } => Place::segment(id),
+    /// The object that `held` (a slot's, just unlinked) describes.
+    fn dying(&self, held: Held) -> Dying {
+        let info = self.types.info(held.ty);
+        let (ptr, meta) = self.locate(held);
+        let place = match held.loc.decode() {
+            Where::Segment { granule } => Place::segment(self.space.split_granule(granule).0),
             Where::Large { id } => Place::large(id as u32),
-            Where::Nowhere { .. } => Place::NONE,
+            Where::Nowhere => Place::NONE,
         };
         Dying {
             ptr,
@@ -298,6 +306,13 @@ impl RawHeap {
     pub(crate) fn live_slot<T: ?Sized + Object>(&self, key: KeyData) -> Option<&Slot> {
         let slot = self.table.get(key)?;
         (!slot.is_dead() && self.types.is::<T>(slot.ty)).then_some(slot)
+    }
+
+    /// What the slot of `key` holds, if its handle is live and it holds a `T`.
+    #[inline]
+    pub(crate) fn live_held<T: ?Sized + Object>(&self, key: KeyData) -> Option<Held> {
+        let slot = self.live_slot::<T>(key)?;
+        Some(self.held_as::<T>(key, slot))
     }
 
     /// Pins the object of `key`, shared or exclusive, and returns a pointer
@@ -343,7 +358,7 @@ impl RawHeap {
                 Err(seen) => cur = seen,
             }
         }
-        let Some((data, meta)) = self.try_locate(slot) else {
+        let Some((data, meta)) = self.try_locate(self.held_as::<T>(key, slot)) else {
             // Unreachable while the invariants hold; never a panic here.
             word.fetch_sub(if exclusive { EXCLUSIVE } else { 1 }, Ordering::Relaxed);
             return Err(BorrowError::Stale.into());
@@ -389,7 +404,7 @@ impl RawHeap {
         else {
             return Freed::Stale;
         };
-        let size = self.size_of(slot);
+        let size = self.size_of(self.table.held(key).expect("the slot of key"));
         // Guards lower the word without the engine (another thread's, on
         // `SyncHeap`): mark the zombie only while a pin is left, so that
         // exactly one of us sees the last pin go. No pin can be *taken* now:
@@ -412,7 +427,7 @@ impl RawHeap {
             return Freed::Deferred;
         }
         let held = self.table.remove(key).expect("live slot exists");
-        if self.types.info(held.0).drop.is_none() && !self.reading() {
+        if self.types.info(held.ty).drop.is_none() && !self.reading() {
             // No drop glue, no reader: nothing to run, give the bytes back now.
             let dying = self.dying(held);
             self.release(dying);
@@ -455,7 +470,9 @@ impl RawHeap {
         if cur & (ZOMBIE | EXCLUSIVE) != 0 {
             return Err(refused(cur));
         }
-        let (data, meta) = self.try_locate(slot).ok_or(BorrowError::Stale)?;
+        let (data, meta) = self
+            .try_locate(self.held_as::<T>(key, slot))
+            .ok_or(BorrowError::Stale)?;
         let ptr = T::from_raw_parts(data.as_ptr(), if T::INFO.is_slice { meta } else { 0 });
         // SAFETY: object addresses are never null (mapped memory or an aligned dangling address).
         Ok(unsafe { NonNull::new_unchecked(ptr) })
@@ -470,7 +487,7 @@ impl RawHeap {
         if slot.is_pinned() || self.reading() {
             return Err(RemoveError::Pinned);
         }
-        let size = self.size_of(slot);
+        let size = self.size_of(self.held_as::<T>(key, slot));
         self.live_bytes -= size;
         let held = self.table.remove(key).expect("live slot exists");
         Ok(self.dying(held))
@@ -547,16 +564,21 @@ impl RawHeap {
         }
         let info = &<[T] as Object>::INFO;
         let new_size = info.layout(new_len).ok_or(AllocError::TooLarge)?.size();
-        let (old_ptr, old_len) = self.locate(slot);
+        let held = self.held_as::<[T]>(key, slot);
+        let (old_ptr, old_len) = self.locate(held);
         let old_size = info.size(old_len);
         if new_len == old_len {
             return Ok(());
         }
-        let ptr = if let Some(id) = slot.loc.segment_id().filter(|_| new_size > 0) {
-            let offset = slot.loc.offset();
+        let in_segment = match held.loc.decode() {
+            Where::Segment { granule } if new_size > 0 => Some(granule),
+            _ => None,
+        };
+        let ptr = if let Some(granule) = in_segment {
+            let (id, offset) = self.space.split_granule(granule);
             if self.space.resize_in_place(id, offset, old_size, new_size) {
-                let slot = self.table.get_mut(key).expect("live slot exists");
-                slot.loc = Loc::segment(id, offset, new_len);
+                // A segment slice is at most a quarter segment: its length fits.
+                self.table.set_len(index_of(key), new_len);
                 self.live_bytes = self.live_bytes - old_size + new_size;
                 Some(old_ptr)
             } else {
@@ -571,11 +593,16 @@ impl RawHeap {
                 // A new object, then the old one's location again: making
                 // room (pacing, a memory limit) may have moved it.
                 let (new_key, new_ptr) = self.alloc(info, new_len)?;
-                let (new_ty, new_loc) = self.table.remove(new_key).expect("new slot exists");
+                let new = self.table.remove(new_key).expect("new slot exists");
                 let slot = self.table.get_mut(key).expect("live slot exists");
-                debug_assert_eq!(slot.ty, new_ty);
-                let old_loc = core::mem::replace(&mut slot.loc, new_loc);
-                let (old_ptr, _) = self.locate_at(new_ty, old_loc);
+                debug_assert_eq!(slot.ty, new.ty);
+                let old = Held {
+                    ty: new.ty,
+                    loc: core::mem::replace(&mut slot.loc, new.loc),
+                    len: old_len,
+                };
+                self.table.set_len(index_of(key), new.len);
+                let (old_ptr, _) = self.locate(old);
                 // SAFETY: two distinct allocations of at least `min` bytes each;
                 // the old one holds `old_len` initialised `T`s (Copy: a bitwise
                 // copy is a copy), and we hold the engine.
@@ -587,7 +614,7 @@ impl RawHeap {
                     )
                 };
                 self.live_bytes -= old_size;
-                let dying = self.dying((new_ty, old_loc));
+                let dying = self.dying(old);
                 self.release(dying);
                 new_ptr
             }
@@ -610,11 +637,6 @@ impl RawHeap {
     pub(crate) fn set_memory_limit(&mut self, bytes: Option<usize>) {
         self.limited = bytes.is_some();
         self.space.set_limit(bytes.unwrap_or(usize::MAX));
-    }
-
-    /// The slice length of the object in `slot` (0 for a sized value).
-    pub(crate) fn meta(&self, slot: &Slot) -> usize {
-        self.meta_of(slot.loc)
     }
 
     /// The key of the first live `T` at a table index `>= from`, and the
@@ -780,9 +802,9 @@ impl RawHeap {
         deferred
             .iter()
             .filter_map(|d| d.info.drop.map(|drop| (d.ptr, d.meta, drop)))
-            .chain(self.table.iter().filter_map(|(_, s)| {
+            .chain(self.table.iter().filter_map(|(key, s)| {
                 let drop = self.types.info(s.ty).drop?;
-                let (ptr, meta) = self.locate(s);
+                let (ptr, meta) = self.locate(self.table.held(key)?);
                 Some((ptr, meta, drop))
             }))
             .collect()

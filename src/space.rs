@@ -9,7 +9,7 @@ use crate::error::AllocError;
 use crate::large::LargeObjects;
 use crate::mapping::{Mapping, PAGE};
 use crate::segment::{align_up, Segment, LINE};
-use crate::table::Loc;
+use crate::table::{Loc, GRANULE};
 
 /// Where an object's bytes are, packed into 32 bits for the slot table.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -73,6 +73,12 @@ pub(crate) struct Space {
     segments: Vec<Option<Segment>>,
     /// `bases[id]` is the start of segment `id` (dangling for released ids).
     bases: Vec<Base>,
+    /// A granule address (see [`Loc`]) is `id << granule_shift | granule in
+    /// the segment`: `granule_shift` is `log2(segment_size / GRANULE)`.
+    granule_shift: u32,
+    /// Segment ids are below this, so that granule addresses stay below
+    /// [`Loc::LARGE`].
+    max_segments: usize,
     free_segments: Vec<u32>,
     /// Objects with a mapping each, and spare mappings for reuse
     /// (`compact()` gives the spares back).
@@ -107,7 +113,12 @@ pub(crate) struct Space {
 
 impl Space {
     pub(crate) fn new(config: &Config) -> Space {
+        // `Config` keeps the segment size a power of two, at least 4 KiB.
+        debug_assert!(config.segment_size.is_power_of_two() && config.segment_size >= 4096);
+        let granule_shift = (config.segment_size / GRANULE).trailing_zeros();
         Space {
+            granule_shift,
+            max_segments: (Loc::LARGE >> granule_shift) as usize,
             segment_size: config.segment_size,
             large_threshold: config.segment_size / 4,
             limit: config.memory_limit.unwrap_or(usize::MAX),
@@ -168,10 +179,37 @@ impl Space {
                 * size_of::<u32>()
     }
 
-    /// The start of segment `id`, or `None` for an id never used (no panic).
+    /// The granule address of byte `offset` (a multiple of [`GRANULE`]) of
+    /// segment `id`.
     #[inline]
-    pub(crate) fn try_base(&self, id: u32) -> Option<NonNull<u8>> {
-        self.bases.get(id as usize).map(|b| b.0)
+    pub(crate) fn granule(&self, id: u32, offset: usize) -> u32 {
+        debug_assert!((id as usize) < self.max_segments && offset < self.segment_size);
+        debug_assert!(offset.is_multiple_of(GRANULE), "objects start on granules");
+        (id << self.granule_shift) | (offset / GRANULE) as u32
+    }
+
+    /// The segment id and byte offset of granule address `granule`.
+    #[inline]
+    pub(crate) fn split_granule(&self, granule: u32) -> (u32, usize) {
+        let mask = (1u32 << self.granule_shift) - 1;
+        (
+            granule >> self.granule_shift,
+            (granule & mask) as usize * GRANULE,
+        )
+    }
+
+    /// The address of the segment bytes at `loc`, or `None` if `loc` is not
+    /// in a segment (or names a segment never used). Never panics.
+    #[inline]
+    pub(crate) fn try_at(&self, loc: Loc) -> Option<NonNull<u8>> {
+        // Large and zero-sized tags are at or above `Loc::LARGE`, so their
+        // "ids" are at least `max_segments`, beyond every base.
+        let (id, offset) = self.split_granule(loc.bits());
+        let base = self.bases.get(id as usize)?.0;
+        // SAFETY: a granule address of a live object is inside its segment's
+        // mapping (I2), and `offset < segment_size` for any granule address,
+        // the length of every segment's mapping; so is `base + offset`.
+        Some(unsafe { base.add(offset) })
     }
 
     /// The first byte and slice length of large object `id` (no panic).
@@ -227,6 +265,8 @@ impl Space {
                 NonNull::new(core::ptr::without_provenance_mut(align)).expect("align is non-zero");
             return Ok((ptr, Place::NONE));
         }
+        // Slots name objects in segments by granule (see `Loc`).
+        let align = align.max(GRANULE);
         if size > self.large_threshold || align > PAGE {
             return self.alloc_large(size, align);
         }
@@ -331,9 +371,10 @@ impl Space {
             (true, None) => self.segment_size,
         };
         if self.held.saturating_add(adds) > self.limit
-            || (self.free_segments.is_empty() && self.segments.len() >= Loc::MAX_SEGMENTS as usize)
+            || (self.free_segments.is_empty() && self.segments.len() >= self.max_segments)
         {
-            // Past the limit, or out of ids (a slot names a segment in 16 bits).
+            // Past the limit, or out of ids (a slot's 32 bits address at
+            // most `Loc::LARGE` granules of segments).
             return Err(AllocError::OutOfMemory);
         }
         let seg = match self.pool.pop() {
@@ -380,6 +421,10 @@ impl Space {
         align: usize,
     ) -> Result<(NonNull<u8>, Place), AllocError> {
         let len = Mapping::length_for(size, align).ok_or(AllocError::TooLarge)?;
+        if self.large.is_full(Loc::MAX_LARGE) {
+            // A slot names a large object in 25 bits.
+            return Err(AllocError::OutOfMemory);
+        }
         let mapping = match self.large.take_spare(size, align) {
             Some(spare) => spare,
             None => {

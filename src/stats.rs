@@ -33,7 +33,8 @@ pub struct HeapStats {
     /// Bytes of freed large-object mappings kept for reuse by the next large
     /// object of the same size (at most two); `compact()` gives them back.
     pub spare_bytes: usize,
-    /// Bytes of bookkeeping: the handle table (16 bytes a slot), the
+    /// Bytes of bookkeeping: the handle table (12 bytes a slot, and 4 more
+    /// for each slot of a chunk that holds slices), the
     /// segments' line counts and bitmaps, the type registry, and the heap's
     /// own vectors (including a compaction pass's lists while one runs).
     pub metadata_bytes: usize,

@@ -1,11 +1,14 @@
-//! The slot table: one 16-byte [`Slot`] per object, plus retirement.
+//! The slot table: one 12-byte [`Slot`] per object, plus retirement.
 //!
 //! A handle is a slotmap [`KeyData`] (a 32-bit index and a 32-bit version,
 //! odd while the slot is occupied), but the table is our own: slotmap's
 //! `SlotMap<Slot>` pads each entry to the value's alignment and keeps its
 //! version beside it, which cannot get a slot with a pointer, a type and a
-//! borrow word under 24 bytes. Here everything an object needs is packed in
-//! 16 (see [`Loc`]); docs/DESIGN.md, "Slots and handles", has the layout.
+//! borrow word under 24 bytes. Here everything a sized object needs is
+//! packed in 12 (see [`Loc`]). A slice's length does not fit: it is kept
+//! beside the slot, in an array of lengths that a chunk of the table gets
+//! when it first holds a slice, so only slices pay its 4 bytes.
+//! docs/DESIGN.md, "Slots and handles", has the layout.
 //!
 //! Every insert and remove bumps a slot's version; a slot whose version would
 //! wrap (after 2³¹ reuses) is *retired* instead of freed: it stays occupied
@@ -30,7 +33,7 @@ pub(crate) const SHARED: u16 = EXCLUSIVE - 1;
 /// carry it (no drop glue, no bytes).
 pub(crate) const UNIT_TYPE: u16 = 0;
 
-/// One object's entry: 16 bytes.
+/// One object's entry: 12 bytes.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -41,13 +44,13 @@ pub(crate) struct Slot {
     pub(crate) borrow: AtomicU16,
     /// The stored type, an index into the heap's [`Types`](crate::types::Types).
     pub(crate) ty: u16,
-    /// Where the bytes are and the slice length. While vacant: the next
-    /// vacant index + 1 (0: none), in the low 32 bits.
+    /// Where the bytes are. While vacant: the next vacant index in the
+    /// chunk + 1 (0: none).
     pub(crate) loc: Loc,
 }
 
 #[cfg(not(loom))] // loom's atomics are bigger
-const _: () = assert!(core::mem::size_of::<Slot>() == 16);
+const _: () = assert!(core::mem::size_of::<Slot>() == 12);
 
 impl Slot {
     /// Whether the handle is dead (freed while pinned, or retired).
@@ -63,106 +66,97 @@ impl Slot {
     }
 }
 
-/// Where an object's bytes are, and the length of a slice, in 64 bits:
+/// Where an object's bytes are, in 32 bits:
 ///
-/// | bits 48..64 | bits 24..48 | bits 0..24 | meaning |
-/// |---|---|---|---|
-/// | segment id (< [`Loc::MAX_SEGMENTS`]) | byte offset in the segment | slice length | bytes in a segment |
-/// | `0xFFFF` | large id (48 bits, with the next column) | | a mapping of its own; its length is kept with the mapping |
-/// | `0xFFFE` | slice length (48 bits, with the next column) | | no bytes: a zero-sized value |
+/// | value | meaning |
+/// |---|---|
+/// | below [`Loc::LARGE`] | bytes in a segment, at *granule address* `value`: byte `(value & mask) * GRANULE` of segment `value >> shift` |
+/// | `LARGE + id`, below [`Loc::NOWHERE`] | large object `id`: a mapping of its own |
+/// | [`Loc::NOWHERE`] | no bytes: a zero-sized value |
 ///
-/// Objects in segments are at most a quarter segment, and segments are at
-/// most 16 MiB, so offsets and lengths fit 24 bits.
+/// The segment's `shift` and `mask` follow from the segment size (the
+/// [`Space`](crate::space::Space) keeps them): a granule address is the
+/// byte address in the concatenation of all segments, over [`GRANULE`]. So
+/// the segments of one heap hold at most `LARGE * GRANULE` bytes (about
+/// 15.9 GiB), and objects in segments start at multiples of [`GRANULE`].
+/// The slice length is not here: see [`Table::len`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Loc(u64);
+pub(crate) struct Loc(u32);
+
+/// Objects in segments start at multiples of this many bytes.
+pub(crate) const GRANULE: usize = 4;
 
 /// What a [`Loc`] says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Where {
-    /// `len` elements at byte `offset` of segment `id`.
-    Segment { id: u32, offset: usize, len: usize },
+    /// At granule address `granule` of the segments.
+    Segment { granule: u32 },
     /// Large object `id`.
     Large { id: usize },
-    /// No bytes; a slice of `len` elements (0 for sized types).
-    Nowhere { len: usize },
+    /// No bytes.
+    Nowhere,
 }
 
 impl Loc {
-    const LARGE: u64 = 0xFFFF;
-    const NOWHERE: u64 = 0xFFFE;
-    const LOW24: u64 = (1 << 24) - 1;
-    const LOW48: u64 = (1 << 48) - 1;
-    /// Segment ids are below this.
-    pub(crate) const MAX_SEGMENTS: u32 = 0xFFFE;
-    /// Offsets in a segment and lengths of slices in segments are below this.
-    pub(crate) const MAX_IN_SEGMENT: usize = 1 << 24;
-    /// Lengths of zero-sized slices are at most this.
-    pub(crate) const MAX_NOWHERE_LEN: usize = Loc::LOW48 as usize;
+    /// Granule addresses are below this; large ids start here.
+    pub(crate) const LARGE: u32 = 0xFE00_0000;
+    /// The zero-sized tag.
+    pub(crate) const NOWHERE: u32 = u32::MAX;
+    /// Large ids are below this.
+    pub(crate) const MAX_LARGE: usize = (Loc::NOWHERE - Loc::LARGE) as usize;
+    /// The zero-sized location.
+    pub(crate) const ZERO_SIZED: Loc = Loc(Loc::NOWHERE);
 
+    /// Bytes at granule address `granule` (below [`Loc::LARGE`]).
     #[inline]
-    pub(crate) fn segment(id: u32, offset: usize, len: usize) -> Loc {
-        debug_assert!(id < Loc::MAX_SEGMENTS);
-        debug_assert!(offset < Loc::MAX_IN_SEGMENT && len < Loc::MAX_IN_SEGMENT);
-        Loc((u64::from(id) << 48) | ((offset as u64) << 24) | len as u64)
+    pub(crate) fn segment(granule: u32) -> Loc {
+        debug_assert!(granule < Loc::LARGE);
+        Loc(granule)
     }
 
     #[inline]
     pub(crate) fn large(id: usize) -> Loc {
-        debug_assert!(id as u64 <= Loc::LOW48);
-        Loc((Loc::LARGE << 48) | id as u64)
+        debug_assert!(id < Loc::MAX_LARGE);
+        Loc(Loc::LARGE + id as u32)
     }
 
+    /// The granule address, if the bytes are in a segment.
     #[inline]
-    pub(crate) fn nowhere(len: usize) -> Loc {
-        debug_assert!(len <= Loc::MAX_NOWHERE_LEN);
-        Loc((Loc::NOWHERE << 48) | len as u64)
+    pub(crate) fn granule(self) -> Option<u32> {
+        (self.0 < Loc::LARGE).then_some(self.0)
     }
 
-    /// The top 16 bits: a segment id, or the large or zero-sized tag (both
-    /// above every segment id).
+    /// The raw 32 bits: a granule address if below [`Loc::LARGE`].
     #[inline]
-    pub(crate) fn tag(self) -> u32 {
-        (self.0 >> 48) as u32
-    }
-
-    /// The segment id, if the bytes are in a segment.
-    #[inline]
-    pub(crate) fn segment_id(self) -> Option<u32> {
-        let id = (self.0 >> 48) as u32;
-        (id < Loc::MAX_SEGMENTS).then_some(id)
-    }
-
-    /// The byte offset in the segment (meaningful for segment objects).
-    #[inline]
-    pub(crate) fn offset(self) -> usize {
-        ((self.0 >> 24) & Loc::LOW24) as usize
-    }
-
-    /// The slice length of a segment object.
-    #[inline]
-    pub(crate) fn segment_len(self) -> usize {
-        (self.0 & Loc::LOW24) as usize
+    pub(crate) fn bits(self) -> u32 {
+        self.0
     }
 
     #[inline]
     pub(crate) fn decode(self) -> Where {
-        match self.0 >> 48 {
-            Loc::LARGE => Where::Large {
-                id: (self.0 & Loc::LOW48) as usize,
-            },
-            Loc::NOWHERE => Where::Nowhere {
-                len: (self.0 & Loc::LOW48) as usize,
-            },
-            id => Where::Segment {
-                id: id as u32,
-                offset: self.offset(),
-                len: self.segment_len(),
+        match self.0 {
+            g if g < Loc::LARGE => Where::Segment { granule: g },
+            Loc::NOWHERE => Where::Nowhere,
+            tag => Where::Large {
+                id: (tag - Loc::LARGE) as usize,
             },
         }
     }
 }
 
-/// Slots per chunk of the table (16 KiB).
+/// What an occupied slot holds: the type, the location and the slice length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The type index.
+    pub(crate) ty: u16,
+    /// Where the bytes are.
+    pub(crate) loc: Loc,
+    /// The slice length (0 for a sized value; for a large object, kept
+    /// with its mapping instead, so 0 here).
+    pub(crate) len: usize,
+}
+
+/// Slots per chunk of the table (12 KiB).
 const CHUNK: usize = 1024;
 
 /// [`CHUNK`] slots at a stable address, owned by the table.
@@ -250,6 +244,11 @@ struct ChunkMeta {
 pub(crate) struct Table {
     /// `None`: released (every slot vacant; versions resume at `floor`).
     chunks: Vec<Option<Chunk>>,
+    /// The slice lengths of chunk `c`'s slots, once it has held a slice
+    /// (`None`: every length is 0). Lengths of segment slices are at most a
+    /// quarter segment and those of zero-sized slices at most `u32::MAX`
+    /// (large objects keep theirs with the mapping).
+    lens: Vec<Option<Box<[u32]>>>,
     meta: Vec<ChunkMeta>,
     /// Bit `c` is set iff chunk `c` has a vacant slot.
     vacant: Vec<u64>,
@@ -272,6 +271,12 @@ fn split(key: KeyData) -> (usize, u32) {
     (bits as u32 as usize, (bits >> 32) as u32)
 }
 
+/// The table index of `key`.
+#[inline]
+pub(crate) fn index_of(key: KeyData) -> usize {
+    split(key).0
+}
+
 /// The key of the slot at `index` with `version`.
 #[inline]
 fn key_of(index: usize, version: u32) -> KeyData {
@@ -282,6 +287,7 @@ impl Table {
     pub(crate) fn new() -> Table {
         Table {
             chunks: Vec::new(),
+            lens: Vec::new(),
             meta: Vec::new(),
             vacant: Vec::new(),
             vacant_from: 0,
@@ -330,6 +336,7 @@ impl Table {
             Some(c) => c,
             None => {
                 self.chunks.push(None);
+                self.lens.push(None);
                 self.meta.push(ChunkMeta::default());
                 self.set_vacant(self.chunks.len() - 1, true);
                 self.chunks.len() - 1
@@ -374,6 +381,7 @@ impl Table {
             }
             if c == self.chunks.len() {
                 self.chunks.push(None);
+                self.lens.push(None);
                 self.meta.push(ChunkMeta::default());
             }
             self.materialize(c);
@@ -403,10 +411,11 @@ impl Table {
         })
     }
 
-    /// Occupies a slot with an object of type `ty` at `loc`, unpinned.
-    /// The table must not be [full](Table::is_full).
+    /// Occupies a slot with an object of type `ty` at `loc` with slice
+    /// length `len` (at most `u32::MAX`), unpinned. The table must not be
+    /// [full](Table::is_full).
     #[inline]
-    pub(crate) fn insert(&mut self, ty: u16, loc: Loc) -> KeyData {
+    pub(crate) fn insert(&mut self, ty: u16, loc: Loc, len: usize) -> KeyData {
         debug_assert!(!self.is_full());
         let c = self.chunk_with_room();
         let meta = &mut self.meta[c];
@@ -433,7 +442,45 @@ impl Table {
             self.set_vacant(c, false);
         }
         self.occupied += 1;
+        self.set_len(c * CHUNK + i, len);
         key
+    }
+
+    /// The slice length kept for the slot at `index` (0 if none was).
+    #[inline]
+    pub(crate) fn len(&self, index: usize) -> usize {
+        match self.lens.get(index / CHUNK) {
+            Some(Some(lens)) => lens.get(index % CHUNK).map_or(0, |&n| n as usize),
+            _ => 0,
+        }
+    }
+
+    /// Keeps `len` (at most `u32::MAX`) as the slice length of the slot at
+    /// `index`, a slot of a materialized chunk.
+    #[inline]
+    pub(crate) fn set_len(&mut self, index: usize, len: usize) {
+        debug_assert!(u32::try_from(len).is_ok(), "slice lengths fit 32 bits");
+        let lens = &mut self.lens[index / CHUNK];
+        match lens {
+            Some(lens) => lens[index % CHUNK] = len as u32,
+            None if len == 0 => {}
+            None => {
+                let mut new = vec![0u32; CHUNK].into_boxed_slice();
+                new[index % CHUNK] = len as u32;
+                *lens = Some(new);
+            }
+        }
+    }
+
+    /// What the occupied slot of `key` holds.
+    #[inline]
+    pub(crate) fn held(&self, key: KeyData) -> Option<Held> {
+        let slot = self.get(key)?;
+        Some(Held {
+            ty: slot.ty,
+            loc: slot.loc,
+            len: self.len(split(key).0),
+        })
     }
 
     /// The slot at `index`, occupied or vacant, if its chunk is materialized.
@@ -469,16 +516,20 @@ impl Table {
         self.zombies += 1;
     }
 
-    /// Vacates the slot of `key` (live or zombie) and returns what it held:
-    /// its type and location. If the version is exhausted, the slot is
-    /// retired instead of vacated.
-    pub(crate) fn remove(&mut self, key: KeyData) -> Option<(u16, Loc)> {
+    /// Vacates the slot of `key` (live or zombie) and returns what it held.
+    /// If the version is exhausted, the slot is retired instead of vacated.
+    pub(crate) fn remove(&mut self, key: KeyData) -> Option<Held> {
         let (index, version) = split(key);
         let retire = version >= self.retire_at;
         let (c, i) = (index / CHUNK, index % CHUNK);
         let next_free = self.meta.get(c).map_or(0, |m| m.free);
+        let len = self.len(index);
         let slot = self.at_mut(index).filter(|s| s.version == version)?;
-        let held = (slot.ty, slot.loc);
+        let held = Held {
+            ty: slot.ty,
+            loc: slot.loc,
+            len,
+        };
         let was_zombie = slot.is_dead();
         // A zombie finishing (retired slots are never removed: their dead
         // marker has no pins, and no caller removes those).
@@ -486,10 +537,10 @@ impl Table {
         if retire {
             slot.borrow = AtomicU16::new(ZOMBIE);
             slot.ty = UNIT_TYPE;
-            slot.loc = Loc::nowhere(0);
+            slot.loc = Loc::ZERO_SIZED;
         } else {
             slot.version = version.wrapping_add(1);
-            slot.loc = Loc(u64::from(next_free));
+            slot.loc = Loc(u32::from(next_free));
             let meta = &mut self.meta[c];
             meta.free = i as u16 + 1;
             meta.occupied -= 1;
@@ -501,6 +552,7 @@ impl Table {
         }
         if retire {
             self.retired += 1;
+            self.set_len(index, 0);
         }
         Some(held)
     }
@@ -523,6 +575,9 @@ impl Table {
             debug_assert!(meta.floor.is_multiple_of(2));
             *chunk = None;
             released += CHUNK * core::mem::size_of::<Slot>();
+            if self.lens[c].take().is_some() {
+                released += CHUNK * core::mem::size_of::<u32>();
+            }
         }
         // A released chunk keeps its entry and its floor (20 bytes per
         // 16 KiB of slots given back).
@@ -538,8 +593,11 @@ impl Table {
     pub(crate) fn metadata_bytes(&self) -> usize {
         use core::mem::size_of;
         let materialized = self.chunks.iter().filter(|c| c.is_some()).count();
+        let lens = self.lens.iter().filter(|l| l.is_some()).count();
         materialized * CHUNK * size_of::<Slot>()
+            + lens * CHUNK * size_of::<u32>()
             + self.chunks.capacity() * size_of::<Option<Chunk>>()
+            + self.lens.capacity() * size_of::<Option<Box<[u32]>>>()
             + self.meta.capacity() * size_of::<ChunkMeta>()
             + self.vacant.capacity() * size_of::<u64>()
     }
@@ -592,46 +650,63 @@ mod tests {
     #[test]
     fn locations_round_trip() {
         let cases = [
-            Loc::segment(0, 0, 0),
-            Loc::segment(Loc::MAX_SEGMENTS - 1, Loc::MAX_IN_SEGMENT - 1, 77),
-            Loc::large(123_456_789),
-            Loc::nowhere(Loc::MAX_NOWHERE_LEN),
+            Loc::segment(0),
+            Loc::segment(Loc::LARGE - 1),
+            Loc::large(0),
+            Loc::large(Loc::MAX_LARGE - 1),
+            Loc::ZERO_SIZED,
         ];
         assert_eq!(
             cases.map(Loc::decode),
             [
+                Where::Segment { granule: 0 },
                 Where::Segment {
-                    id: 0,
-                    offset: 0,
-                    len: 0
+                    granule: Loc::LARGE - 1
                 },
-                Where::Segment {
-                    id: Loc::MAX_SEGMENTS - 1,
-                    offset: Loc::MAX_IN_SEGMENT - 1,
-                    len: 77
+                Where::Large { id: 0 },
+                Where::Large {
+                    id: Loc::MAX_LARGE - 1
                 },
-                Where::Large { id: 123_456_789 },
-                Where::Nowhere {
-                    len: Loc::MAX_NOWHERE_LEN
-                },
+                Where::Nowhere,
             ]
         );
-        assert_eq!(Loc::large(5).segment_id(), None);
-        assert_eq!(Loc::segment(9, 8, 7).segment_id(), Some(9));
+    }
+
+    #[test]
+    fn slice_lengths_are_kept_beside_the_slots_of_chunks_that_hold_slices() {
+        let mut t = Table::new();
+        let sized = t.insert(1, Loc::segment(8), 0);
+        let bare = t.metadata_bytes();
+        let slice = t.insert(2, Loc::segment(16), 77);
+        assert_eq!(t.metadata_bytes(), bare + CHUNK * 4, "the chunk's lengths");
+        assert_eq!(t.held(slice).map(|h| h.len), Some(77));
+        assert_eq!(t.held(sized).map(|h| h.len), Some(0));
+        assert_eq!(
+            t.remove(slice),
+            Some(Held {
+                ty: 2,
+                loc: Loc::segment(16),
+                len: 77
+            })
+        );
+        // A slot reused by a sized value reads length 0, not its last one's.
+        let again = t.insert(1, Loc::segment(24), 0);
+        assert_eq!(split(again).0, split(slice).0);
+        assert_eq!(t.held(again).map(|h| h.len), Some(0));
     }
 
     #[test]
     fn slots_come_from_the_lowest_chunk_with_room() {
         let mut t = Table::new();
         let keys: Vec<KeyData> = (0..3 * CHUNK)
-            .map(|_| t.insert(1, Loc::nowhere(0)))
+            .map(|_| t.insert(1, Loc::ZERO_SIZED, 0))
             .collect();
         // Vacate one slot high up and one low down: the low one is taken first.
         t.remove(keys[2 * CHUNK + 5]).unwrap();
         t.remove(keys[7]).unwrap();
-        let k = t.insert(1, Loc::nowhere(0));
+        let k = t.insert(1, Loc::ZERO_SIZED, 0);
         assert_eq!(split(k).0, 7);
-        let k = t.insert(1, Loc::nowhere(0));
+        let k = t.insert(1, Loc::ZERO_SIZED, 0);
         assert_eq!(split(k).0, 2 * CHUNK + 5);
     }
 
@@ -639,21 +714,23 @@ mod tests {
     fn wholly_vacant_chunks_are_released_and_old_handles_stay_stale() {
         let mut t = Table::new();
         let keys: Vec<KeyData> = (0..3 * CHUNK)
-            .map(|_| t.insert(1, Loc::nowhere(0)))
+            .map(|_| t.insert(1, Loc::ZERO_SIZED, 0))
             .collect();
         let full = t.metadata_bytes();
         // Empty the middle chunk, and all but one slot of the last.
         for k in &keys[CHUNK..3 * CHUNK - 1] {
             t.remove(*k).unwrap();
         }
-        assert_eq!(t.release_vacant(), CHUNK * 16);
-        assert!(t.metadata_bytes() <= full - CHUNK * 16);
+        assert_eq!(t.release_vacant(), CHUNK * 12);
+        assert!(t.metadata_bytes() <= full - CHUNK * 12);
         for k in &keys[CHUNK..2 * CHUNK] {
             assert!(t.get(*k).is_none(), "a released slot is vacant");
         }
         // The released chunk comes back when the lower ones are full; its
         // slots start above every version they had.
-        let again: Vec<KeyData> = (0..CHUNK).map(|_| t.insert(2, Loc::nowhere(0))).collect();
+        let again: Vec<KeyData> = (0..CHUNK)
+            .map(|_| t.insert(2, Loc::ZERO_SIZED, 0))
+            .collect();
         assert!(again
             .iter()
             .all(|k| (CHUNK..2 * CHUNK).contains(&split(*k).0)));
@@ -667,11 +744,18 @@ mod tests {
     #[test]
     fn vacated_slots_are_reused_with_a_new_version() {
         let mut t = Table::new();
-        let a = t.insert(1, Loc::nowhere(0));
-        let b = t.insert(1, Loc::nowhere(1));
-        assert_eq!(t.remove(a), Some((1, Loc::nowhere(0))));
+        let a = t.insert(1, Loc::ZERO_SIZED, 0);
+        let b = t.insert(1, Loc::ZERO_SIZED, 1);
+        assert_eq!(
+            t.remove(a),
+            Some(Held {
+                ty: 1,
+                loc: Loc::ZERO_SIZED,
+                len: 0
+            })
+        );
         assert!(t.get(a).is_none() && t.remove(a).is_none());
-        let c = t.insert(2, Loc::nowhere(2));
+        let c = t.insert(2, Loc::ZERO_SIZED, 2);
         assert_eq!(split(c).0, split(a).0, "the vacant slot is reused");
         assert_ne!(c, a);
         assert_eq!(t.get(c).map(|s| s.ty), Some(2));
