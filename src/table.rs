@@ -53,6 +53,17 @@ pub(crate) struct Slot {
 const _: () = assert!(core::mem::size_of::<Slot>() == 12);
 
 impl Slot {
+    /// A vacant slot at `version` (even).
+    fn vacant(version: u32) -> Slot {
+        debug_assert!(version.is_multiple_of(2));
+        Slot {
+            version,
+            borrow: AtomicU16::new(0),
+            ty: UNIT_TYPE,
+            loc: Loc(0),
+        }
+    }
+
     /// Whether the handle is dead (freed while pinned, or retired).
     #[inline]
     pub(crate) fn is_dead(&self) -> bool {
@@ -159,15 +170,55 @@ pub(crate) struct Held {
 /// Slots per chunk of the table (12 KiB).
 const CHUNK: usize = 1024;
 
-/// [`CHUNK`] slots at a stable address, owned by the table.
+/// A chunk with at most this many occupied slots is kept sparse by
+/// [`Table::release_vacant`] (if no guard pins one of them).
+const SPARSE_AT: usize = CHUNK / 4;
+
+/// Words of a chunk's presence bitmap.
+const WORDS: usize = CHUNK / 64;
+
+/// Which slots a sparse chunk keeps: bit `i % 64` of `bits[i / 64]` for
+/// slot `i`, and the number of bits set in the words before each word.
+#[derive(Debug)]
+struct Present {
+    bits: [u64; WORDS],
+    before: [u16; WORDS],
+}
+
+impl Present {
+    /// The position of slot `i` among the kept ones, if it is kept.
+    #[inline]
+    fn position(&self, i: usize) -> Option<usize> {
+        let (w, bit) = (i / 64, i % 64);
+        let word = *self.bits.get(w)?;
+        if word & (1 << bit) == 0 {
+            return None;
+        }
+        let below = word & ((1u64 << bit) - 1);
+        Some(usize::from(self.before[w]) + below.count_ones() as usize)
+    }
+}
+
+/// The slots of one chunk at a stable address, owned by the table: all
+/// [`CHUNK`] of them (*dense*), or, in a *sparse* chunk, only the slots
+/// that `present` keeps, in index order. A slot a sparse chunk does not keep
+/// is vacant, and its version is at most the chunk's floor (see
+/// [`ChunkMeta::floor`]).
 ///
-/// Invariant: `0` points to `CHUNK` initialised slots from a `Box<[Slot]>`
-/// that this value owns. References are made one slot at a time (shared,
+/// Invariant: `slots` points to `len` initialised slots from a `Box<[Slot]>`
+/// that this value owns; `len` is `CHUNK` when dense, the bits set in
+/// `present` when sparse. References are made one slot at a time (shared,
 /// or exclusive through `&mut Chunk`), never to the whole chunk mutably, so
 /// that a guard's pointer to the borrow word of *its* slot stays valid while
-/// other slots of the chunk change (I11 in docs/DESIGN.md).
+/// other slots of the chunk change (I11 in docs/DESIGN.md). A chunk is
+/// rebuilt in the other form (its slots move) only while none of its slots
+/// is pinned.
 #[derive(Debug)]
-struct Chunk(NonNull<Slot>);
+struct Chunk {
+    slots: NonNull<Slot>,
+    len: usize,
+    present: Option<Box<Present>>,
+}
 
 // SAFETY: a chunk owns its slots, which are Send and Sync (plain integers and
 // an atomic); the pointer has no thread affinity.
@@ -176,47 +227,91 @@ unsafe impl Send for Chunk {}
 unsafe impl Sync for Chunk {}
 
 impl Chunk {
-    /// A chunk of vacant slots whose versions start at `floor` (even).
+    /// A chunk that owns `slots`, sparse if `present` is given.
+    fn from_slots(slots: Box<[Slot]>, present: Option<Box<Present>>) -> Chunk {
+        debug_assert_eq!(
+            slots.len(),
+            present.as_ref().map_or(CHUNK, |p| p
+                .bits
+                .iter()
+                .map(|w| w.count_ones() as usize)
+                .sum())
+        );
+        let len = slots.len();
+        Chunk {
+            slots: NonNull::new(Box::into_raw(slots).cast::<Slot>()).expect("a box is non-null"),
+            len,
+            present,
+        }
+    }
+
+    /// A dense chunk of vacant slots whose versions start at `floor` (even).
     fn new(floor: u32) -> Chunk {
-        let slots: Box<[Slot]> = (0..CHUNK)
-            .map(|_| Slot {
-                version: floor,
-                borrow: AtomicU16::new(0),
-                ty: UNIT_TYPE,
-                loc: Loc(0),
-            })
-            .collect();
-        Chunk(NonNull::new(Box::into_raw(slots).cast::<Slot>()).expect("a box is non-null"))
+        let slots: Box<[Slot]> = (0..CHUNK).map(|_| Slot::vacant(floor)).collect();
+        Chunk::from_slots(slots, None)
     }
 
+    /// Where slot `i` (`< CHUNK`) is kept, if it is.
     #[inline]
-    fn slot(&self, i: usize) -> &Slot {
-        debug_assert!(i < CHUNK);
-        // SAFETY: `i < CHUNK` slots, initialised and owned (type invariant);
+    fn position(&self, i: usize) -> Option<usize> {
+        match &self.present {
+            None => Some(i),
+            Some(present) => present.position(i),
+        }
+    }
+
+    fn is_sparse(&self) -> bool {
+        self.present.is_some()
+    }
+
+    /// The slot at position `pos`: `i` in a dense chunk, from
+    /// [`Chunk::position`] in a sparse one (so `pos < len`).
+    #[inline]
+    fn slot(&self, pos: usize) -> &Slot {
+        debug_assert!(pos < self.len, "slot position out of its chunk");
+        // SAFETY: `pos < len` slots, initialised and owned (type invariant);
         // an exclusive reference to one needs `&mut self`, so none is alive.
-        unsafe { &*self.0.as_ptr().add(i) }
+        unsafe { &*self.slots.as_ptr().add(pos) }
     }
 
     #[inline]
-    fn slot_mut(&mut self, i: usize) -> &mut Slot {
-        debug_assert!(i < CHUNK);
+    fn slot_mut(&mut self, pos: usize) -> &mut Slot {
+        debug_assert!(pos < self.len, "slot position out of its chunk");
         // SAFETY: as in `slot`; `&mut self` makes this the only reference
         // made through the chunk. Guards hold pointers only into pinned slots,
         // which the table never changes through `&mut` (I11).
-        unsafe { &mut *self.0.as_ptr().add(i) }
+        unsafe { &mut *self.slots.as_ptr().add(pos) }
     }
 
-    fn slots(&self) -> impl Iterator<Item = &Slot> {
-        (0..CHUNK).map(|i| self.slot(i))
+    /// The kept slots with their indices in the chunk, in index order.
+    fn entries(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        (0..CHUNK).filter_map(|i| Some((i, self.slot(self.position(i)?))))
+    }
+
+    /// Whether a guard pins one of the slots.
+    fn any_pinned(&self) -> bool {
+        self.entries().any(|(_, s)| s.is_pinned())
+    }
+
+    /// Takes the slots out (the chunk is gone), to rebuild it in another
+    /// form. Only while no slot is pinned (I11).
+    fn into_slots(mut self) -> Box<[Slot]> {
+        debug_assert!(!self.any_pinned());
+        self.present = None;
+        let me = core::mem::ManuallyDrop::new(self);
+        let slots = core::ptr::slice_from_raw_parts_mut(me.slots.as_ptr(), me.len);
+        // SAFETY: the pointer and length of the `Box<[Slot]>` this chunk owns
+        // (type invariant), taken once: `me` is never dropped.
+        unsafe { Box::from_raw(slots) }
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        let slots = core::ptr::slice_from_raw_parts_mut(self.0.as_ptr(), CHUNK);
-        // SAFETY: the pointer and length of the `Box<[Slot]>` made in `new`,
-        // dropped once; a chunk is dropped only with no occupied slot (or with
-        // the table), so no guard points into it (I11).
+        let slots = core::ptr::slice_from_raw_parts_mut(self.slots.as_ptr(), self.len);
+        // SAFETY: the pointer and length of the `Box<[Slot]>` this chunk
+        // owns, dropped once; a chunk is dropped only with no occupied slot
+        // (or with the table), so no guard points into it (I11).
         drop(unsafe { Box::from_raw(slots) });
     }
 }
@@ -323,29 +418,121 @@ impl Table {
         }
     }
 
-    /// The lowest chunk with a vacant slot, made ready to hand it out.
+    /// The lowest chunk with a vacant slot, made ready to hand it out: a
+    /// released chunk gets its slots again, a sparse one is made dense (or,
+    /// if a guard pins one of its slots, passed over until the next
+    /// [`Table::release_vacant`]).
     fn chunk_with_room(&mut self) -> usize {
-        let from = self.vacant_from;
-        let found = self.vacant[from.min(self.vacant.len())..]
-            .iter()
-            .position(|&w| w != 0)
-            .map(|i| from + i);
-        self.vacant_from = found.unwrap_or(self.vacant.len());
-        let found = found.map(|w| w * 64 + self.vacant[w].trailing_zeros() as usize);
-        let c = match found {
-            Some(c) => c,
-            None => {
+        loop {
+            let from = self.vacant_from;
+            let found = self.vacant[from.min(self.vacant.len())..]
+                .iter()
+                .position(|&w| w != 0)
+                .map(|i| from + i);
+            self.vacant_from = found.unwrap_or(self.vacant.len());
+            let Some(c) = found.map(|w| w * 64 + self.vacant[w].trailing_zeros() as usize) else {
                 self.chunks.push(None);
                 self.lens.push(None);
                 self.meta.push(ChunkMeta::default());
-                self.set_vacant(self.chunks.len() - 1, true);
-                self.chunks.len() - 1
+                let c = self.chunks.len() - 1;
+                self.set_vacant(c, true);
+                self.materialize(c);
+                return c;
+            };
+            match &self.chunks[c] {
+                None => {
+                    self.materialize(c);
+                    return c;
+                }
+                Some(chunk) if chunk.is_sparse() => {
+                    if self.densify(c) {
+                        return c;
+                    }
+                    self.set_vacant(c, false);
+                }
+                Some(_) => return c,
             }
-        };
-        if self.chunks[c].is_none() {
-            self.materialize(c);
         }
-        c
+    }
+
+    /// Makes the sparse chunk `c` dense again, unless a guard pins one of
+    /// its slots (then nothing changes and the result is false). The slots
+    /// it did not keep come back vacant at the chunk's floor, so no old
+    /// handle of them matches.
+    fn densify(&mut self, c: usize) -> bool {
+        let chunk = self.chunks[c].take().expect("a sparse chunk");
+        if chunk.any_pinned() {
+            self.chunks[c] = Some(chunk);
+            return false;
+        }
+        let kept: Vec<usize> = chunk.entries().map(|(i, _)| i).collect();
+        let mut old = chunk.into_slots().into_vec().into_iter();
+        let floor = self.meta[c].floor;
+        let mut slots: Vec<Slot> = (0..CHUNK).map(|_| Slot::vacant(floor)).collect();
+        let old_lens = self.lens[c].take();
+        let mut lens = old_lens.as_ref().map(|_| vec![0u32; CHUNK]);
+        for (pos, &i) in kept.iter().enumerate() {
+            slots[i] = old.next().expect("a kept slot per set bit");
+            if let (Some(lens), Some(old_lens)) = (lens.as_mut(), old_lens.as_ref()) {
+                lens[i] = old_lens[pos];
+            }
+        }
+        // Every vacant slot on the free list, lowest first.
+        let mut free = 0u16;
+        for (i, slot) in slots.iter_mut().enumerate().rev() {
+            if slot.version.is_multiple_of(2) {
+                slot.loc = Loc(u32::from(free));
+                free = i as u16 + 1;
+            }
+        }
+        let meta = &mut self.meta[c];
+        meta.free = free;
+        meta.fresh = 0;
+        self.chunks[c] = Some(Chunk::from_slots(slots.into_boxed_slice(), None));
+        self.lens[c] = lens.map(Vec::into_boxed_slice);
+        true
+    }
+
+    /// Rebuilds chunk `c`, which no guard pins, keeping only its occupied
+    /// slots. Its floor rises above every version of the slots it drops.
+    fn sparsify(&mut self, c: usize) {
+        let chunk = self.chunks[c].take().expect("a chunk");
+        let entries: Vec<(usize, bool)> = chunk
+            .entries()
+            .map(|(i, s)| (i, s.version % 2 == 1))
+            .collect();
+        let meta = &mut self.meta[c];
+        for (_, s) in chunk.entries() {
+            if s.version.is_multiple_of(2) {
+                meta.floor = meta.floor.max(s.version);
+            }
+        }
+        meta.free = 0;
+        meta.fresh = 0;
+        let old_lens = self.lens[c].take();
+        let mut present = Box::new(Present {
+            bits: [0; WORDS],
+            before: [0; WORDS],
+        });
+        let mut slots = Vec::with_capacity(usize::from(meta.occupied));
+        let mut lens = Vec::new();
+        let old_slots = chunk.into_slots().into_vec();
+        for (old_pos, ((i, occupied), slot)) in entries.into_iter().zip(old_slots).enumerate() {
+            if occupied {
+                if let Some(old) = old_lens.as_ref() {
+                    lens.push(old[old_pos]);
+                }
+                present.bits[i / 64] |= 1 << (i % 64);
+                slots.push(slot);
+            }
+        }
+        let mut before = 0u16;
+        for w in 0..WORDS {
+            present.before[w] = before;
+            before += present.bits[w].count_ones() as u16;
+        }
+        self.chunks[c] = Some(Chunk::from_slots(slots.into_boxed_slice(), Some(present)));
+        self.lens[c] = old_lens.map(|_| lens.into_boxed_slice());
     }
 
     /// Gives the released (or new) chunk `c` its slots again, all vacant.
@@ -360,9 +547,18 @@ impl Table {
         };
     }
 
-    /// Slots with memory now: occupied ones and vacant ones ready to take an object.
+    /// Slots with memory now: occupied ones and vacant ones ready to take
+    /// an object (a sparse chunk's vacant slots are not: it must grow first).
     pub(crate) fn capacity(&self) -> usize {
-        self.chunks.iter().filter(|c| c.is_some()).count() * CHUNK
+        self.chunks
+            .iter()
+            .zip(&self.meta)
+            .map(|(chunk, meta)| match chunk {
+                None => 0,
+                Some(chunk) if chunk.is_sparse() => usize::from(meta.occupied),
+                Some(_) => CHUNK,
+            })
+            .sum()
     }
 
     /// Makes room for `additional` more objects without the table growing.
@@ -375,18 +571,29 @@ impl Table {
         let mut capacity = self.capacity();
         let mut c = 0;
         while capacity < wanted {
-            // The lowest released chunk first (lowest-first, as `insert`), else a new one.
-            while c < self.chunks.len() && self.chunks[c].is_some() {
-                c += 1;
-            }
+            // The lowest released or sparse chunk first (lowest-first, as
+            // `insert`), else a new one.
             if c == self.chunks.len() {
                 self.chunks.push(None);
                 self.lens.push(None);
                 self.meta.push(ChunkMeta::default());
             }
-            self.materialize(c);
-            self.set_vacant(c, true);
-            capacity += CHUNK;
+            match &self.chunks[c] {
+                None => {
+                    self.materialize(c);
+                    self.set_vacant(c, true);
+                    capacity += CHUNK;
+                }
+                Some(chunk) if chunk.is_sparse() => {
+                    let occupied = usize::from(self.meta[c].occupied);
+                    if self.densify(c) {
+                        self.set_vacant(c, true);
+                        capacity += CHUNK - occupied;
+                    }
+                }
+                Some(_) => {}
+            }
+            c += 1;
         }
         true
     }
@@ -429,6 +636,7 @@ impl Table {
             meta.fresh -= 1;
             i
         };
+        debug_assert!(!chunk.is_sparse(), "objects go to dense chunks");
         meta.occupied += 1;
         let full = usize::from(meta.occupied) == CHUNK;
         let slot = chunk.slot_mut(i);
@@ -449,24 +657,35 @@ impl Table {
     /// The slice length kept for the slot at `index` (0 if none was).
     #[inline]
     pub(crate) fn len(&self, index: usize) -> usize {
-        match self.lens.get(index / CHUNK) {
-            Some(Some(lens)) => lens.get(index % CHUNK).map_or(0, |&n| n as usize),
-            _ => 0,
-        }
+        let c = index / CHUNK;
+        let (Some(Some(lens)), Some(Some(chunk))) = (self.lens.get(c), self.chunks.get(c)) else {
+            return 0;
+        };
+        chunk
+            .position(index % CHUNK)
+            .and_then(|pos| lens.get(pos))
+            .map_or(0, |&n| n as usize)
     }
 
     /// Keeps `len` (at most `u32::MAX`) as the slice length of the slot at
-    /// `index`, a slot of a materialized chunk.
+    /// `index`, a kept slot of a materialized chunk.
     #[inline]
     pub(crate) fn set_len(&mut self, index: usize, len: usize) {
         debug_assert!(u32::try_from(len).is_ok(), "slice lengths fit 32 bits");
-        let lens = &mut self.lens[index / CHUNK];
-        match lens {
-            Some(lens) => lens[index % CHUNK] = len as u32,
+        let c = index / CHUNK;
+        let Some((pos, count)) = self.chunks[c]
+            .as_ref()
+            .and_then(|chunk| Some((chunk.position(index % CHUNK)?, chunk.len)))
+        else {
+            debug_assert!(false, "a length for a slot the table does not keep");
+            return;
+        };
+        match &mut self.lens[c] {
+            Some(lens) => lens[pos] = len as u32,
             None if len == 0 => {}
-            None => {
-                let mut new = vec![0u32; CHUNK].into_boxed_slice();
-                new[index % CHUNK] = len as u32;
+            lens @ None => {
+                let mut new = vec![0u32; count].into_boxed_slice();
+                new[pos] = len as u32;
                 *lens = Some(new);
             }
         }
@@ -486,22 +705,15 @@ impl Table {
     /// The slot at `index`, occupied or vacant, if its chunk is materialized.
     #[inline]
     fn at(&self, index: usize) -> Option<&Slot> {
-        Some(
-            self.chunks
-                .get(index / CHUNK)?
-                .as_ref()?
-                .slot(index % CHUNK),
-        )
+        let chunk = self.chunks.get(index / CHUNK)?.as_ref()?;
+        Some(chunk.slot(chunk.position(index % CHUNK)?))
     }
 
     #[inline]
     fn at_mut(&mut self, index: usize) -> Option<&mut Slot> {
-        Some(
-            self.chunks
-                .get_mut(index / CHUNK)?
-                .as_mut()?
-                .slot_mut(index % CHUNK),
-        )
+        let chunk = self.chunks.get_mut(index / CHUNK)?.as_mut()?;
+        let pos = chunk.position(index % CHUNK)?;
+        Some(chunk.slot_mut(pos))
     }
 
     /// The slot of `key`, whatever its state (live, zombie, retired).
@@ -558,30 +770,38 @@ impl Table {
     }
 
     /// Gives back the memory of every chunk with no occupied slot, keeping
-    /// a version floor for each so no old handle can match a slot again.
-    /// Returns the bytes released.
+    /// a version floor for each so no old handle can match a slot again, and
+    /// rebuilds every chunk that is at most a quarter occupied and that no
+    /// guard pins in sparse form, with its occupied slots only. Returns the
+    /// bytes given back.
     pub(crate) fn release_vacant(&mut self) -> usize {
-        let mut released = 0;
-        for (c, chunk) in self.chunks.iter_mut().enumerate() {
-            let meta = &mut self.meta[c];
-            let Some(slots) = chunk.as_ref() else {
+        let before = self.metadata_bytes();
+        for c in 0..self.chunks.len() {
+            let Some(chunk) = &self.chunks[c] else {
                 continue;
             };
-            if meta.occupied != 0 {
+            let meta = &mut self.meta[c];
+            if meta.occupied == 0 {
+                // Vacant versions are even; the next occupant gets floor + 1.
+                let top = chunk.entries().map(|(_, s)| s.version).max().unwrap_or(0);
+                meta.floor = meta.floor.max(top);
+                debug_assert!(meta.floor.is_multiple_of(2));
+                self.chunks[c] = None;
+                self.lens[c] = None;
                 continue;
             }
-            // Vacant versions are even; the next occupant gets floor + 1.
-            meta.floor = slots.slots().map(|s| s.version).max().unwrap_or(0);
-            debug_assert!(meta.floor.is_multiple_of(2));
-            *chunk = None;
-            released += CHUNK * core::mem::size_of::<Slot>();
-            if self.lens[c].take().is_some() {
-                released += CHUNK * core::mem::size_of::<u32>();
+            let occupied = usize::from(meta.occupied);
+            let worth = occupied <= SPARSE_AT && (!chunk.is_sparse() || chunk.len > occupied);
+            if worth && !chunk.any_pinned() {
+                self.sparsify(c);
+            }
+            if self.chunks[c].as_ref().is_some_and(Chunk::is_sparse) {
+                // Room again for `insert`, which makes it dense (if no guard
+                // pins a slot of it by then).
+                self.set_vacant(c, true);
             }
         }
-        // A released chunk keeps its entry and its floor (20 bytes per
-        // 16 KiB of slots given back).
-        released
+        before.saturating_sub(self.metadata_bytes())
     }
 
     /// Number of objects whose handles are live.
@@ -592,10 +812,22 @@ impl Table {
     /// Bytes of the table itself.
     pub(crate) fn metadata_bytes(&self) -> usize {
         use core::mem::size_of;
-        let materialized = self.chunks.iter().filter(|c| c.is_some()).count();
-        let lens = self.lens.iter().filter(|l| l.is_some()).count();
-        materialized * CHUNK * size_of::<Slot>()
-            + lens * CHUNK * size_of::<u32>()
+        let slots: usize = self
+            .chunks
+            .iter()
+            .flatten()
+            .map(|c| {
+                c.len * size_of::<Slot>()
+                    + if c.is_sparse() {
+                        size_of::<Present>()
+                    } else {
+                        0
+                    }
+            })
+            .sum();
+        let lens: usize = self.lens.iter().flatten().map(|l| l.len()).sum();
+        slots
+            + lens * size_of::<u32>()
             + self.chunks.capacity() * size_of::<Option<Chunk>>()
             + self.lens.capacity() * size_of::<Option<Box<[u32]>>>()
             + self.meta.capacity() * size_of::<ChunkMeta>()
@@ -633,10 +865,9 @@ impl Table {
             .iter()
             .enumerate()
             .filter_map(|(c, chunk)| Some((c, chunk.as_ref()?)))
-            .flat_map(|(c, slots)| {
-                slots
-                    .slots()
-                    .enumerate()
+            .flat_map(|(c, chunk)| {
+                chunk
+                    .entries()
                     .filter(|(_, s)| s.version % 2 == 1)
                     .map(move |(i, s)| (key_of(c * CHUNK + i, s.version), s))
             })
@@ -721,8 +952,10 @@ mod tests {
         for k in &keys[CHUNK..3 * CHUNK - 1] {
             t.remove(*k).unwrap();
         }
-        assert_eq!(t.release_vacant(), CHUNK * 12);
-        assert!(t.metadata_bytes() <= full - CHUNK * 12);
+        // The middle chunk goes; the last keeps its one slot, sparse.
+        let sparse_last = 12 + core::mem::size_of::<Present>();
+        assert_eq!(t.release_vacant(), 2 * CHUNK * 12 - sparse_last);
+        assert_eq!(t.metadata_bytes(), full - 2 * CHUNK * 12 + sparse_last);
         for k in &keys[CHUNK..2 * CHUNK] {
             assert!(t.get(*k).is_none(), "a released slot is vacant");
         }
@@ -739,6 +972,98 @@ mod tests {
             assert!(t.get(*old).is_none());
         }
         assert_eq!(t.live(), CHUNK + CHUNK + 1);
+    }
+
+    /// Three chunks, of which every tenth slot stays occupied (slices of
+    /// length `i`, so the lengths move with the slots).
+    fn table_after_a_90_percent_delete() -> (Table, Vec<KeyData>, Vec<KeyData>) {
+        let mut t = Table::new();
+        let keys: Vec<KeyData> = (0..3 * CHUNK)
+            .map(|i| t.insert(7, Loc::segment(i as u32 * 4), i))
+            .collect();
+        let (mut kept, mut gone) = (Vec::new(), Vec::new());
+        for (i, k) in keys.into_iter().enumerate() {
+            if i % 10 == 0 {
+                kept.push(k);
+            } else {
+                t.remove(k).unwrap();
+                gone.push(k);
+            }
+        }
+        (t, kept, gone)
+    }
+
+    #[test]
+    fn a_table_mostly_vacated_gives_back_memory_in_proportion() {
+        let (mut t, kept, gone) = table_after_a_90_percent_delete();
+        let full = t.metadata_bytes();
+        let released = t.release_vacant();
+        let after = t.metadata_bytes();
+        assert_eq!(full - after, released);
+        // 308 slots of 16 bytes (slot and length) and three bitmaps remain.
+        let bitmaps = 3 * core::mem::size_of::<Present>();
+        assert!(
+            after <= kept.len() * 16 + bitmaps + 512,
+            "{full} -> {after} for {} slots",
+            kept.len()
+        );
+        for &k in &kept {
+            let i = split(k).0;
+            let held = t.held(k).expect("a kept slot");
+            assert_eq!(
+                (held.ty, held.loc, held.len),
+                (7, Loc::segment(i as u32 * 4), i)
+            );
+        }
+        assert!(gone
+            .iter()
+            .all(|&k| t.get(k).is_none() && t.held(k).is_none()));
+        assert_eq!((t.live(), t.iter().count()), (kept.len(), kept.len()));
+    }
+
+    #[test]
+    fn a_sparse_chunk_grows_back_for_new_objects_and_old_handles_stay_stale() {
+        let (mut t, kept, gone) = table_after_a_90_percent_delete();
+        t.release_vacant();
+        let again: Vec<KeyData> = (0..CHUNK)
+            .map(|_| t.insert(8, Loc::ZERO_SIZED, 0))
+            .collect();
+        // The lowest chunk fills first: all of its vacant slots, then the next.
+        let in_first = kept.iter().filter(|k| split(**k).0 < CHUNK).count();
+        assert!(again[..CHUNK - in_first]
+            .iter()
+            .all(|k| split(*k).0 < CHUNK));
+        for &k in &gone {
+            assert!(t.get(k).is_none(), "an old handle matches a new object");
+        }
+        for &k in &kept {
+            assert_eq!(t.held(k).map(|h| h.len), Some(split(k).0));
+        }
+        for &k in &again {
+            assert_eq!(t.held(k).map(|h| (h.ty, h.len)), Some((8, 0)));
+        }
+    }
+
+    #[test]
+    fn a_pinned_slot_keeps_its_chunk_and_its_address() {
+        let (mut t, kept, _) = table_after_a_90_percent_delete();
+        let pinned = kept[3];
+        let word = |t: &Table| core::ptr::from_ref(&t.get(pinned).unwrap().borrow);
+        t.get(pinned).unwrap().borrow.store(1, Ordering::Relaxed);
+        let at = word(&t);
+        t.release_vacant();
+        assert_eq!(word(&t), at, "a pinned slot moved");
+        // Its chunk stayed dense; the other two went sparse.
+        assert_eq!(t.capacity(), CHUNK + kept.len() - kept.len() / 3 - 1);
+        // Pinned again after going sparse: new objects pass that chunk over.
+        t.get(pinned).unwrap().borrow.store(0, Ordering::Relaxed);
+        t.release_vacant();
+        t.get(pinned).unwrap().borrow.store(1, Ordering::Relaxed);
+        let at = word(&t);
+        let k = t.insert(9, Loc::ZERO_SIZED, 0);
+        assert_eq!(word(&t), at, "a pinned slot moved");
+        assert_ne!(split(k).0 / CHUNK, split(pinned).0 / CHUNK);
+        assert_eq!(t.held(pinned).map(|h| h.len), Some(split(pinned).0));
     }
 
     #[test]
