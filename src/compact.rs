@@ -12,6 +12,7 @@
 
 use core::ptr;
 
+use crate::mapping::MapAlloc;
 use crate::raw::RawHeap;
 use crate::space::Place;
 use crate::stats::CompactReport;
@@ -22,10 +23,10 @@ use crate::table::{Held, Loc};
 pub(crate) struct Evacuation {
     /// Segments still to evacuate, the next one last.
     sources: Vec<u32>,
-    /// `found[i]`: the slot indices the sweep found in `sources[i]` (a
-    /// superset of its objects when it is evacuated: objects may leave, none
-    /// arrive). Freed when the pass ends.
-    found: Vec<Vec<u32>>,
+    /// The slot indices the sweep found in each source (a superset of its
+    /// objects when it is evacuated: objects may leave, none arrive). Freed
+    /// when the pass ends.
+    found: Found,
     /// While sweeping: the next slot index to look at.
     sweep: Option<usize>,
     /// While sweeping: `rank[segment id]` is its index in `sources`, or `u32::MAX`.
@@ -40,14 +41,81 @@ pub(crate) struct Evacuation {
 impl Evacuation {
     pub(crate) fn metadata_bytes(&self) -> usize {
         use core::mem::size_of;
-        (self.sources.capacity() + self.rank.capacity()) * size_of::<u32>()
-            + self.found.capacity() * size_of::<Vec<u32>>()
-            + self.found.iter().map(Vec::capacity).sum::<usize>() * size_of::<u32>()
+        (self.sources.capacity() + self.rank.capacity()) * size_of::<u32>() + self.found.bytes()
     }
 
     /// Whether a pass is in progress.
     pub(crate) fn active(&self) -> bool {
         !self.sources.is_empty()
+    }
+}
+
+/// The slot indices a sweep found in each source of a pass, in one block
+/// from [`MapAlloc`]: a pass over a big heap lists millions, and when the
+/// pass ends the block goes back to the OS, not into malloc's arena, where
+/// it would stay resident. Each source has room for the objects it had when
+/// the pass began; none arrive in a source during a pass.
+#[derive(Debug)]
+struct Found {
+    items: allocator_api2::vec::Vec<u32, MapAlloc>,
+    /// Per source, in the order of `sources`: where its list starts in
+    /// `items`, how long it is, and its room.
+    lists: Vec<(usize, usize, usize)>,
+}
+
+impl Default for Found {
+    fn default() -> Found {
+        Found {
+            items: allocator_api2::vec::Vec::new_in(MapAlloc),
+            lists: Vec::new(),
+        }
+    }
+}
+
+impl Found {
+    /// Lists with room for `rooms[i]` indices for source `i`.
+    fn new(rooms: impl Iterator<Item = usize>) -> Found {
+        let mut start = 0;
+        let lists: Vec<_> = rooms
+            .map(|room| {
+                let list = (start, 0, room);
+                start += room;
+                list
+            })
+            .collect();
+        let mut items = allocator_api2::vec::Vec::new_in(MapAlloc);
+        items.resize(start, 0);
+        Found { items, lists }
+    }
+
+    /// Files slot `index` under source `rank`. (Never past its room: a
+    /// source lists at most the objects it had when the pass began.)
+    #[inline]
+    fn push(&mut self, rank: usize, index: u32) {
+        if let Some((start, len, room)) = self.lists.get_mut(rank) {
+            debug_assert!(*len < *room, "an object arrived in a source");
+            if *len < *room {
+                self.items[*start + *len] = index;
+                *len += 1;
+            }
+        }
+    }
+
+    /// The list of the last source.
+    fn last(&self) -> &[u32] {
+        self.lists
+            .last()
+            .map_or(&[], |&(start, len, _)| &self.items[start..start + len])
+    }
+
+    /// Forgets the last source's list.
+    fn pop(&mut self) {
+        self.lists.pop();
+    }
+
+    fn bytes(&self) -> usize {
+        self.items.capacity() * core::mem::size_of::<u32>()
+            + self.lists.capacity() * core::mem::size_of::<(usize, usize, usize)>()
     }
 }
 
@@ -148,6 +216,7 @@ impl RawHeap {
         self.release_spares(report);
         self.release_pending(usize::MAX, report);
         self.table.release_vacant();
+        self.space.discard_free_pages();
         report.finished = true;
     }
 
@@ -250,7 +319,11 @@ impl RawHeap {
             self.space.set_evacuating(id, true);
             self.evac.rank[id as usize] = i as u32;
         }
-        self.evac.found = vec![Vec::new(); sources.len()];
+        self.evac.found = Found::new(
+            sources
+                .iter()
+                .map(|&id| self.space.segment(id).map_or(0, |seg| seg.live_objects)),
+        );
         self.evac.sources = sources;
         self.evac.sweep = Some(0);
         self.evac.pos = 0;
@@ -271,7 +344,7 @@ impl RawHeap {
                 .granule()
                 .and_then(|g| evac.rank.get(space.split_granule(g).0 as usize));
             if let Some(&rank) = rank.filter(|&&r| r != u32::MAX) {
-                evac.found[rank as usize].push(index);
+                evac.found.push(rank as usize, index);
             }
         }
         if to < self.table.slots_len() {
@@ -311,7 +384,7 @@ impl RawHeap {
                 Evacuated::OutOfMemory => {
                     // No room for targets: end the pass, every source as it is.
                     self.evac.starved = true;
-                    self.evac.found.clear();
+                    self.evac.found = Found::default();
                     for id in core::mem::take(&mut self.evac.sources) {
                         self.end_source(id);
                     }
@@ -324,7 +397,7 @@ impl RawHeap {
             }
             self.evac.pos = 0;
         }
-        self.evac.found = Vec::new();
+        self.evac.found = Found::default();
         self.space.release_emptied();
         report.finished = true;
         true
@@ -353,8 +426,7 @@ impl RawHeap {
         report: &mut CompactReport,
     ) -> Evacuated {
         loop {
-            let found = self.evac.found.last().expect("a list per source");
-            let Some(&index) = found.get(self.evac.pos) else {
+            let Some(&index) = self.evac.found.last().get(self.evac.pos) else {
                 return Evacuated::Done;
             };
             let Some(slot) = self.table.slot_at(index) else {

@@ -9,7 +9,7 @@
 
 use core::ptr::NonNull;
 
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, PAGE};
 
 /// `x` rounded up to a multiple of `align`, a power of two (a mask, not the
 /// division `usize::next_multiple_of` compiles to for a runtime value).
@@ -106,6 +106,42 @@ impl Segment {
         debug_assert_eq!(self.live_objects, 0);
         // SAFETY: in bounds (caller); no object lies in an empty segment.
         unsafe { self.mapping.discard(offset, len) }
+    }
+
+    /// Gives every whole OS page that lies in free lines back to the OS,
+    /// keeping it mapped: it reads as zeros when an object lands there next.
+    /// Returns the bytes given back (0 where the source cannot).
+    pub(crate) fn discard_free_pages(&self) -> usize {
+        if self.free_lines == 0 {
+            return 0;
+        }
+        let lines = self.lines.len();
+        let mut given = 0;
+        let mut line = 0;
+        while line < lines {
+            // Whole words of used lines at a time.
+            if self.free_bits[line / 64] >> (line % 64) == 0 {
+                line = (line / 64 + 1) * 64;
+                continue;
+            }
+            if !self.line_is_free(line) {
+                line += 1;
+                continue;
+            }
+            let first = line;
+            while line < lines && self.line_is_free(line) {
+                line += 1;
+            }
+            let from = align_up(first * LINE, PAGE);
+            let to = (line * LINE) & !(PAGE - 1);
+            // SAFETY: `[from, to)` lies in the segment, inside free lines,
+            // which hold no byte that anyone may read (I3); they are written
+            // before they are read again.
+            if to > from && unsafe { self.mapping.discard(from, to - from) } {
+                given += to - from;
+            }
+        }
+        given
     }
 
     /// Bytes of metadata kept for this segment (line counts and bitmap).
@@ -462,6 +498,45 @@ mod tests {
         assert!(s.unmark(LINE - 8, 16));
         assert_eq!(s.find_hole(0, 2 * LINE, 8), Some((0, 3 * LINE)));
         assert_eq!((s.live_objects, s.live_bytes), (1, LINE));
+    }
+
+    #[test]
+    fn whole_free_pages_go_back_and_objects_stay() {
+        let pages = 8;
+        let mut s = Segment::new(pages * PAGE).unwrap();
+        // An object at each end, and one filling pages 2..5 that is freed.
+        let (head, mid, tail) = ((0, 100), (2 * PAGE, 3 * PAGE), (pages * PAGE - 64, 64));
+        for (offset, size) in [head, mid, tail] {
+            s.mark(offset, size);
+            // SAFETY: the object's bytes, in the segment.
+            unsafe { s.ptr_at(offset).as_ptr().write_bytes(0xAB, size) };
+        }
+        s.unmark(mid.0, mid.1);
+        let given = s.discard_free_pages();
+        // Free lines run from byte 128 to the tail's line: pages 1..7 whole.
+        let expected = if cfg!(all(unix, not(miri), not(feature = "alloc-segments"))) {
+            6 * PAGE
+        } else {
+            0 // the global-allocator source cannot give pages back
+        };
+        assert_eq!(given, expected);
+        for (offset, size) in [head, tail] {
+            // SAFETY: live objects' bytes, in the segment.
+            let bytes = unsafe { core::slice::from_raw_parts(s.ptr_at(offset).as_ptr(), size) };
+            assert!(
+                bytes.iter().all(|&b| b == 0xAB),
+                "a live object lost its bytes"
+            );
+        }
+        if given > 0 {
+            // SAFETY: free bytes of the segment, read only to check them.
+            let freed = unsafe { core::slice::from_raw_parts(s.ptr_at(mid.0).as_ptr(), mid.1) };
+            assert!(freed.iter().all(|&b| b == 0), "the pages were given back");
+        }
+        // A full segment has nothing to give.
+        let mut full = Segment::new(2 * PAGE).unwrap();
+        full.mark(0, 2 * PAGE);
+        assert_eq!(full.discard_free_pages(), 0);
     }
 
     #[test]

@@ -728,6 +728,19 @@ impl Space {
         }
     }
 
+    /// Gives the whole pages of free lines in every segment back to the OS
+    /// (see [`Segment::discard_free_pages`]): after a full compaction, the
+    /// partly filled segments' free pages stop counting in RSS. Returns the
+    /// bytes given back; `held` does not change (the segments stay mapped).
+    pub(crate) fn discard_free_pages(&mut self) -> usize {
+        self.segments
+            .iter()
+            .flatten()
+            .filter(|s| !s.evacuating)
+            .map(Segment::discard_free_pages)
+            .sum()
+    }
+
     /// Stops allocating into the current segment (it is queued if it has holes).
     pub(crate) fn drop_cursor(&mut self) {
         let Some(c) = self.cursor.take() else { return };

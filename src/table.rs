@@ -15,10 +15,13 @@
 //! by a dead marker forever, so no old handle of it can ever read a value
 //! again. That costs one slot per 2³¹ reuses of a slot.
 
+use core::fmt;
+use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
 use slotmap::KeyData;
 
+use crate::mapping::Mapping;
 use crate::sync::atomic::{AtomicU16, Ordering};
 
 /// Borrow word bit: the handle is dead; the value waits for its last guard.
@@ -199,14 +202,112 @@ impl Present {
     }
 }
 
+/// `len` values of `T` (a type without drop glue) at a stable address: in
+/// a mapping of their own when there are [`CHUNK`] of them (a dense chunk's
+/// slots or lengths: whole pages, which go back to the OS exactly when the
+/// block drops, where memory from `malloc` may stay in malloc's arena), else
+/// (a sparse chunk's few, or if the mapping is refused) in a box.
+///
+/// Invariant: `ptr` points to `len` initialised values, in `mapping` if it
+/// is `Some`, else in a `Box<[T]>` that this value owns.
+struct Block<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    mapping: Option<Mapping>,
+}
+
+// SAFETY: a block owns its values; the pointer has no thread affinity.
+unsafe impl<T: Send> Send for Block<T> {}
+// SAFETY: `&Block` gives only shared access to the values.
+unsafe impl<T: Sync> Sync for Block<T> {}
+
+impl<T> Block<T> {
+    /// A block of `len` values, the `i`-th `init(i)`.
+    fn new(len: usize, mut init: impl FnMut(usize) -> T) -> Block<T> {
+        const { assert!(!core::mem::needs_drop::<T>()) };
+        if len == CHUNK {
+            if let Some(mapping) = Mapping::new(len * size_of::<T>(), align_of::<T>()) {
+                let ptr = mapping.start().cast::<T>();
+                for i in 0..len {
+                    // SAFETY: the mapping has room for `len` `T`s at its
+                    // start, aligned (`Mapping::new`'s promise), and no one
+                    // else has its address yet.
+                    unsafe { ptr.add(i).write(init(i)) };
+                }
+                return Block {
+                    ptr,
+                    len,
+                    mapping: Some(mapping),
+                };
+            }
+        }
+        let boxed: Box<[T]> = (0..len).map(init).collect();
+        Block {
+            ptr: NonNull::new(Box::into_raw(boxed).cast::<T>()).expect("a box is non-null"),
+            len,
+            mapping: None,
+        }
+    }
+
+    /// Bytes the block takes.
+    fn bytes(&self) -> usize {
+        self.mapping
+            .as_ref()
+            .map_or(self.len * size_of::<T>(), Mapping::len)
+    }
+
+    /// The values, moved out (the block's memory goes back).
+    fn into_vec(self) -> Vec<T> {
+        (0..self.len)
+            // SAFETY: `i < len` initialised values (type invariant), each read
+            // once; the block then frees its memory without dropping them
+            // again (no drop glue).
+            .map(|i| unsafe { self.ptr.add(i).read() })
+            .collect()
+    }
+}
+
+impl Block<u32> {
+    fn as_slice(&self) -> &[u32] {
+        // SAFETY: `len` initialised values (type invariant), shared with `&self`.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        // SAFETY: as above, exclusive with `&mut self` (no one keeps a
+        // pointer to a length).
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for Block<T> {
+    fn drop(&mut self) {
+        if self.mapping.is_none() {
+            let values = core::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
+            // SAFETY: the pointer and length of the `Box<[T]>` this block
+            // owns (type invariant), dropped once. (A mapping goes back when
+            // its field drops; `T` has no drop glue.)
+            drop(unsafe { Box::from_raw(values) });
+        }
+    }
+}
+
+impl<T> fmt::Debug for Block<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Block")
+            .field("len", &self.len)
+            .field("mapped", &self.mapping.is_some())
+            .finish()
+    }
+}
+
 /// The slots of one chunk at a stable address, owned by the table: all
 /// [`CHUNK`] of them (*dense*), or, in a *sparse* chunk, only the slots
 /// that `present` keeps, in index order. A slot a sparse chunk does not keep
 /// is vacant, and its version is at most the chunk's floor (see
 /// [`ChunkMeta::floor`]).
 ///
-/// Invariant: `slots` points to `len` initialised slots from a `Box<[Slot]>`
-/// that this value owns; `len` is `CHUNK` when dense, the bits set in
+/// Invariant: `slots` holds `CHUNK` slots when dense, the bits set in
 /// `present` when sparse. References are made one slot at a time (shared,
 /// or exclusive through `&mut Chunk`), never to the whole chunk mutably, so
 /// that a guard's pointer to the borrow word of *its* slot stays valid while
@@ -215,40 +316,45 @@ impl Present {
 /// is pinned.
 #[derive(Debug)]
 struct Chunk {
-    slots: NonNull<Slot>,
-    len: usize,
+    slots: Block<Slot>,
     present: Option<Box<Present>>,
 }
 
-// SAFETY: a chunk owns its slots, which are Send and Sync (plain integers and
-// an atomic); the pointer has no thread affinity.
-unsafe impl Send for Chunk {}
-// SAFETY: as above; `&Chunk` gives only shared access to the slots.
-unsafe impl Sync for Chunk {}
-
 impl Chunk {
-    /// A chunk that owns `slots`, sparse if `present` is given.
-    fn from_slots(slots: Box<[Slot]>, present: Option<Box<Present>>) -> Chunk {
+    /// A dense chunk whose slot `i` is `init(i)`.
+    fn dense(init: impl FnMut(usize) -> Slot) -> Chunk {
+        Chunk {
+            slots: Block::new(CHUNK, init),
+            present: None,
+        }
+    }
+
+    /// A sparse chunk of `slots`, which `present` says where they belong.
+    fn sparse(slots: Vec<Slot>, present: Box<Present>) -> Chunk {
         debug_assert_eq!(
             slots.len(),
-            present.as_ref().map_or(CHUNK, |p| p
+            present
                 .bits
                 .iter()
                 .map(|w| w.count_ones() as usize)
-                .sum())
+                .sum::<usize>()
         );
-        let len = slots.len();
+        let n = slots.len();
+        let mut slots = slots.into_iter();
         Chunk {
-            slots: NonNull::new(Box::into_raw(slots).cast::<Slot>()).expect("a box is non-null"),
-            len,
-            present,
+            slots: Block::new(n, |_| slots.next().expect("n slots")),
+            present: Some(present),
         }
     }
 
     /// A dense chunk of vacant slots whose versions start at `floor` (even).
     fn new(floor: u32) -> Chunk {
-        let slots: Box<[Slot]> = (0..CHUNK).map(|_| Slot::vacant(floor)).collect();
-        Chunk::from_slots(slots, None)
+        Chunk::dense(|_| Slot::vacant(floor))
+    }
+
+    /// How many slots the chunk keeps.
+    fn len(&self) -> usize {
+        self.slots.len
     }
 
     /// Where slot `i` (`< CHUNK`) is kept, if it is.
@@ -268,19 +374,20 @@ impl Chunk {
     /// [`Chunk::position`] in a sparse one (so `pos < len`).
     #[inline]
     fn slot(&self, pos: usize) -> &Slot {
-        debug_assert!(pos < self.len, "slot position out of its chunk");
-        // SAFETY: `pos < len` slots, initialised and owned (type invariant);
-        // an exclusive reference to one needs `&mut self`, so none is alive.
-        unsafe { &*self.slots.as_ptr().add(pos) }
+        debug_assert!(pos < self.slots.len, "slot position out of its chunk");
+        // SAFETY: `pos < len` slots, initialised and owned (`Block`'s
+        // invariant); an exclusive reference to one needs `&mut self`, so
+        // none is alive.
+        unsafe { &*self.slots.ptr.as_ptr().add(pos) }
     }
 
     #[inline]
     fn slot_mut(&mut self, pos: usize) -> &mut Slot {
-        debug_assert!(pos < self.len, "slot position out of its chunk");
+        debug_assert!(pos < self.slots.len, "slot position out of its chunk");
         // SAFETY: as in `slot`; `&mut self` makes this the only reference
         // made through the chunk. Guards hold pointers only into pinned slots,
         // which the table never changes through `&mut` (I11).
-        unsafe { &mut *self.slots.as_ptr().add(pos) }
+        unsafe { &mut *self.slots.ptr.as_ptr().add(pos) }
     }
 
     /// The kept slots with their indices in the chunk, in index order.
@@ -295,24 +402,9 @@ impl Chunk {
 
     /// Takes the slots out (the chunk is gone), to rebuild it in another
     /// form. Only while no slot is pinned (I11).
-    fn into_slots(mut self) -> Box<[Slot]> {
+    fn into_slots(self) -> Vec<Slot> {
         debug_assert!(!self.any_pinned());
-        self.present = None;
-        let me = core::mem::ManuallyDrop::new(self);
-        let slots = core::ptr::slice_from_raw_parts_mut(me.slots.as_ptr(), me.len);
-        // SAFETY: the pointer and length of the `Box<[Slot]>` this chunk owns
-        // (type invariant), taken once: `me` is never dropped.
-        unsafe { Box::from_raw(slots) }
-    }
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        let slots = core::ptr::slice_from_raw_parts_mut(self.slots.as_ptr(), self.len);
-        // SAFETY: the pointer and length of the `Box<[Slot]>` this chunk
-        // owns, dropped once; a chunk is dropped only with no occupied slot
-        // (or with the table), so no guard points into it (I11).
-        drop(unsafe { Box::from_raw(slots) });
+        self.slots.into_vec()
     }
 }
 
@@ -343,7 +435,7 @@ pub(crate) struct Table {
     /// (`None`: every length is 0). Lengths of segment slices are at most a
     /// quarter segment and those of zero-sized slices at most `u32::MAX`
     /// (large objects keep theirs with the mapping).
-    lens: Vec<Option<Box<[u32]>>>,
+    lens: Vec<Option<Block<u32>>>,
     meta: Vec<ChunkMeta>,
     /// Bit `c` is set iff chunk `c` has a vacant slot.
     vacant: Vec<u64>,
@@ -466,17 +558,20 @@ impl Table {
             return false;
         }
         let kept: Vec<usize> = chunk.entries().map(|(i, _)| i).collect();
-        let mut old = chunk.into_slots().into_vec().into_iter();
         let floor = self.meta[c].floor;
-        let mut slots: Vec<Slot> = (0..CHUNK).map(|_| Slot::vacant(floor)).collect();
+        let mut slots: Vec<Option<Slot>> = (0..CHUNK).map(|_| None).collect();
         let old_lens = self.lens[c].take();
         let mut lens = old_lens.as_ref().map(|_| vec![0u32; CHUNK]);
-        for (pos, &i) in kept.iter().enumerate() {
-            slots[i] = old.next().expect("a kept slot per set bit");
+        for ((pos, &i), slot) in kept.iter().enumerate().zip(chunk.into_slots()) {
+            slots[i] = Some(slot);
             if let (Some(lens), Some(old_lens)) = (lens.as_mut(), old_lens.as_ref()) {
-                lens[i] = old_lens[pos];
+                lens[i] = old_lens.as_slice()[pos];
             }
         }
+        let mut slots: Vec<Slot> = slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Slot::vacant(floor)))
+            .collect();
         // Every vacant slot on the free list, lowest first.
         let mut free = 0u16;
         for (i, slot) in slots.iter_mut().enumerate().rev() {
@@ -488,8 +583,9 @@ impl Table {
         let meta = &mut self.meta[c];
         meta.free = free;
         meta.fresh = 0;
-        self.chunks[c] = Some(Chunk::from_slots(slots.into_boxed_slice(), None));
-        self.lens[c] = lens.map(Vec::into_boxed_slice);
+        let mut slots = slots.into_iter();
+        self.chunks[c] = Some(Chunk::dense(|_| slots.next().expect("CHUNK slots")));
+        self.lens[c] = lens.map(|lens| Block::new(CHUNK, |i| lens[i]));
         true
     }
 
@@ -516,11 +612,11 @@ impl Table {
         });
         let mut slots = Vec::with_capacity(usize::from(meta.occupied));
         let mut lens = Vec::new();
-        let old_slots = chunk.into_slots().into_vec();
+        let old_slots = chunk.into_slots();
         for (old_pos, ((i, occupied), slot)) in entries.into_iter().zip(old_slots).enumerate() {
             if occupied {
                 if let Some(old) = old_lens.as_ref() {
-                    lens.push(old[old_pos]);
+                    lens.push(old.as_slice()[old_pos]);
                 }
                 present.bits[i / 64] |= 1 << (i % 64);
                 slots.push(slot);
@@ -531,8 +627,8 @@ impl Table {
             present.before[w] = before;
             before += present.bits[w].count_ones() as u16;
         }
-        self.chunks[c] = Some(Chunk::from_slots(slots.into_boxed_slice(), Some(present)));
-        self.lens[c] = old_lens.map(|_| lens.into_boxed_slice());
+        self.chunks[c] = Some(Chunk::sparse(slots, present));
+        self.lens[c] = old_lens.map(|_| Block::new(lens.len(), |i| lens[i]));
     }
 
     /// Gives the released (or new) chunk `c` its slots again, all vacant.
@@ -663,7 +759,7 @@ impl Table {
         };
         chunk
             .position(index % CHUNK)
-            .and_then(|pos| lens.get(pos))
+            .and_then(|pos| lens.as_slice().get(pos))
             .map_or(0, |&n| n as usize)
     }
 
@@ -675,18 +771,16 @@ impl Table {
         let c = index / CHUNK;
         let Some((pos, count)) = self.chunks[c]
             .as_ref()
-            .and_then(|chunk| Some((chunk.position(index % CHUNK)?, chunk.len)))
+            .and_then(|chunk| Some((chunk.position(index % CHUNK)?, chunk.len())))
         else {
             debug_assert!(false, "a length for a slot the table does not keep");
             return;
         };
         match &mut self.lens[c] {
-            Some(lens) => lens[pos] = len as u32,
+            Some(lens) => lens.as_mut_slice()[pos] = len as u32,
             None if len == 0 => {}
             lens @ None => {
-                let mut new = vec![0u32; count].into_boxed_slice();
-                new[pos] = len as u32;
-                *lens = Some(new);
+                *lens = Some(Block::new(count, |i| if i == pos { len as u32 } else { 0 }));
             }
         }
     }
@@ -791,7 +885,7 @@ impl Table {
                 continue;
             }
             let occupied = usize::from(meta.occupied);
-            let worth = occupied <= SPARSE_AT && (!chunk.is_sparse() || chunk.len > occupied);
+            let worth = occupied <= SPARSE_AT && (!chunk.is_sparse() || chunk.len() > occupied);
             if worth && !chunk.any_pinned() {
                 self.sparsify(c);
             }
@@ -817,7 +911,7 @@ impl Table {
             .iter()
             .flatten()
             .map(|c| {
-                c.len * size_of::<Slot>()
+                c.slots.bytes()
                     + if c.is_sparse() {
                         size_of::<Present>()
                     } else {
@@ -825,11 +919,11 @@ impl Table {
                     }
             })
             .sum();
-        let lens: usize = self.lens.iter().flatten().map(|l| l.len()).sum();
+        let lens: usize = self.lens.iter().flatten().map(Block::bytes).sum();
         slots
-            + lens * size_of::<u32>()
+            + lens
             + self.chunks.capacity() * size_of::<Option<Chunk>>()
-            + self.lens.capacity() * size_of::<Option<Box<[u32]>>>()
+            + self.lens.capacity() * size_of::<Option<Block<u32>>>()
             + self.meta.capacity() * size_of::<ChunkMeta>()
             + self.vacant.capacity() * size_of::<u64>()
     }

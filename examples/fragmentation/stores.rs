@@ -22,6 +22,12 @@ impl Store for BoxStore {
         self.values[key] = Some(vec![key as u8 | 1; size].into_boxed_slice());
     }
 
+    fn reserve_keys(&mut self, keys: usize) {
+        // `None` is written to every entry: the pages are touched.
+        self.values
+            .resize_with(keys.max(self.values.len()), || None);
+    }
+
     fn del(&mut self, key: usize) {
         self.values[key] = None;
     }
@@ -70,6 +76,10 @@ impl Store for HeapStore {
             self.handles.resize(key + 1, None);
         }
         self.handles[key] = Some(self.heap.alloc_slice_fill(size, key as u8 | 1));
+    }
+
+    fn reserve_keys(&mut self, keys: usize) {
+        self.handles.resize(keys.max(self.handles.len()), None);
     }
 
     fn del(&mut self, key: usize) {

@@ -1,7 +1,7 @@
-//! [`Fifo`]: the cache's queues, a ring buffer in [`IndexAlloc`] memory.
+//! [`Fifo`]: the cache's queues, a ring buffer in [`MapAlloc`] memory.
 //!
 //! `std`'s `VecDeque` takes no allocator on stable Rust, and the queues are
-//! among the index's biggest blocks (see [`index_alloc`](super::index_alloc)
+//! among the index's biggest blocks (see [`MapAlloc`](crate::mapping::MapAlloc)
 //! for why those bypass malloc). Only what S3-FIFO needs: push at the back,
 //! pop at the front, retain, and exact capacity control.
 
@@ -9,7 +9,7 @@ use core::mem::MaybeUninit;
 
 use allocator_api2::vec::Vec;
 
-use super::index_alloc::IndexAlloc;
+use crate::mapping::MapAlloc;
 
 /// A first-in first-out queue.
 pub(crate) struct Fifo<T> {
@@ -17,7 +17,7 @@ pub(crate) struct Fifo<T> {
     /// initialised and owned by the queue; every other element is
     /// uninitialised. `len <= buf.len()`, and `head < buf.len()` unless the
     /// buffer is empty.
-    buf: Vec<MaybeUninit<T>, IndexAlloc>,
+    buf: Vec<MaybeUninit<T>, MapAlloc>,
     head: usize,
     len: usize,
 }
@@ -26,7 +26,7 @@ impl<T> Fifo<T> {
     /// An empty queue (no allocation).
     pub(crate) fn new() -> Self {
         Fifo {
-            buf: Vec::new_in(IndexAlloc),
+            buf: Vec::new_in(MapAlloc),
             head: 0,
             len: 0,
         }
@@ -117,7 +117,7 @@ impl<T> Fifo<T> {
     /// Moves the items to a new buffer of `cap >= len` slots.
     fn resize(&mut self, cap: usize) {
         debug_assert!(cap >= self.len);
-        let mut buf = Vec::with_capacity_in(cap, IndexAlloc);
+        let mut buf = Vec::with_capacity_in(cap, MapAlloc);
         buf.resize_with(cap, MaybeUninit::uninit);
         for (i, slot) in buf.iter_mut().take(self.len).enumerate() {
             let at = self.wrap(i);

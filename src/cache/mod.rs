@@ -41,11 +41,10 @@ use crate::segment::LINE;
 use crate::sync::SyncHeap;
 use parking_lot::Mutex;
 
+use crate::mapping::MapAlloc;
 use fifo::Fifo;
-use index_alloc::IndexAlloc;
 
 mod fifo;
-mod index_alloc;
 
 /// The small queue's share of the budget is one part in this many (5%;
 /// S3-FIFO's paper uses 10%; 5% gave 0.25 points more hits on cache-bench's
@@ -173,7 +172,7 @@ struct Entry<V: ?Sized> {
 /// small queue when it comes back.
 struct Ghost {
     order: Fifo<u64>,
-    set: HashSet<u64, BuildHasherDefault<PreHashed>, IndexAlloc>,
+    set: HashSet<u64, BuildHasherDefault<PreHashed>, MapAlloc>,
     capacity: usize,
 }
 
@@ -240,7 +239,7 @@ fn table_bytes(capacity: usize, item: usize) -> usize {
     buckets * (item + 1) + 16
 }
 
-fn hash_set_bytes(set: &HashSet<u64, BuildHasherDefault<PreHashed>, IndexAlloc>) -> usize {
+fn hash_set_bytes(set: &HashSet<u64, BuildHasherDefault<PreHashed>, MapAlloc>) -> usize {
     table_bytes(set.capacity(), 8)
 }
 
@@ -249,7 +248,7 @@ fn hash_set_bytes(set: &HashSet<u64, BuildHasherDefault<PreHashed>, IndexAlloc>)
 struct Index<K, V: ?Sized, S> {
     /// The heap's segment size.
     segment: usize,
-    map: HashMap<K, Entry<V>, S, IndexAlloc>,
+    map: HashMap<K, Entry<V>, S, MapAlloc>,
     small: Fifo<(K, u32)>,
     main: Fifo<(K, u32)>,
     /// The `gen` of the next entry.
@@ -277,13 +276,13 @@ impl<K: Hash + Eq + Clone, V: ?Sized, S: BuildHasher> Index<K, V, S> {
     fn new(budget: usize, hasher: S) -> Self {
         Index {
             segment: segment_size(budget),
-            map: HashMap::with_hasher_in(hasher, IndexAlloc),
+            map: HashMap::with_hasher_in(hasher, MapAlloc),
             small: Fifo::new(),
             main: Fifo::new(),
             next_gen: 0,
             ghost: Ghost {
                 order: Fifo::new(),
-                set: HashSet::with_hasher_in(BuildHasherDefault::default(), IndexAlloc),
+                set: HashSet::with_hasher_in(BuildHasherDefault::default(), MapAlloc),
                 capacity: 0,
             },
             small_bytes: 0,

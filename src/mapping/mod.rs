@@ -16,6 +16,9 @@
 
 use core::ptr::NonNull;
 
+mod map_alloc;
+pub(crate) use map_alloc::MapAlloc;
+
 #[cfg(all(unix, not(miri), not(feature = "alloc-segments")))]
 mod mmap;
 #[cfg(all(unix, not(miri), not(feature = "alloc-segments")))]

@@ -1,8 +1,10 @@
-//! [`IndexAlloc`]: where the cache's index keeps its tables.
+//! [`MapAlloc`]: an allocator for the heap's own big, short-lived blocks:
+//! the cache's index tables and a compaction pass's lists of objects.
 //!
-//! The index (hash map, queues, ghost) is a few big blocks that are
+//! The cache's index (hash map, queues, ghost) is a few big blocks that are
 //! reallocated whenever the number of entries doubles or halves, as value
-//! sizes drift. From `malloc`, each freed block stays in malloc's arena:
+//! sizes drift; a compaction pass lists the objects of its sources, and
+//! frees the list when it ends. From `malloc`, each freed block stays in malloc's arena:
 //! glibc raises its `mmap` threshold after the first big block is freed, so
 //! the next ones come from the arena, and the arena's free top is trimmed
 //! only past a threshold that rises with it. With two threads there are two
@@ -24,11 +26,11 @@ use crate::mapping::{Mapping, PAGE};
 /// Blocks of at least this many bytes are mappings of their own.
 pub(crate) const BIG: usize = 64 * 1024;
 
-/// The allocator of the cache's index tables (see the module docs).
+/// The allocator of the heap's big blocks of bookkeeping (see the module docs).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct IndexAlloc;
+pub(crate) struct MapAlloc;
 
-impl IndexAlloc {
+impl MapAlloc {
     /// Whether a block of `layout` is a mapping of its own.
     fn mapped(layout: Layout) -> bool {
         layout.size() >= BIG && layout.align() <= PAGE
@@ -38,9 +40,9 @@ impl IndexAlloc {
 // A block stays valid until deallocated: a mapping until `deallocate` takes
 // it back as a `Mapping` and drops it, a small block as long as `Global` keeps
 // it. SAFETY: that, and copies of a unit value are one allocator.
-unsafe impl Allocator for IndexAlloc {
+unsafe impl Allocator for MapAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if !IndexAlloc::mapped(layout) {
+        if !MapAlloc::mapped(layout) {
             return Global.allocate(layout);
         }
         let mapping = Mapping::new(layout.size(), layout.align()).ok_or(AllocError)?;
@@ -50,7 +52,7 @@ unsafe impl Allocator for IndexAlloc {
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if !IndexAlloc::mapped(layout) {
+        if !MapAlloc::mapped(layout) {
             // SAFETY: blocks of this layout came from `Global` (the caller
             // frees a block of ours with the layout it was allocated with).
             unsafe { Global.deallocate(ptr, layout) };
@@ -71,7 +73,7 @@ mod tests {
     fn big_and_small_blocks_round_trip() {
         for size in [8, 1000, BIG - 1, BIG, 3 * BIG + 5] {
             let layout = Layout::from_size_align(size, 16).unwrap();
-            let block = IndexAlloc.allocate(layout).unwrap();
+            let block = MapAlloc.allocate(layout).unwrap();
             assert!(block.len() >= size);
             let ptr = block.cast::<u8>();
             assert_eq!(ptr.as_ptr().addr() % 16, 0);
@@ -79,7 +81,7 @@ mod tests {
             unsafe {
                 ptr.as_ptr().write_bytes(0xA5, size);
                 assert_eq!(*ptr.as_ptr().add(size - 1), 0xA5);
-                IndexAlloc.deallocate(ptr, layout);
+                MapAlloc.deallocate(ptr, layout);
             }
         }
     }
@@ -88,7 +90,7 @@ mod tests {
     fn a_hash_map_grows_and_shrinks_in_it() {
         let mut map = hashbrown::HashMap::with_hasher_in(
             std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(),
-            IndexAlloc,
+            MapAlloc,
         );
         let n = if cfg!(miri) { 1_000 } else { 100_000 };
         for i in 0..n {
