@@ -164,6 +164,7 @@ pub(crate) fn get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
 }
 
 /// Kills the handle; drops the value now or when its last guard goes.
+#[inline]
 pub(crate) fn free<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> bool {
     // (Values without drop glue are released inside `free` itself.)
     let freed = e.exclusive(|raw| raw.free::<T>(h.key()));

@@ -446,7 +446,7 @@ impl RawHeap {
             let held = Held {
                 ty: slot.ty,
                 loc: slot.loc,
-                len: self.table.len(index as usize),
+                len: self.table.len(index as usize) as u32,
             };
             let size = self.size_of(held);
             let align = self.types.info(slot.ty).align;

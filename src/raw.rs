@@ -217,14 +217,18 @@ impl RawHeap {
         // The hot case first: the large and zero-sized tags are above every
         // granule address, so they fail `try_at` too.
         if let Some(ptr) = self.space.try_at(held.loc) {
-            return Some((ptr, held.len));
+            return Some((ptr, held.len as usize));
         }
-        self.try_locate_elsewhere(held)
+        self.try_locate_elsewhere(held.ty, held.loc, held.len)
     }
 
+    /// [`RawHeap::try_locate`] for large and zero-sized objects. (The parts
+    /// of a [`Held`] are passed apart, in registers: a struct would be
+    /// written to the stack on the hot path for this cold call.)
     #[cold]
     #[inline(never)]
-    fn try_locate_elsewhere(&self, held: Held) -> Option<(NonNull<u8>, usize)> {
+    fn try_locate_elsewhere(&self, ty: u16, loc: Loc, len: u32) -> Option<(NonNull<u8>, usize)> {
+        let held = Held { ty, loc, len };
         Some(match held.loc.decode() {
             // `try_locate` found no such segment: the table and the space
             // disagree, which they never do.
@@ -234,7 +238,7 @@ impl RawHeap {
                 let align = self.types.try_info(held.ty)?.align;
                 (
                     NonNull::new(core::ptr::without_provenance_mut(align))?,
-                    held.len,
+                    held.len as usize,
                 )
             }
         })
@@ -248,7 +252,7 @@ impl RawHeap {
             ty: slot.ty,
             loc: slot.loc,
             len: if T::INFO.is_slice {
-                self.table.len(index_of(key))
+                self.table.len(index_of(key)) as u32
             } else {
                 0
             },
@@ -269,7 +273,7 @@ impl RawHeap {
     #[inline]
     pub(crate) fn meta_of(&self, held: Held) -> usize {
         match held.loc.decode() {
-            Where::Segment { .. } | Where::Nowhere => held.len,
+            Where::Segment { .. } | Where::Nowhere => held.len as usize,
             Where::Large { id } => self.space.try_large(id).map_or(0, |(_, meta)| meta),
         }
     }
@@ -370,11 +374,12 @@ impl RawHeap {
 
     /// Unlinks the zombie of `key` whose last pin just went.
     pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Option<Dying> {
-        let held = self
+        let len = self.table.len(index_of(key)) as u32;
+        let (ty, loc) = self
             .table
             .remove(key)
             .expect("a zombie stays in the table until finished");
-        let dying = self.dying(held);
+        let dying = self.dying(Held { ty, loc, len });
         if self.reading() {
             self.deferred.push(dying);
             return None;
@@ -404,7 +409,18 @@ impl RawHeap {
         else {
             return Freed::Stale;
         };
-        let size = self.size_of(self.table.held(key).expect("the slot of key"));
+        let info = self.types.info(slot.ty);
+        // The length is kept beside the slot: read only for a slice.
+        let len = if info.is_slice {
+            self.table.len(index_of(key)) as u32
+        } else {
+            0
+        };
+        let size = self.size_of(Held {
+            ty: slot.ty,
+            loc: slot.loc,
+            len,
+        });
         // Guards lower the word without the engine (another thread's, on
         // `SyncHeap`): mark the zombie only while a pin is left, so that
         // exactly one of us sees the last pin go. No pin can be *taken* now:
@@ -426,7 +442,8 @@ impl RawHeap {
             self.table.count_zombie();
             return Freed::Deferred;
         }
-        let held = self.table.remove(key).expect("live slot exists");
+        let (ty, loc) = self.table.remove(key).expect("live slot exists");
+        let held = Held { ty, loc, len };
         if self.types.info(held.ty).drop.is_none() && !self.reading() {
             // No drop glue, no reader: nothing to run, give the bytes back now.
             let dying = self.dying(held);
@@ -487,9 +504,9 @@ impl RawHeap {
         if slot.is_pinned() || self.reading() {
             return Err(RemoveError::Pinned);
         }
-        let size = self.size_of(self.held_as::<T>(key, slot));
-        self.live_bytes -= size;
-        let held = self.table.remove(key).expect("live slot exists");
+        let held = self.held_as::<T>(key, slot);
+        self.live_bytes -= self.size_of(held);
+        self.table.remove(key).expect("live slot exists");
         Ok(self.dying(held))
     }
 
@@ -593,15 +610,20 @@ impl RawHeap {
                 // A new object, then the old one's location again: making
                 // room (pacing, a memory limit) may have moved it.
                 let (new_key, new_ptr) = self.alloc(info, new_len)?;
-                let new = self.table.remove(new_key).expect("new slot exists");
+                let (ty, loc) = self.table.remove(new_key).expect("new slot exists");
+                let new = Held {
+                    ty,
+                    loc,
+                    len: new_len as u32,
+                };
                 let slot = self.table.get_mut(key).expect("live slot exists");
                 debug_assert_eq!(slot.ty, new.ty);
                 let old = Held {
                     ty: new.ty,
                     loc: core::mem::replace(&mut slot.loc, new.loc),
-                    len: old_len,
+                    len: old_len as u32,
                 };
-                self.table.set_len(index_of(key), new.len);
+                self.table.set_len(index_of(key), new.len as usize);
                 let (old_ptr, _) = self.locate(old);
                 // SAFETY: two distinct allocations of at least `min` bytes each;
                 // the old one holds `old_len` initialised `T`s (Copy: a bitwise

@@ -76,6 +76,8 @@ pub(crate) struct Space {
     /// A granule address (see [`Loc`]) is `id << granule_shift | granule in
     /// the segment`: `granule_shift` is `log2(segment_size / GRANULE)`.
     granule_shift: u32,
+    /// `(1 << granule_shift) - 1`.
+    granule_mask: u32,
     /// Segment ids are below this, so that granule addresses stay below
     /// [`Loc::LARGE`].
     max_segments: usize,
@@ -118,6 +120,7 @@ impl Space {
         let granule_shift = (config.segment_size / GRANULE).trailing_zeros();
         Space {
             granule_shift,
+            granule_mask: (1 << granule_shift) - 1,
             max_segments: (Loc::LARGE >> granule_shift) as usize,
             segment_size: config.segment_size,
             large_threshold: config.segment_size / 4,
@@ -191,10 +194,9 @@ impl Space {
     /// The segment id and byte offset of granule address `granule`.
     #[inline]
     pub(crate) fn split_granule(&self, granule: u32) -> (u32, usize) {
-        let mask = (1u32 << self.granule_shift) - 1;
         (
             granule >> self.granule_shift,
-            (granule & mask) as usize * GRANULE,
+            (granule & self.granule_mask) as usize * GRANULE,
         )
     }
 

@@ -166,8 +166,10 @@ pub(crate) struct Held {
     /// Where the bytes are.
     pub(crate) loc: Loc,
     /// The slice length (0 for a sized value; for a large object, kept
-    /// with its mapping instead, so 0 here).
-    pub(crate) len: usize,
+    /// with its mapping instead, so 0 here). 32 bits, as the table keeps
+    /// it: a `Held` then fits two registers, and functions return it in
+    /// them rather than through memory.
+    pub(crate) len: u32,
 }
 
 /// Slots per chunk of the table (12 KiB).
@@ -176,6 +178,17 @@ const CHUNK: usize = 1024;
 /// A chunk with at most this many occupied slots is kept sparse by
 /// [`Table::release_vacant`] (if no guard pins one of them).
 const SPARSE_AT: usize = CHUNK / 4;
+
+/// The address of a dense chunk's slots, in [`Table::dense`].
+#[derive(Clone, Copy, Debug)]
+struct SlotPtr(NonNull<Slot>);
+
+// SAFETY: a copy of a pointer that the table's chunks own (`Chunk` is Send
+// and Sync); it is only followed through `&Table` (shared slots) or
+// `&mut Table`.
+unsafe impl Send for SlotPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SlotPtr {}
 
 /// Words of a chunk's presence bitmap.
 const WORDS: usize = CHUNK / 64;
@@ -189,8 +202,10 @@ struct Present {
 }
 
 impl Present {
-    /// The position of slot `i` among the kept ones, if it is kept.
-    #[inline]
+    /// The position of slot `i` among the kept ones, if it is kept. Out of
+    /// line: lookups in dense chunks, the common case, stay short.
+    #[cold]
+    #[inline(never)]
     fn position(&self, i: usize) -> Option<usize> {
         let (w, bit) = (i / 64, i % 64);
         let word = *self.bits.get(w)?;
@@ -431,6 +446,10 @@ struct ChunkMeta {
 pub(crate) struct Table {
     /// `None`: released (every slot vacant; versions resume at `floor`).
     chunks: Vec<Option<Chunk>>,
+    /// Invariant: `dense[c]` is the address of chunk `c`'s slots if it is
+    /// dense, else `None`: a lookup in a dense chunk, the hot path, reads one
+    /// pointer from this short array and no more.
+    dense: Vec<Option<SlotPtr>>,
     /// The slice lengths of chunk `c`'s slots, once it has held a slice
     /// (`None`: every length is 0). Lengths of segment slices are at most a
     /// quarter segment and those of zero-sized slices at most `u32::MAX`
@@ -474,6 +493,7 @@ impl Table {
     pub(crate) fn new() -> Table {
         Table {
             chunks: Vec::new(),
+            dense: Vec::new(),
             lens: Vec::new(),
             meta: Vec::new(),
             vacant: Vec::new(),
@@ -510,11 +530,39 @@ impl Table {
         }
     }
 
+    /// A new chunk entry at the end, released (no slots yet).
+    fn push_chunk(&mut self) {
+        self.chunks.push(None);
+        self.dense.push(None);
+        self.lens.push(None);
+        self.meta.push(ChunkMeta::default());
+    }
+
+    /// Makes `chunk` chunk `c` (whose entry is empty).
+    fn put_chunk(&mut self, c: usize, chunk: Chunk) {
+        debug_assert!(self.chunks[c].is_none());
+        self.dense[c] = (!chunk.is_sparse()).then_some(SlotPtr(chunk.slots.ptr));
+        self.chunks[c] = Some(chunk);
+    }
+
+    /// Takes chunk `c` out of its entry.
+    fn take_chunk(&mut self, c: usize) -> Option<Chunk> {
+        self.dense[c] = None;
+        self.chunks[c].take()
+    }
+
     /// The lowest chunk with a vacant slot, made ready to hand it out: a
     /// released chunk gets its slots again, a sparse one is made dense (or,
     /// if a guard pins one of its slots, passed over until the next
     /// [`Table::release_vacant`]).
-    fn chunk_with_room(&mut self) -> usize {
+    fn chunk_with_room(&mut self) -> (usize, SlotPtr) {
+        let c = self.find_room();
+        (c, self.dense[c].expect("made dense"))
+    }
+
+    /// [`Table::chunk_with_room`]'s search.
+    #[inline]
+    fn find_room(&mut self) -> usize {
         loop {
             let from = self.vacant_from;
             let found = self.vacant[from.min(self.vacant.len())..]
@@ -523,27 +571,23 @@ impl Table {
                 .map(|i| from + i);
             self.vacant_from = found.unwrap_or(self.vacant.len());
             let Some(c) = found.map(|w| w * 64 + self.vacant[w].trailing_zeros() as usize) else {
-                self.chunks.push(None);
-                self.lens.push(None);
-                self.meta.push(ChunkMeta::default());
+                self.push_chunk();
                 let c = self.chunks.len() - 1;
                 self.set_vacant(c, true);
                 self.materialize(c);
                 return c;
             };
-            match &self.chunks[c] {
-                None => {
-                    self.materialize(c);
-                    return c;
-                }
-                Some(chunk) if chunk.is_sparse() => {
-                    if self.densify(c) {
-                        return c;
-                    }
-                    self.set_vacant(c, false);
-                }
-                Some(_) => return c,
+            if self.dense[c].is_some() {
+                return c;
             }
+            if self.chunks[c].is_none() {
+                self.materialize(c);
+                return c;
+            }
+            if self.densify(c) {
+                return c;
+            }
+            self.set_vacant(c, false);
         }
     }
 
@@ -552,9 +596,9 @@ impl Table {
     /// it did not keep come back vacant at the chunk's floor, so no old
     /// handle of them matches.
     fn densify(&mut self, c: usize) -> bool {
-        let chunk = self.chunks[c].take().expect("a sparse chunk");
+        let chunk = self.take_chunk(c).expect("a sparse chunk");
         if chunk.any_pinned() {
-            self.chunks[c] = Some(chunk);
+            self.put_chunk(c, chunk);
             return false;
         }
         let kept: Vec<usize> = chunk.entries().map(|(i, _)| i).collect();
@@ -584,7 +628,7 @@ impl Table {
         meta.free = free;
         meta.fresh = 0;
         let mut slots = slots.into_iter();
-        self.chunks[c] = Some(Chunk::dense(|_| slots.next().expect("CHUNK slots")));
+        self.put_chunk(c, Chunk::dense(|_| slots.next().expect("CHUNK slots")));
         self.lens[c] = lens.map(|lens| Block::new(CHUNK, |i| lens[i]));
         true
     }
@@ -592,7 +636,7 @@ impl Table {
     /// Rebuilds chunk `c`, which no guard pins, keeping only its occupied
     /// slots. Its floor rises above every version of the slots it drops.
     fn sparsify(&mut self, c: usize) {
-        let chunk = self.chunks[c].take().expect("a chunk");
+        let chunk = self.take_chunk(c).expect("a chunk");
         let entries: Vec<(usize, bool)> = chunk
             .entries()
             .map(|(i, s)| (i, s.version % 2 == 1))
@@ -627,7 +671,7 @@ impl Table {
             present.before[w] = before;
             before += present.bits[w].count_ones() as u16;
         }
-        self.chunks[c] = Some(Chunk::sparse(slots, present));
+        self.put_chunk(c, Chunk::sparse(slots, present));
         self.lens[c] = old_lens.map(|_| Block::new(lens.len(), |i| lens[i]));
     }
 
@@ -635,7 +679,7 @@ impl Table {
     fn materialize(&mut self, c: usize) {
         debug_assert!(self.chunks[c].is_none());
         let floor = self.meta[c].floor;
-        self.chunks[c] = Some(Chunk::new(floor));
+        self.put_chunk(c, Chunk::new(floor));
         self.meta[c] = ChunkMeta {
             fresh: CHUNK as u16,
             floor,
@@ -670,9 +714,7 @@ impl Table {
             // The lowest released or sparse chunk first (lowest-first, as
             // `insert`), else a new one.
             if c == self.chunks.len() {
-                self.chunks.push(None);
-                self.lens.push(None);
-                self.meta.push(ChunkMeta::default());
+                self.push_chunk();
             }
             match &self.chunks[c] {
                 None => {
@@ -720,22 +762,26 @@ impl Table {
     #[inline]
     pub(crate) fn insert(&mut self, ty: u16, loc: Loc, len: usize) -> KeyData {
         debug_assert!(!self.is_full());
-        let c = self.chunk_with_room();
+        let (c, slots) = self.chunk_with_room();
         let meta = &mut self.meta[c];
-        let chunk = self.chunks[c].as_mut().expect("made ready");
         let i = if meta.free != 0 {
-            let i = usize::from(meta.free - 1);
-            meta.free = chunk.slot(i).loc.0 as u16;
-            i
+            usize::from(meta.free - 1)
         } else {
-            let i = CHUNK - usize::from(meta.fresh);
-            meta.fresh -= 1;
-            i
+            CHUNK - usize::from(meta.fresh)
         };
-        debug_assert!(!chunk.is_sparse(), "objects go to dense chunks");
+        debug_assert!(i < CHUNK);
+        // SAFETY: chunk `c` is dense (`chunk_with_room`), so its `CHUNK`
+        // slots are at `slots` (invariant of `dense`), and `i < CHUNK`; the
+        // slot is vacant, so no guard points into it, and `&mut self` makes
+        // this the only reference made through the table (I11).
+        let slot = unsafe { &mut *slots.0.as_ptr().add(i) };
+        if meta.free != 0 {
+            meta.free = slot.loc.0 as u16;
+        } else {
+            meta.fresh -= 1;
+        }
         meta.occupied += 1;
         let full = usize::from(meta.occupied) == CHUNK;
-        let slot = chunk.slot_mut(i);
         debug_assert!(slot.version.is_multiple_of(2), "a vacant slot");
         slot.version = slot.version.wrapping_add(1);
         slot.ty = ty;
@@ -746,20 +792,31 @@ impl Table {
             self.set_vacant(c, false);
         }
         self.occupied += 1;
-        self.set_len(c * CHUNK + i, len);
+        // A dense chunk: the length's position is the slot's.
+        match &mut self.lens[c] {
+            Some(lens) => lens.as_mut_slice()[i] = len as u32,
+            None if len == 0 => {}
+            None => self.set_len(c * CHUNK + i, len),
+        }
         key
     }
 
     /// The slice length kept for the slot at `index` (0 if none was).
     #[inline]
     pub(crate) fn len(&self, index: usize) -> usize {
-        let c = index / CHUNK;
-        let (Some(Some(lens)), Some(Some(chunk))) = (self.lens.get(c), self.chunks.get(c)) else {
+        let (c, i) = (index / CHUNK, index % CHUNK);
+        let Some(Some(lens)) = self.lens.get(c) else {
             return 0;
         };
-        chunk
-            .position(index % CHUNK)
-            .and_then(|pos| lens.as_slice().get(pos))
+        let pos = if let Some(Some(_)) = self.dense.get(c) {
+            Some(i)
+        } else {
+            self.chunks
+                .get(c)
+                .and_then(Option::as_ref)
+                .and_then(|chunk| chunk.position(i))
+        };
+        pos.and_then(|pos| lens.as_slice().get(pos))
             .map_or(0, |&n| n as usize)
     }
 
@@ -792,19 +849,38 @@ impl Table {
         Some(Held {
             ty: slot.ty,
             loc: slot.loc,
-            len: self.len(split(key).0),
+            len: self.len(split(key).0) as u32,
         })
     }
 
     /// The slot at `index`, occupied or vacant, if its chunk is materialized.
     #[inline]
     fn at(&self, index: usize) -> Option<&Slot> {
+        if let Some(Some(slots)) = self.dense.get(index / CHUNK) {
+            // SAFETY: chunk `index / CHUNK` is dense and its `CHUNK` slots
+            // are at `slots` (invariant of `dense`); `index % CHUNK < CHUNK`.
+            // Shared, as in `Chunk::slot`.
+            return Some(unsafe { &*slots.0.as_ptr().add(index % CHUNK) });
+        }
+        self.at_sparse(index)
+    }
+
+    /// [`Table::at`] in a sparse or released chunk.
+    #[cold]
+    #[inline(never)]
+    fn at_sparse(&self, index: usize) -> Option<&Slot> {
         let chunk = self.chunks.get(index / CHUNK)?.as_ref()?;
         Some(chunk.slot(chunk.position(index % CHUNK)?))
     }
 
     #[inline]
     fn at_mut(&mut self, index: usize) -> Option<&mut Slot> {
+        if let Some(Some(slots)) = self.dense.get(index / CHUNK) {
+            // SAFETY: as in `at`; `&mut self` makes this the only reference
+            // made through the table, and guards hold pointers only into
+            // pinned slots, which the table never changes through `&mut` (I11).
+            return Some(unsafe { &mut *slots.0.as_ptr().add(index % CHUNK) });
+        }
         let chunk = self.chunks.get_mut(index / CHUNK)?.as_mut()?;
         let pos = chunk.position(index % CHUNK)?;
         Some(chunk.slot_mut(pos))
@@ -822,20 +898,17 @@ impl Table {
         self.zombies += 1;
     }
 
-    /// Vacates the slot of `key` (live or zombie) and returns what it held.
-    /// If the version is exhausted, the slot is retired instead of vacated.
-    pub(crate) fn remove(&mut self, key: KeyData) -> Option<Held> {
+    /// Vacates the slot of `key` (live or zombie) and returns its type and
+    /// location (its length, if a slice, is the caller's to read first: a
+    /// free of a sized value skips it). If the version is exhausted, the
+    /// slot is retired instead of vacated.
+    pub(crate) fn remove(&mut self, key: KeyData) -> Option<(u16, Loc)> {
         let (index, version) = split(key);
         let retire = version >= self.retire_at;
         let (c, i) = (index / CHUNK, index % CHUNK);
         let next_free = self.meta.get(c).map_or(0, |m| m.free);
-        let len = self.len(index);
         let slot = self.at_mut(index).filter(|s| s.version == version)?;
-        let held = Held {
-            ty: slot.ty,
-            loc: slot.loc,
-            len,
-        };
+        let held = (slot.ty, slot.loc);
         let was_zombie = slot.is_dead();
         // A zombie finishing (retired slots are never removed: their dead
         // marker has no pins, and no caller removes those).
@@ -880,7 +953,7 @@ impl Table {
                 let top = chunk.entries().map(|(_, s)| s.version).max().unwrap_or(0);
                 meta.floor = meta.floor.max(top);
                 debug_assert!(meta.floor.is_multiple_of(2));
-                self.chunks[c] = None;
+                self.take_chunk(c);
                 self.lens[c] = None;
                 continue;
             }
@@ -923,6 +996,7 @@ impl Table {
         slots
             + lens
             + self.chunks.capacity() * size_of::<Option<Chunk>>()
+            + self.dense.capacity() * size_of::<Option<SlotPtr>>()
             + self.lens.capacity() * size_of::<Option<Block<u32>>>()
             + self.meta.capacity() * size_of::<ChunkMeta>()
             + self.vacant.capacity() * size_of::<u64>()
@@ -1006,14 +1080,7 @@ mod tests {
         assert_eq!(t.metadata_bytes(), bare + CHUNK * 4, "the chunk's lengths");
         assert_eq!(t.held(slice).map(|h| h.len), Some(77));
         assert_eq!(t.held(sized).map(|h| h.len), Some(0));
-        assert_eq!(
-            t.remove(slice),
-            Some(Held {
-                ty: 2,
-                loc: Loc::segment(16),
-                len: 77
-            })
-        );
+        assert_eq!(t.remove(slice), Some((2, Loc::segment(16))));
         // A slot reused by a sized value reads length 0, not its last one's.
         let again = t.insert(1, Loc::segment(24), 0);
         assert_eq!(split(again).0, split(slice).0);
@@ -1105,7 +1172,7 @@ mod tests {
             let i = split(k).0;
             let held = t.held(k).expect("a kept slot");
             assert_eq!(
-                (held.ty, held.loc, held.len),
+                (held.ty, held.loc, held.len as usize),
                 (7, Loc::segment(i as u32 * 4), i)
             );
         }
@@ -1131,7 +1198,7 @@ mod tests {
             assert!(t.get(k).is_none(), "an old handle matches a new object");
         }
         for &k in &kept {
-            assert_eq!(t.held(k).map(|h| h.len), Some(split(k).0));
+            assert_eq!(t.held(k).map(|h| h.len as usize), Some(split(k).0));
         }
         for &k in &again {
             assert_eq!(t.held(k).map(|h| (h.ty, h.len)), Some((8, 0)));
@@ -1157,7 +1224,10 @@ mod tests {
         let k = t.insert(9, Loc::ZERO_SIZED, 0);
         assert_eq!(word(&t), at, "a pinned slot moved");
         assert_ne!(split(k).0 / CHUNK, split(pinned).0 / CHUNK);
-        assert_eq!(t.held(pinned).map(|h| h.len), Some(split(pinned).0));
+        assert_eq!(
+            t.held(pinned).map(|h| h.len as usize),
+            Some(split(pinned).0)
+        );
     }
 
     #[test]
@@ -1165,14 +1235,7 @@ mod tests {
         let mut t = Table::new();
         let a = t.insert(1, Loc::ZERO_SIZED, 0);
         let b = t.insert(1, Loc::ZERO_SIZED, 1);
-        assert_eq!(
-            t.remove(a),
-            Some(Held {
-                ty: 1,
-                loc: Loc::ZERO_SIZED,
-                len: 0
-            })
-        );
+        assert_eq!(t.remove(a), Some((1, Loc::ZERO_SIZED)));
         assert!(t.get(a).is_none() && t.remove(a).is_none());
         let c = t.insert(2, Loc::ZERO_SIZED, 2);
         assert_eq!(split(c).0, split(a).0, "the vacant slot is reused");
