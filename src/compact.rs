@@ -10,6 +10,7 @@
 //! sweep, and an object moves at most once per pass. See docs/DESIGN.md,
 //! "Compaction".
 
+use core::mem::MaybeUninit;
 use core::ptr;
 
 use crate::mapping::MapAlloc;
@@ -51,15 +52,21 @@ impl Evacuation {
 }
 
 /// The slot indices a sweep found in each source of a pass, in one block
-/// from [`MapAlloc`]: a pass over a big heap lists millions, and when the
-/// pass ends the block goes back to the OS, not into malloc's arena, where
-/// it would stay resident. Each source has room for the objects it had when
-/// the pass began; none arrive in a source during a pass.
+/// from [`MapAlloc`]: a pass over a big heap lists millions. The block is
+/// kept from pass to pass, so that a `compact_step` neither maps nor unmaps
+/// it again (a new one is mapped only when a pass needs more room), its
+/// pages are touched only as the sweep writes them, never all at once, and
+/// `compact()` gives it back to the OS at its end (from `malloc` it would
+/// stay resident in the arena). Each source has room for the objects it had
+/// when the pass began; none arrive in a source during a pass.
 #[derive(Debug)]
 struct Found {
-    items: allocator_api2::vec::Vec<u32, MapAlloc>,
+    /// Invariant: in each list `(start, len, room)`, the items
+    /// `start..start + len` were written in this pass; the rest may be
+    /// uninitialised.
+    items: allocator_api2::vec::Vec<MaybeUninit<u32>, MapAlloc>,
     /// Per source, in the order of `sources`: where its list starts in
-    /// `items`, how long it is, and its room.
+    /// `items`, how long it is, and its room (`start + room <= items.len()`).
     lists: Vec<(usize, usize, usize)>,
 }
 
@@ -73,19 +80,29 @@ impl Default for Found {
 }
 
 impl Found {
-    /// Lists with room for `rooms[i]` indices for source `i`.
-    fn new(rooms: impl Iterator<Item = usize>) -> Found {
+    /// Starts lists with room for `rooms[i]` indices for source `i`,
+    /// forgetting the last pass's (its block is reused if it is big enough).
+    fn start(&mut self, rooms: impl Iterator<Item = usize>) {
         let mut start = 0;
-        let lists: Vec<_> = rooms
-            .map(|room| {
-                let list = (start, 0, room);
-                start += room;
-                list
-            })
-            .collect();
-        let mut items = allocator_api2::vec::Vec::new_in(MapAlloc);
-        items.resize(start, 0);
-        Found { items, lists }
+        self.lists.clear();
+        self.lists.extend(rooms.map(|room| {
+            let list = (start, 0, room);
+            start += room;
+            list
+        }));
+        if self.items.len() < start {
+            // A new block, not a grown one: nothing of the old is kept, so
+            // nothing is copied, and no page of the new one is touched yet.
+            self.items = allocator_api2::vec::Vec::with_capacity_in(start, MapAlloc);
+            // SAFETY: the capacity is at least `start`, and `MaybeUninit`
+            // items need no initialisation.
+            unsafe { self.items.set_len(start) };
+        }
+    }
+
+    /// Forgets every list, keeping the block for the next pass.
+    fn clear(&mut self) {
+        self.lists.clear();
     }
 
     /// Files slot `index` under source `rank`. (Never past its room: a
@@ -95,17 +112,22 @@ impl Found {
         if let Some((start, len, room)) = self.lists.get_mut(rank) {
             debug_assert!(*len < *room, "an object arrived in a source");
             if *len < *room {
-                self.items[*start + *len] = index;
+                self.items[*start + *len] = MaybeUninit::new(index);
                 *len += 1;
             }
         }
     }
 
-    /// The list of the last source.
-    fn last(&self) -> &[u32] {
-        self.lists
-            .last()
-            .map_or(&[], |&(start, len, _)| &self.items[start..start + len])
+    /// Item `pos` of the last source's list.
+    #[inline]
+    fn last_get(&self, pos: usize) -> Option<u32> {
+        let &(start, len, _) = self.lists.last()?;
+        if pos >= len {
+            return None;
+        }
+        // SAFETY: `pos < len`, and items `start..start + len` of a list were
+        // written in this pass (type invariant).
+        Some(unsafe { self.items[start + pos].assume_init() })
     }
 
     /// Forgets the last source's list.
@@ -215,6 +237,8 @@ impl RawHeap {
         }
         self.release_spares(report);
         self.release_pending(usize::MAX, report);
+        // The pass's lists: given back here, where the caller waits anyway.
+        self.evac.found = Found::default();
         self.table.release_vacant();
         self.space.discard_free_pages();
         report.finished = true;
@@ -319,10 +343,11 @@ impl RawHeap {
             self.space.set_evacuating(id, true);
             self.evac.rank[id as usize] = i as u32;
         }
-        self.evac.found = Found::new(
+        let space = &self.space;
+        self.evac.found.start(
             sources
                 .iter()
-                .map(|&id| self.space.segment(id).map_or(0, |seg| seg.live_objects)),
+                .map(|&id| space.segment(id).map_or(0, |seg| seg.live_objects)),
         );
         self.evac.sources = sources;
         self.evac.sweep = Some(0);
@@ -384,7 +409,7 @@ impl RawHeap {
                 Evacuated::OutOfMemory => {
                     // No room for targets: end the pass, every source as it is.
                     self.evac.starved = true;
-                    self.evac.found = Found::default();
+                    self.evac.found.clear();
                     for id in core::mem::take(&mut self.evac.sources) {
                         self.end_source(id);
                     }
@@ -397,7 +422,7 @@ impl RawHeap {
             }
             self.evac.pos = 0;
         }
-        self.evac.found = Found::default();
+        self.evac.found.clear();
         self.space.release_emptied();
         report.finished = true;
         true
@@ -426,7 +451,7 @@ impl RawHeap {
         report: &mut CompactReport,
     ) -> Evacuated {
         loop {
-            let Some(&index) = self.evac.found.last().get(self.evac.pos) else {
+            let Some(index) = self.evac.found.last_get(self.evac.pos) else {
                 return Evacuated::Done;
             };
             let Some(slot) = self.table.slot_at(index) else {
