@@ -410,9 +410,12 @@ impl Chunk {
         (0..CHUNK).filter_map(|i| Some((i, self.slot(self.position(i)?))))
     }
 
-    /// Whether a guard pins one of the slots.
+    /// Whether a guard pins one of the slots. (Only occupied slots can be
+    /// pinned: their borrow words are the only ones read, so a scan of a
+    /// mostly vacant chunk is mostly plain loads of versions.)
     fn any_pinned(&self) -> bool {
-        self.entries().any(|(_, s)| s.is_pinned())
+        self.entries()
+            .any(|(_, s)| s.version % 2 == 1 && s.is_pinned())
     }
 
     /// Takes the slots out (the chunk is gone), to rebuild it in another
