@@ -773,10 +773,9 @@ impl Table {
             CHUNK - usize::from(meta.fresh)
         };
         debug_assert!(i < CHUNK);
-        // SAFETY: chunk `c` is dense (`chunk_with_room`), so its `CHUNK`
-        // slots are at `slots` (invariant of `dense`), and `i < CHUNK`; the
-        // slot is vacant, so no guard points into it, and `&mut self` makes
-        // this the only reference made through the table (I11).
+        // Chunk `c` is dense (`chunk_with_room`): its slots are at `slots`.
+        // SAFETY: `i < CHUNK` slots there (`dense`'s invariant); a vacant slot
+        // has no guard, and `&mut self` is the only way in (I11).
         let slot = unsafe { &mut *slots.0.as_ptr().add(i) };
         if meta.free != 0 {
             meta.free = slot.loc.0 as u16;
@@ -981,7 +980,6 @@ impl Table {
 
     /// Bytes of the table itself.
     pub(crate) fn metadata_bytes(&self) -> usize {
-        use core::mem::size_of;
         let slots: usize = self
             .chunks
             .iter()
