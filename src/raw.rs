@@ -760,6 +760,7 @@ impl RawHeap {
             Budget {
                 bytes: budget,
                 oversize: false,
+                spent: 0,
             },
             &mut report,
         );

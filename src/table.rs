@@ -21,7 +21,7 @@ use core::ptr::NonNull;
 
 use slotmap::KeyData;
 
-use crate::mapping::Mapping;
+use crate::mapping::{Pool, PAGE};
 use crate::sync::atomic::{AtomicU16, Ordering};
 
 /// Borrow word bit: the handle is dead; the value waits for its last guard.
@@ -218,17 +218,21 @@ impl Present {
 }
 
 /// `len` values of `T` (a type without drop glue) at a stable address: in
-/// a mapping of their own when there are [`CHUNK`] of them (a dense chunk's
-/// slots or lengths: whole pages, which go back to the OS exactly when the
-/// block drops, where memory from `malloc` may stay in malloc's arena), else
-/// (a sparse chunk's few, or if the mapping is refused) in a box.
+/// a block of the table's [`Pool`] for `T` when there are [`CHUNK`] of them
+/// (a dense chunk's slots or lengths: whole pages, which go back to the OS
+/// exactly when the block goes back to the pool, where memory from `malloc`
+/// may stay in malloc's arena), else (a sparse chunk's few, or if the pool
+/// cannot map) in a box.
 ///
-/// Invariant: `ptr` points to `len` initialised values, in `mapping` if it
-/// is `Some`, else in a `Box<[T]>` that this value owns.
+/// Invariant: `ptr` points to `len` initialised values, in a block of the
+/// pool it was made with if `pooled`, else in a `Box<[T]>` that this value
+/// owns. A pooled block goes back with [`Block::free`]; dropped instead, its
+/// memory stays taken in the pool until the pool drops (a leak, never a
+/// dangling pointer: the table drops its blocks before its pools).
 struct Block<T> {
     ptr: NonNull<T>,
     len: usize,
-    mapping: Option<Mapping>,
+    pooled: bool,
 }
 
 // SAFETY: a block owns its values; the pointer has no thread affinity.
@@ -236,23 +240,29 @@ unsafe impl<T: Send> Send for Block<T> {}
 // SAFETY: `&Block` gives only shared access to the values.
 unsafe impl<T: Sync> Sync for Block<T> {}
 
+/// The bytes of a pool block for [`CHUNK`] values of `T`.
+const fn block_bytes<T>() -> usize {
+    (CHUNK * size_of::<T>()).next_multiple_of(PAGE)
+}
+
 impl<T> Block<T> {
-    /// A block of `len` values, the `i`-th `init(i)`.
-    fn new(len: usize, mut init: impl FnMut(usize) -> T) -> Block<T> {
-        const { assert!(!core::mem::needs_drop::<T>()) };
+    /// A block of `len` values, the `i`-th `init(i)`; from `pool` (whose
+    /// blocks are [`block_bytes::<T>`]) if `len` is [`CHUNK`].
+    fn new(len: usize, pool: &mut Pool, mut init: impl FnMut(usize) -> T) -> Block<T> {
+        const { assert!(!core::mem::needs_drop::<T>() && align_of::<T>() <= PAGE) };
+        debug_assert_eq!(pool.block(), block_bytes::<T>());
         if len == CHUNK {
-            if let Some(mapping) = Mapping::new(len * size_of::<T>(), align_of::<T>()) {
-                let ptr = mapping.start().cast::<T>();
+            if let Some(start) = pool.take() {
+                let ptr = start.cast::<T>();
                 for i in 0..len {
-                    // SAFETY: the mapping has room for `len` `T`s at its
-                    // start, aligned (`Mapping::new`'s promise), and no one
-                    // else has its address yet.
+                    // SAFETY: the pool's block has room for `CHUNK` `T`s
+                    // (`block_bytes`), page-aligned, and is ours alone.
                     unsafe { ptr.add(i).write(init(i)) };
                 }
                 return Block {
                     ptr,
                     len,
-                    mapping: Some(mapping),
+                    pooled: true,
                 };
             }
         }
@@ -260,25 +270,40 @@ impl<T> Block<T> {
         Block {
             ptr: NonNull::new(Box::into_raw(boxed).cast::<T>()).expect("a box is non-null"),
             len,
-            mapping: None,
+            pooled: false,
         }
     }
 
-    /// Bytes the block takes.
-    fn bytes(&self) -> usize {
-        self.mapping
-            .as_ref()
-            .map_or(self.len * size_of::<T>(), Mapping::len)
+    /// Bytes the block takes outside its pool (a pool counts its own).
+    fn boxed_bytes(&self) -> usize {
+        if self.pooled {
+            0
+        } else {
+            self.len * size_of::<T>()
+        }
     }
 
-    /// The values, moved out (the block's memory goes back).
-    fn into_vec(self) -> Vec<T> {
-        (0..self.len)
+    /// Gives the block's memory back (to `pool`, the one it was made with,
+    /// if it is pooled).
+    fn free(self, pool: &mut Pool) {
+        if self.pooled {
+            // SAFETY: a pooled block came from `pool` (caller) and goes back
+            // once (`self` is consumed, and `Drop` leaves pooled blocks alone).
+            unsafe { pool.give(self.ptr.cast()) };
+        }
+    }
+
+    /// The values, moved out (the block's memory goes back, to `pool` if
+    /// it is pooled).
+    fn into_vec(self, pool: &mut Pool) -> Vec<T> {
+        let values = (0..self.len)
             // SAFETY: `i < len` initialised values (type invariant), each read
             // once; the block then frees its memory without dropping them
             // again (no drop glue).
             .map(|i| unsafe { self.ptr.add(i).read() })
-            .collect()
+            .collect();
+        self.free(pool);
+        values
     }
 }
 
@@ -297,11 +322,11 @@ impl Block<u32> {
 
 impl<T> Drop for Block<T> {
     fn drop(&mut self) {
-        if self.mapping.is_none() {
+        if !self.pooled {
             let values = core::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
             // SAFETY: the pointer and length of the `Box<[T]>` this block
-            // owns (type invariant), dropped once. (A mapping goes back when
-            // its field drops; `T` has no drop glue.)
+            // owns (type invariant), dropped once. (A pooled block goes back
+            // with `free`; `T` has no drop glue.)
             drop(unsafe { Box::from_raw(values) });
         }
     }
@@ -311,7 +336,7 @@ impl<T> fmt::Debug for Block<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Block")
             .field("len", &self.len)
-            .field("mapped", &self.mapping.is_some())
+            .field("pooled", &self.pooled)
             .finish()
     }
 }
@@ -337,15 +362,15 @@ struct Chunk {
 
 impl Chunk {
     /// A dense chunk whose slot `i` is `init(i)`.
-    fn dense(init: impl FnMut(usize) -> Slot) -> Chunk {
+    fn dense(pool: &mut Pool, init: impl FnMut(usize) -> Slot) -> Chunk {
         Chunk {
-            slots: Block::new(CHUNK, init),
+            slots: Block::new(CHUNK, pool, init),
             present: None,
         }
     }
 
     /// A sparse chunk of `slots`, which `present` says where they belong.
-    fn sparse(slots: Vec<Slot>, present: Box<Present>) -> Chunk {
+    fn sparse(slots: Vec<Slot>, present: Box<Present>, pool: &mut Pool) -> Chunk {
         debug_assert_eq!(
             slots.len(),
             present
@@ -357,14 +382,14 @@ impl Chunk {
         let n = slots.len();
         let mut slots = slots.into_iter();
         Chunk {
-            slots: Block::new(n, |_| slots.next().expect("n slots")),
+            slots: Block::new(n, pool, |_| slots.next().expect("n slots")),
             present: Some(present),
         }
     }
 
     /// A dense chunk of vacant slots whose versions start at `floor` (even).
-    fn new(floor: u32) -> Chunk {
-        Chunk::dense(|_| Slot::vacant(floor))
+    fn new(floor: u32, pool: &mut Pool) -> Chunk {
+        Chunk::dense(pool, |_| Slot::vacant(floor))
     }
 
     /// How many slots the chunk keeps.
@@ -420,9 +445,9 @@ impl Chunk {
 
     /// Takes the slots out (the chunk is gone), to rebuild it in another
     /// form. Only while no slot is pinned (I11).
-    fn into_slots(self) -> Vec<Slot> {
+    fn into_slots(self, pool: &mut Pool) -> Vec<Slot> {
         debug_assert!(!self.any_pinned());
-        self.slots.into_vec()
+        self.slots.into_vec(pool)
     }
 }
 
@@ -471,6 +496,11 @@ pub(crate) struct Table {
     zombies: usize,
     /// A slot whose version is at least this is retired instead of freed.
     retire_at: u32,
+    /// Where dense chunks' slots live (declared after every block: the
+    /// table's blocks drop before the pools unmap their memory).
+    slot_pool: Pool,
+    /// Where dense chunks' lengths live.
+    len_pool: Pool,
 }
 
 /// The index and version of a key.
@@ -505,6 +535,8 @@ impl Table {
             retired: 0,
             zombies: 0,
             retire_at: u32::MAX,
+            slot_pool: Pool::new(block_bytes::<Slot>()),
+            len_pool: Pool::new(block_bytes::<u32>()),
         }
     }
 
@@ -609,7 +641,11 @@ impl Table {
         let mut slots: Vec<Option<Slot>> = (0..CHUNK).map(|_| None).collect();
         let old_lens = self.lens[c].take();
         let mut lens = old_lens.as_ref().map(|_| vec![0u32; CHUNK]);
-        for ((pos, &i), slot) in kept.iter().enumerate().zip(chunk.into_slots()) {
+        for ((pos, &i), slot) in kept
+            .iter()
+            .enumerate()
+            .zip(chunk.into_slots(&mut self.slot_pool))
+        {
             slots[i] = Some(slot);
             if let (Some(lens), Some(old_lens)) = (lens.as_mut(), old_lens.as_ref()) {
                 lens[i] = old_lens.as_slice()[pos];
@@ -631,8 +667,12 @@ impl Table {
         meta.free = free;
         meta.fresh = 0;
         let mut slots = slots.into_iter();
-        self.put_chunk(c, Chunk::dense(|_| slots.next().expect("CHUNK slots")));
-        self.lens[c] = lens.map(|lens| Block::new(CHUNK, |i| lens[i]));
+        let chunk = Chunk::dense(&mut self.slot_pool, |_| slots.next().expect("CHUNK slots"));
+        self.put_chunk(c, chunk);
+        self.lens[c] = lens.map(|lens| Block::new(CHUNK, &mut self.len_pool, |i| lens[i]));
+        if let Some(old) = old_lens {
+            old.free(&mut self.len_pool);
+        }
         true
     }
 
@@ -659,7 +699,7 @@ impl Table {
         });
         let mut slots = Vec::with_capacity(usize::from(meta.occupied));
         let mut lens = Vec::new();
-        let old_slots = chunk.into_slots();
+        let old_slots = chunk.into_slots(&mut self.slot_pool);
         for (old_pos, ((i, occupied), slot)) in entries.into_iter().zip(old_slots).enumerate() {
             if occupied {
                 if let Some(old) = old_lens.as_ref() {
@@ -674,15 +714,20 @@ impl Table {
             present.before[w] = before;
             before += present.bits[w].count_ones() as u16;
         }
-        self.put_chunk(c, Chunk::sparse(slots, present));
-        self.lens[c] = old_lens.map(|_| Block::new(lens.len(), |i| lens[i]));
+        let chunk = Chunk::sparse(slots, present, &mut self.slot_pool);
+        self.put_chunk(c, chunk);
+        if let Some(old) = old_lens {
+            self.lens[c] = Some(Block::new(lens.len(), &mut self.len_pool, |i| lens[i]));
+            old.free(&mut self.len_pool);
+        }
     }
 
     /// Gives the released (or new) chunk `c` its slots again, all vacant.
     fn materialize(&mut self, c: usize) {
         debug_assert!(self.chunks[c].is_none());
         let floor = self.meta[c].floor;
-        self.put_chunk(c, Chunk::new(floor));
+        let chunk = Chunk::new(floor, &mut self.slot_pool);
+        self.put_chunk(c, chunk);
         self.meta[c] = ChunkMeta {
             fresh: CHUNK as u16,
             floor,
@@ -839,7 +884,13 @@ impl Table {
             Some(lens) => lens.as_mut_slice()[pos] = len as u32,
             None if len == 0 => {}
             lens @ None => {
-                *lens = Some(Block::new(count, |i| if i == pos { len as u32 } else { 0 }));
+                *lens = Some(Block::new(count, &mut self.len_pool, |i| {
+                    if i == pos {
+                        len as u32
+                    } else {
+                        0
+                    }
+                }));
             }
         }
     }
@@ -955,8 +1006,11 @@ impl Table {
                 let top = chunk.entries().map(|(_, s)| s.version).max().unwrap_or(0);
                 meta.floor = meta.floor.max(top);
                 debug_assert!(meta.floor.is_multiple_of(2));
-                self.take_chunk(c);
-                self.lens[c] = None;
+                let chunk = self.take_chunk(c).expect("materialized");
+                chunk.slots.free(&mut self.slot_pool);
+                if let Some(lens) = self.lens[c].take() {
+                    lens.free(&mut self.len_pool);
+                }
                 continue;
             }
             let occupied = usize::from(meta.occupied);
@@ -985,7 +1039,7 @@ impl Table {
             .iter()
             .flatten()
             .map(|c| {
-                c.slots.bytes()
+                c.slots.boxed_bytes()
                     + if c.is_sparse() {
                         size_of::<Present>()
                     } else {
@@ -993,9 +1047,11 @@ impl Table {
                     }
             })
             .sum();
-        let lens: usize = self.lens.iter().flatten().map(Block::bytes).sum();
+        let lens: usize = self.lens.iter().flatten().map(Block::boxed_bytes).sum();
         slots
             + lens
+            + self.slot_pool.resident()
+            + self.len_pool.resident()
             + self.chunks.capacity() * size_of::<Option<Chunk>>()
             + self.dense.capacity() * size_of::<Option<SlotPtr>>()
             + self.lens.capacity() * size_of::<Option<Block<u32>>>()

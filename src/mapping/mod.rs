@@ -17,7 +17,9 @@
 use core::ptr::NonNull;
 
 mod map_alloc;
+mod pool;
 pub(crate) use map_alloc::MapAlloc;
+pub(crate) use pool::Pool;
 
 #[cfg(all(unix, not(miri), not(feature = "alloc-segments")))]
 mod mmap;

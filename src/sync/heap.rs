@@ -25,6 +25,7 @@ use crate::stats::{CompactReport, HeapStats};
 const SLICE: Budget = Budget {
     bytes: 64 * 1024,
     oversize: true,
+    spent: 0,
 };
 
 /// A compacting heap that threads share: `Send + Sync`, with the methods and
