@@ -11,7 +11,7 @@
 //! "Compaction".
 
 use core::mem::MaybeUninit;
-use core::ptr;
+use core::ptr::{self, NonNull};
 
 use crate::mapping::MapAlloc;
 use crate::raw::RawHeap;
@@ -482,6 +482,7 @@ impl RawHeap {
             let size = self.size_of(held);
             let align = self.types.info(slot.ty).align;
             let (src, _) = self.locate(held);
+            self.prefetch_ahead(size);
             if size > *left {
                 if size <= budget.bytes || (budget.oversize && *left < budget.bytes) {
                     return Evacuated::Paused;
@@ -521,6 +522,46 @@ impl RawHeap {
             self.totals.bytes_moved += size as u64;
         }
     }
+}
+
+impl RawHeap {
+    /// Asks the CPU to start loading the bytes of the object [`AHEAD`]
+    /// places further down the current source's list (its first `size`
+    /// bytes, at most 2 KiB: neighbours tend to be alike), so that copies
+    /// do not wait for memory one after the other. A hint only: the object
+    /// may be gone by then, and nothing is read.
+    #[inline]
+    fn prefetch_ahead(&self, size: usize) {
+        let Some(index) = self.evac.found.last_get(self.evac.pos + AHEAD) else {
+            return;
+        };
+        if let Some(ptr) = self.table.slot_at(index).and_then(|s| self.space.try_at(s.loc)) {
+            prefetch(ptr, size.min(2048));
+        }
+    }
+}
+
+/// How far ahead [`RawHeap::prefetch_ahead`] looks: enough to cover a
+/// memory load (about 100 ns) with the copies of small objects.
+const AHEAD: usize = 4;
+
+/// A hint to load the cache lines of `len` bytes at `ptr` (no access: any
+/// address is fine).
+#[inline]
+fn prefetch(ptr: NonNull<u8>, len: usize) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut at = 0;
+        while at < len {
+            // SAFETY: a prefetch never faults nor reads into the program; the
+            // address is only computed (`wrapping_add`), never dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ptr.as_ptr().wrapping_add(at).cast()) };
+            at += 64;
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = (ptr, len);
 }
 
 /// How much one run of a pass may move.
