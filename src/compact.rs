@@ -535,7 +535,11 @@ impl RawHeap {
         let Some(index) = self.evac.found.last_get(self.evac.pos + AHEAD) else {
             return;
         };
-        if let Some(ptr) = self.table.slot_at(index).and_then(|s| self.space.try_at(s.loc)) {
+        if let Some(ptr) = self
+            .table
+            .slot_at(index)
+            .and_then(|s| self.space.try_at(s.loc))
+        {
             prefetch(ptr, size.min(2048));
         }
     }

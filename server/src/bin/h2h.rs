@@ -4,8 +4,8 @@
 //! Phases: SET over a fixed key space with values of 100 B, then 1000 B,
 //! then 10 000 B, then 300 B, then a random DEL phase, with a GET phase after
 //! each; every phase runs without pipelining and with `-P 16`, `--rounds`
-//! times (the best ops/s counts), except DEL, which runs once (a second
-//! round would delete what the first left). After each phase, once both
+//! times, alternating between the servers (the best ops/s counts), except
+//! DEL, which runs once (a second round would delete what the first left). After each phase, once both
 //! servers are idle (1.2 s later): each server's RSS (from /proc),
 //! `used_memory` (from INFO memory), and the ops/s (from
 //! `redis-benchmark --csv`).
@@ -281,11 +281,13 @@ fn main() {
             } else {
                 args.rounds.max(1)
             };
+            // Rounds alternate between the servers (Redis, ours, Redis, …),
+            // so that a slow spell of this shared machine falls on both.
             let mut rps = [0.0f64; 2];
-            for (server, rps) in [&redis, &compact].into_iter().zip(&mut rps) {
-                *rps = (0..rounds)
-                    .map(|_| bench(server.port, &args, &extra))
-                    .fold(0.0, f64::max);
+            for _ in 0..rounds {
+                for (server, rps) in [&redis, &compact].into_iter().zip(&mut rps) {
+                    *rps = rps.max(bench(server.port, &args, &extra));
+                }
             }
             // Memory is read once both servers are idle: what a server gives
             // back when its clients stop (our idle trim, at most once a
