@@ -15,9 +15,8 @@ use core::ptr::{self, NonNull};
 
 use crate::mapping::MapAlloc;
 use crate::raw::RawHeap;
-use crate::space::Place;
 use crate::stats::CompactReport;
-use crate::table::{Held, Loc};
+use crate::table::Held;
 
 /// The state of the compaction pass in progress, if any.
 #[derive(Debug, Default)]
@@ -494,26 +493,23 @@ impl RawHeap {
                 }
                 // Full compaction in slices: a big object moves alone in its slice.
             }
-            let Ok((dst, place)) = self.space.alloc(size, align) else {
+            let Ok((dst, dst_loc)) = self.space.alloc(size, align) else {
                 return Evacuated::OutOfMemory;
             };
-            let target = place
-                .segment_id()
-                .expect("an object from a segment moves to one");
-            let offset = self
-                .space
-                .segment(target)
-                .expect("target exists")
-                .offset_of(dst);
+            debug_assert!(
+                dst_loc.granule().is_some(),
+                "an object from a segment moves to one"
+            );
             // `src` is the object's `size` bytes, unpinned (checked above; pins
             // need the engine, which we hold); `dst` is fresh, outside every source.
             // SAFETY: nobody reads or writes `src` now, and the two do not overlap (I8).
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
             let slot = self.table.slot_at_mut(index).expect("slot checked above");
-            slot.loc = Loc::segment(self.space.granule(target, offset));
-            // SAFETY: the object's bytes at `src` were reserved by one alloc in
-            // segment `id`; the slot now points at `dst`, so nothing reads `src` again.
-            unsafe { self.space.release(src, size, Place::segment(id)) };
+            slot.loc = dst_loc;
+            // SAFETY: the object's bytes at `src` (`held.loc`) were reserved by
+            // one alloc in segment `id`; the slot now points at `dst`, so
+            // nothing reads `src` again.
+            unsafe { self.space.release(size, held.loc) };
             self.evac.pos += 1;
             *left = left.saturating_sub(size);
             report.objects_moved += 1;

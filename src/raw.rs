@@ -11,7 +11,7 @@ use crate::compact::{Budget, Evacuation};
 use crate::config::{Config, Pacing};
 use crate::error::{AllocError, BorrowError, RemoveError, ResizeError};
 use crate::object::{Object, TypeInfo};
-use crate::space::{Place, Space};
+use crate::space::Space;
 use crate::stats::{CompactReport, HeapStats};
 use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use crate::sync::plain;
@@ -66,7 +66,7 @@ pub(crate) struct Dying {
     pub(crate) ptr: NonNull<u8>,
     pub(crate) meta: usize,
     pub(crate) info: &'static TypeInfo,
-    place: Place,
+    loc: Loc,
     size: usize,
 }
 
@@ -175,7 +175,7 @@ impl RawHeap {
             // far shorter; large objects keep theirs with the mapping).
             return Err(AllocError::TooLarge);
         }
-        let (ptr, place) = loop {
+        let (ptr, loc) = loop {
             match self.space.alloc(layout.size(), layout.align()) {
                 Ok(found) => break found,
                 // Under a memory limit, compact until it fits or nothing more
@@ -184,18 +184,13 @@ impl RawHeap {
                 Err(e) => return Err(e),
             }
         };
-        let (loc, len) = if let Some(id) = place.segment_id() {
-            let offset = self
-                .space
-                .segment(id)
-                .expect("new object's segment")
-                .offset_of(ptr);
-            (Loc::segment(self.space.granule(id, offset)), meta)
-        } else if let Some(id) = place.large_id() {
-            self.space.set_large_meta(id as usize, meta);
-            (Loc::large(id as usize), 0)
-        } else {
-            (Loc::ZERO_SIZED, meta)
+        // A large object keeps its length with its mapping.
+        let len = match loc.decode() {
+            Where::Large { id } => {
+                self.space.set_large_meta(id, meta);
+                0
+            }
+            _ => meta,
         };
         let key = self.table.insert(ty, loc, len);
         self.live_bytes += layout.size();
@@ -282,16 +277,11 @@ impl RawHeap {
     fn dying(&self, held: Held) -> Dying {
         let info = self.types.info(held.ty);
         let (ptr, meta) = self.locate(held);
-        let place = match held.loc.decode() {
-            Where::Segment { granule } => Place::segment(self.space.split_granule(granule).0),
-            Where::Large { id } => Place::large(id as u32),
-            Where::Nowhere => Place::NONE,
-        };
         Dying {
             ptr,
             meta,
             info,
-            place,
+            loc: held.loc,
             size: info.size(meta),
         }
     }
@@ -443,14 +433,16 @@ impl RawHeap {
             return Freed::Deferred;
         }
         let (ty, loc) = self.table.remove(key).expect("live slot exists");
-        let held = Held { ty, loc, len };
-        if self.types.info(held.ty).drop.is_none() && !self.reading() {
+        if info.drop.is_none() && !self.reading() {
             // No drop glue, no reader: nothing to run, give the bytes back now.
-            let dying = self.dying(held);
-            self.release(dying);
+            // SAFETY: `size` and `loc` are those of the object's one
+            // allocation (its slot's), and the slot is gone: no one reaches
+            // the bytes again, and this is their only release.
+            unsafe { self.space.release(size, loc) };
+            self.pace(size);
             return Freed::Released;
         }
-        let dying = self.dying(held);
+        let dying = self.dying(Held { ty, loc, len });
         if self.reading() {
             // A read scope may hold a `&` to it: drop it when the scope ends.
             self.deferred.push(dying);
@@ -691,7 +683,7 @@ impl RawHeap {
         // SAFETY: `dying` came from a slot, which holds the pointer, size and
         // place of one allocation; the slot is gone, so this is the only
         // release of it, and the value was dropped or moved out (Dying's contract).
-        unsafe { self.space.release(dying.ptr, dying.size, dying.place) };
+        unsafe { self.space.release(dying.size, dying.loc) };
         self.pace(dying.size);
     }
 

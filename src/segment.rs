@@ -172,17 +172,6 @@ impl Segment {
         unsafe { self.mapping.start().add(offset) }
     }
 
-    /// The offset of `ptr`, which must point into this segment.
-    #[inline]
-    pub(crate) fn offset_of(&self, ptr: NonNull<u8>) -> usize {
-        let offset = ptr
-            .as_ptr()
-            .addr()
-            .wrapping_sub(self.mapping.start().as_ptr().addr());
-        debug_assert!(offset < self.size(), "pointer outside its segment");
-        offset
-    }
-
     /// The first hole at or after line `from` in which `size` bytes aligned
     /// to `align` fit: `(start, end)` byte offsets of the whole hole.
     pub(crate) fn find_hole(
@@ -396,6 +385,7 @@ impl Segment {
     /// Records an object at `[offset, offset + size)` (size > 0): a count on
     /// its first and last lines (I3: the lines between are its alone), and
     /// every line it overlaps marked used, a word of bits at a time.
+    #[inline]
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());
         let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
@@ -408,15 +398,23 @@ impl Segment {
         // At most LINE one-byte objects share a line (each object has a byte
         // of its own in every line it touches).
         debug_assert!(self.lines[first] < u8::MAX && self.lines[last] < u8::MAX);
-        self.lines[first] += 1;
         if first == last {
             // One line (most small objects): no loops.
-            if self.lines[first] == 1 {
+            let count = &mut self.lines[first];
+            *count += 1;
+            if *count == 1 {
                 self.free_lines -= 1;
                 self.free_bits[first / 64] &= !(1 << (first % 64));
             }
             return;
         }
+        self.mark_lines(first, last);
+    }
+
+    /// [`Segment::mark`] of an object over lines `first < last`.
+    #[inline(never)]
+    fn mark_lines(&mut self, first: usize, last: usize) {
+        self.lines[first] += 1;
         self.lines[last] += 1;
         // Every line of the range is used now: clear its bits a word at a
         // time; the bits that were set are the lines that were free.
@@ -429,6 +427,7 @@ impl Segment {
 
     /// Forgets the object at `[offset, offset + size)`. Returns whether a line
     /// became free.
+    #[inline]
     pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
         debug_assert!(size > 0 && offset + size <= self.size());
         let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
@@ -438,16 +437,24 @@ impl Segment {
             self.lines[first] > 0 && self.lines[last] > 0,
             "unmarking a free line"
         );
-        self.lines[first] -= 1;
         if first == last {
             // One line (most small objects): no loops.
-            if self.lines[first] == 0 {
+            let count = &mut self.lines[first];
+            *count -= 1;
+            if *count == 0 {
                 self.free_lines += 1;
                 self.free_bits[first / 64] |= 1 << (first % 64);
                 return true;
             }
             return false;
         }
+        self.unmark_lines(first, last)
+    }
+
+    /// [`Segment::unmark`] of an object over lines `first < last`.
+    #[inline(never)]
+    fn unmark_lines(&mut self, first: usize, last: usize) -> bool {
+        self.lines[first] -= 1;
         self.lines[last] -= 1;
         // The lines between are free now (the object was alone on them, I3),
         // and its first and last lines if no other object touches them.

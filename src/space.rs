@@ -9,39 +9,7 @@ use crate::error::AllocError;
 use crate::large::LargeObjects;
 use crate::mapping::{Mapping, PAGE};
 use crate::segment::{align_up, Segment, LINE};
-use crate::table::{Loc, GRANULE};
-
-/// Where an object's bytes are, packed into 32 bits for the slot table.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Place(u32);
-
-impl Place {
-    const LARGE: u32 = 1 << 31;
-    /// A zero-sized object: no bytes anywhere.
-    pub(crate) const NONE: Place = Place(u32::MAX);
-
-    pub(crate) fn segment(id: u32) -> Place {
-        debug_assert!(id < Self::LARGE - 1);
-        Place(id)
-    }
-
-    pub(crate) fn large(id: u32) -> Place {
-        debug_assert!(id < Self::LARGE - 1);
-        Place(id | Self::LARGE)
-    }
-
-    /// The segment id, if the object is in a segment.
-    #[inline]
-    pub(crate) fn segment_id(self) -> Option<u32> {
-        (self.0 & Self::LARGE == 0).then_some(self.0)
-    }
-
-    /// The large-object id, if the object has a mapping of its own.
-    #[inline]
-    pub(crate) fn large_id(self) -> Option<u32> {
-        (self != Self::NONE && self.0 & Self::LARGE != 0).then_some(self.0 & !Self::LARGE)
-    }
-}
+use crate::table::{Loc, Where, GRANULE};
 
 /// The bump region currently allocated into: `[pos, limit)` of segment `seg`
 /// is free (all its whole lines have count 0).
@@ -101,6 +69,9 @@ pub(crate) struct Space {
     releasing: Vec<Releasing>,
     /// Objects of at least this many bytes start on a line boundary.
     line_align_from: usize,
+    /// Objects of 1 to `bump_max` bytes take [`Space::alloc`]'s inline
+    /// path: `min(line_align_from - 1, large_threshold)`.
+    bump_max: usize,
     cursor: Option<Cursor>,
     /// Segments worth recycling, by size class of their longest hole
     /// (`floor(log2(lines))`): a request takes the smallest class that fits,
@@ -134,6 +105,10 @@ impl Space {
             pool_max: config.segment_pool,
             releasing: Vec::new(),
             line_align_from: config.line_align.unwrap_or(usize::MAX),
+            bump_max: config
+                .line_align
+                .map_or(usize::MAX, |from| from.saturating_sub(1))
+                .min(config.segment_size / 4),
             cursor: None,
             recyclable: vec![Vec::new(); CLASSES],
             held: 0,
@@ -244,16 +219,55 @@ impl Space {
         self.cursor.map(|c| c.seg)
     }
 
-    /// Finds room for `size` bytes aligned to `align` (a power of two).
+    /// Finds room for `size` bytes aligned to `align` (a power of two), and
+    /// says where they are as a slot does.
     ///
     /// The bytes are uninitialised and reserved until [`Space::release`].
     /// Never returns memory in an evacuating segment.
+    #[inline]
     pub(crate) fn alloc(
         &mut self,
         size: usize,
         align: usize,
-    ) -> Result<(NonNull<u8>, Place), AllocError> {
+    ) -> Result<(NonNull<u8>, Loc), AllocError> {
         debug_assert!(align.is_power_of_two());
+        // The common case, inline: a small object (no line alignment, not
+        // large) bumped into the cursor's range.
+        if let Some(c) = self.cursor {
+            // (`size - 1 < bump_max`: `1 <= size <= bump_max`, one compare.)
+            if size.wrapping_sub(1) < self.bump_max && align <= GRANULE {
+                let start = align_up(c.pos, GRANULE);
+                if start + size <= c.limit {
+                    return Ok(self.bump(c, start, size));
+                }
+            }
+        }
+        self.alloc_slow(size, align)
+    }
+
+    /// Reserves `[start, start + size)` of the cursor's range `c`.
+    #[inline]
+    fn bump(&mut self, c: Cursor, start: usize, size: usize) -> (NonNull<u8>, Loc) {
+        let seg = self.segments[c.seg as usize]
+            .as_mut()
+            .expect("cursor segment exists");
+        debug_assert!(
+            seg.lines_free(start / LINE + 1, (start + size - 1) / LINE),
+            "bump into used lines"
+        );
+        seg.mark(start, size);
+        let ptr = seg.ptr_at(start);
+        self.cursor = Some(Cursor {
+            pos: start + size,
+            ..c
+        });
+        (ptr, Loc::segment(self.granule(c.seg, start)))
+    }
+
+    /// [`Space::alloc`] when the cursor's range has no room (or the object
+    /// is zero-sized, large, over-aligned or line-aligned).
+    #[inline(never)]
+    fn alloc_slow(&mut self, size: usize, align: usize) -> Result<(NonNull<u8>, Loc), AllocError> {
         // (Objects from `line_align_from` bytes start on a line: see
         // `Config::line_align`.)
         let align = if size >= self.line_align_from {
@@ -265,7 +279,7 @@ impl Space {
             // A zero-sized value needs no memory: any aligned, non-null address will do.
             let ptr =
                 NonNull::new(core::ptr::without_provenance_mut(align)).expect("align is non-zero");
-            return Ok((ptr, Place::NONE));
+            return Ok((ptr, Loc::ZERO_SIZED));
         }
         // Slots name objects in segments by granule (see `Loc`).
         let align = align.max(GRANULE);
@@ -275,21 +289,12 @@ impl Space {
         loop {
             if let Some(c) = self.cursor {
                 let start = align_up(c.pos, align);
+                if start + size <= c.limit {
+                    return Ok(self.bump(c, start, size));
+                }
                 let seg = self.segments[c.seg as usize]
                     .as_mut()
                     .expect("cursor segment exists");
-                if start + size <= c.limit {
-                    debug_assert!(
-                        seg.lines_free(start / LINE + 1, (start + size - 1) / LINE),
-                        "bump into used lines"
-                    );
-                    seg.mark(start, size);
-                    self.cursor = Some(Cursor {
-                        pos: start + size,
-                        ..c
-                    });
-                    return Ok((seg.ptr_at(start), Place::segment(c.seg)));
-                }
                 if let Some((pos, limit)) = seg.find_hole(c.limit / LINE, size, align) {
                     self.cursor = Some(Cursor {
                         seg: c.seg,
@@ -417,11 +422,7 @@ impl Space {
         })
     }
 
-    fn alloc_large(
-        &mut self,
-        size: usize,
-        align: usize,
-    ) -> Result<(NonNull<u8>, Place), AllocError> {
+    fn alloc_large(&mut self, size: usize, align: usize) -> Result<(NonNull<u8>, Loc), AllocError> {
         let len = Mapping::length_for(size, align).ok_or(AllocError::TooLarge)?;
         if self.large.is_full(Loc::MAX_LARGE) {
             // A slot names a large object in 25 bits.
@@ -442,26 +443,21 @@ impl Space {
         // The object's bytes are `[start, start + size)`: inside the mapping.
         debug_assert!(mapping.fits(size, align), "a large object fits its mapping");
         let ptr = mapping.start();
-        Ok((ptr, Place::large(self.large.insert(mapping))))
+        Ok((ptr, Loc::large(self.large.insert(mapping) as usize)))
     }
 
-    /// Gives back the `size` bytes at `ptr` that [`Space::alloc`] returned
-    /// with `place`. Returns the bytes given back to the OS.
+    /// Gives back the `size` bytes at `loc` that [`Space::alloc`] returned.
+    /// Returns the bytes given back to the OS.
     ///
     /// # Safety
-    /// `ptr`, `size` and `place` must come from one earlier `alloc` call not
-    /// released yet, and nothing may access those bytes afterwards.
-    pub(crate) unsafe fn release(&mut self, ptr: NonNull<u8>, size: usize, place: Place) -> usize {
-        if let Some(id) = place.large_id() {
-            if let Some(oldest) = self.large.remove_to_spare(id) {
-                self.held -= oldest.len();
-                return oldest.len();
-            }
-            return 0;
-        }
-        let Some(id) = place.segment_id() else {
-            return 0;
+    /// `size` and `loc` must come from one earlier `alloc` call not released
+    /// yet, and nothing may access those bytes afterwards.
+    #[inline]
+    pub(crate) unsafe fn release(&mut self, size: usize, loc: Loc) -> usize {
+        let Some(granule) = loc.granule() else {
+            return self.release_elsewhere(loc);
         };
+        let (id, offset) = self.split_granule(granule);
         let current = self.cursor.map(|c| c.seg);
         let seg = self.segments[id as usize]
             .as_mut()
@@ -470,9 +466,8 @@ impl Space {
             // SAFETY: the caller gives up these bytes; they are in the segment.
             // Poison them so that a stale read shows up in the value checks of
             // the tests, where Miri and ASan see only one live allocation.
-            unsafe { ptr.as_ptr().write_bytes(POISON, size) };
+            unsafe { seg.ptr_at(offset).as_ptr().write_bytes(POISON, size) };
         }
-        let offset = seg.offset_of(ptr);
         let line_freed = seg.unmark(offset, size);
         if seg.evacuating {
             return 0;
@@ -496,6 +491,19 @@ impl Space {
         }
         if line_freed && current != Some(id) {
             self.queue(id);
+        }
+        0
+    }
+
+    /// [`Space::release`] of a large or zero-sized object.
+    #[cold]
+    #[inline(never)]
+    fn release_elsewhere(&mut self, loc: Loc) -> usize {
+        if let Where::Large { id } = loc.decode() {
+            if let Some(oldest) = self.large.remove_to_spare(id as u32) {
+                self.held -= oldest.len();
+                return oldest.len();
+            }
         }
         0
     }
@@ -568,6 +576,9 @@ impl Space {
     /// Makes objects of at least `min_size` bytes start on a line (`None`: none).
     pub(crate) fn set_line_align(&mut self, min_size: Option<usize>) {
         self.line_align_from = min_size.unwrap_or(usize::MAX);
+        self.bump_max = min_size
+            .map_or(usize::MAX, |from| from.saturating_sub(1))
+            .min(self.large_threshold);
     }
 
     /// The most bytes of mappings the space may hold.
@@ -818,7 +829,7 @@ mod tests {
         assert_eq!(b.as_ptr().addr(), a.as_ptr().addr() + 2 * LINE);
         assert_eq!(s.segment_count(), 1);
         // SAFETY: `a` came from `alloc` with this size and place.
-        unsafe { s.release(a, 2 * LINE, pa) };
+        unsafe { s.release(2 * LINE, pa) };
         // Fill the rest of the segment; the two freed lines (a sixteenth of
         // the segment: enough to recycle it) are found again.
         for _ in 0..4096 / LINE - 3 {
@@ -838,7 +849,7 @@ mod tests {
             s.alloc(LINE, 8).unwrap();
         }
         // SAFETY: `a` came from `alloc` with this size and place.
-        unsafe { s.release(a, LINE, pa) };
+        unsafe { s.release(LINE, pa) };
         let (c, _) = s.alloc(LINE, 8).unwrap();
         assert_ne!(c, a, "one free line of 32 is left for compaction");
         assert_eq!(s.segment_count(), 2);
@@ -851,7 +862,7 @@ mod tests {
         let mut s = space(1 << 20);
         let (p, place) = s.alloc(64, 8).unwrap();
         // SAFETY: from `alloc` above, released once.
-        unsafe { s.release(p, 64, place) };
+        unsafe { s.release(64, place) };
         s.drop_cursor(); // empty, and too big for the pool of a 1 MiB heap
         assert_eq!((s.segment_count(), s.pending_bytes()), (0, 1 << 20));
         assert_eq!(s.held_bytes(), 1 << 20, "held until it is back");
@@ -874,11 +885,11 @@ mod tests {
     fn large_objects_get_their_own_mapping_and_the_limit_holds() {
         let mut s = Space::new(&Config::default().segment_size(4096).memory_limit(3 * 4096));
         let (p, place) = s.alloc(3000, 8).unwrap();
-        assert!(place.large_id().is_some());
+        assert!(matches!(place.decode(), Where::Large { .. }));
         assert_eq!(s.held_bytes(), 4096);
         assert_eq!(s.alloc(3 * 4096, 8), Err(AllocError::OutOfMemory));
         // SAFETY: from `alloc` above.
-        unsafe { s.release(p, 3000, place) };
+        unsafe { s.release(3000, place) };
         assert_eq!(
             (s.held_bytes(), s.spare_bytes()),
             (4096, 4096),
@@ -891,16 +902,43 @@ mod tests {
             "the spare is reused"
         );
         // SAFETY: from `alloc` above.
-        unsafe { s.release(q, 4000, place) };
+        unsafe { s.release(4000, place) };
         assert_eq!(s.release_spares(), 4096);
         assert_eq!(s.held_bytes(), 0);
+    }
+
+    #[test]
+    fn the_inline_path_keeps_the_size_limits() {
+        // 4 KiB segments: objects above 1 KiB are large; with line
+        // alignment from 100 bytes, objects of 100 bytes start on a line.
+        let mut s = space(4096);
+        s.set_line_align(Some(100));
+        let (_, at_limit) = s.alloc(1024, 4).unwrap();
+        assert!(at_limit.granule().is_some(), "1 KiB: in a segment");
+        let (_, past) = s.alloc(1025, 4).unwrap();
+        assert!(
+            matches!(past.decode(), Where::Large { .. }),
+            "1 KiB + 1: large"
+        );
+        let (_, small) = s.alloc(4, 4).unwrap();
+        let (_, aligned) = s.alloc(100, 4).unwrap();
+        let (_, below) = s.alloc(99, 4).unwrap();
+        let offset = |loc: Loc| s.split_granule(loc.granule().unwrap()).1;
+        assert_eq!(offset(aligned) % LINE, 0, "100 bytes: on a line");
+        assert_eq!(
+            offset(below),
+            offset(aligned) + 100,
+            "99 bytes: bumped right after"
+        );
+        assert_eq!(offset(small), 1024, "4 bytes: bumped after the 1 KiB");
+        assert_eq!(offset(aligned), 1024 + LINE, "then the next line");
     }
 
     #[test]
     fn zero_sized_objects_take_no_memory() {
         let mut s = space(4096);
         let (p, place) = s.alloc(0, 64).unwrap();
-        assert_eq!(place, Place::NONE);
+        assert_eq!(place, Loc::ZERO_SIZED);
         assert_eq!(p.as_ptr().addr() % 64, 0);
         assert_eq!(s.held_bytes(), 0);
     }

@@ -484,7 +484,9 @@ pub(crate) struct Table {
     /// (large objects keep theirs with the mapping).
     lens: Vec<Option<Block<u32>>>,
     meta: Vec<ChunkMeta>,
-    /// Bit `c` is set iff chunk `c` has a vacant slot.
+    /// Bit `c` is set iff chunk `c` has a vacant slot, except that a sparse
+    /// chunk that a guard kept from growing back is passed over (its bit
+    /// clear) until the next [`Table::release_vacant`].
     vacant: Vec<u64>,
     /// No word of `vacant` below this one has a bit set.
     vacant_from: usize,
@@ -552,6 +554,7 @@ impl Table {
         self.occupied >= u32::MAX as usize - CHUNK
     }
 
+    #[inline]
     fn set_vacant(&mut self, chunk: usize, on: bool) {
         let (w, bit) = (chunk / 64, 1u64 << (chunk % 64));
         if w >= self.vacant.len() {
@@ -590,7 +593,24 @@ impl Table {
     /// released chunk gets its slots again, a sparse one is made dense (or,
     /// if a guard pins one of its slots, passed over until the next
     /// [`Table::release_vacant`]).
+    #[inline]
     fn chunk_with_room(&mut self) -> (usize, SlotPtr) {
+        // The common case: the word `vacant_from` names has a bit set, and
+        // its lowest chunk is dense (`find_room` would stop there too).
+        if let Some(&word) = self.vacant.get(self.vacant_from) {
+            if word != 0 {
+                let c = self.vacant_from * 64 + word.trailing_zeros() as usize;
+                if let Some(Some(slots)) = self.dense.get(c) {
+                    return (c, *slots);
+                }
+            }
+        }
+        self.chunk_with_room_slow()
+    }
+
+    /// [`Table::chunk_with_room`] by a search.
+    #[inline(never)]
+    fn chunk_with_room_slow(&mut self) -> (usize, SlotPtr) {
         let c = self.find_room();
         (c, self.dense[c].expect("made dense"))
     }
@@ -955,6 +975,7 @@ impl Table {
     /// location (its length, if a slice, is the caller's to read first: a
     /// free of a sized value skips it). If the version is exhausted, the
     /// slot is retired instead of vacated.
+    #[inline]
     pub(crate) fn remove(&mut self, key: KeyData) -> Option<(u16, Loc)> {
         let (index, version) = split(key);
         let retire = version >= self.retire_at;
@@ -975,9 +996,14 @@ impl Table {
             slot.loc = Loc(u32::from(next_free));
             let meta = &mut self.meta[c];
             meta.free = i as u16 + 1;
+            let was_full = usize::from(meta.occupied) == CHUNK;
             meta.occupied -= 1;
             self.occupied -= 1;
-            self.set_vacant(c, true);
+            if was_full {
+                // A chunk that was not full has its bit already (or, sparse
+                // and pinned, is passed over until `release_vacant`).
+                self.set_vacant(c, true);
+            }
         }
         if was_zombie {
             self.zombies -= 1;
