@@ -257,7 +257,12 @@ impl RawHeap {
     /// Bytes of the object that `held` describes.
     #[inline]
     pub(crate) fn size_of(&self, held: Held) -> usize {
-        let info = self.types.info(held.ty);
+        self.size_in(self.types.info(held.ty), held)
+    }
+
+    /// [`RawHeap::size_of`] with the type's info at hand.
+    #[inline]
+    fn size_in(&self, info: &TypeInfo, held: Held) -> usize {
         if !info.is_slice {
             return info.elem_size;
         }
@@ -392,25 +397,20 @@ impl RawHeap {
 
     /// [`RawHeap::free`] if the slot's type passes `is_type`.
     fn free_where(&mut self, key: KeyData, is_type: impl Fn(&Types, u16) -> bool) -> Freed {
-        let Some(slot) = self
+        let Some((slot, len)) = self
             .table
-            .get(key)
-            .filter(|s| !s.is_dead() && is_type(&self.types, s.ty))
+            .get_with_len(key)
+            .filter(|(s, _)| !s.is_dead() && is_type(&self.types, s.ty))
         else {
             return Freed::Stale;
         };
         let info = self.types.info(slot.ty);
-        // The length is kept beside the slot: read only for a slice.
-        let len = if info.is_slice {
-            self.table.len(index_of(key)) as u32
-        } else {
-            0
-        };
-        let size = self.size_of(Held {
+        let held = Held {
             ty: slot.ty,
             loc: slot.loc,
             len,
-        });
+        };
+        let size = self.size_in(info, held);
         // Guards lower the word without the engine (another thread's, on
         // `SyncHeap`): mark the zombie only while a pin is left, so that
         // exactly one of us sees the last pin go. No pin can be *taken* now:
@@ -694,10 +694,12 @@ impl RawHeap {
         if self.space.has_pending() {
             self.release_piece();
         }
-        let Some(pacing) = self.pacing else { return };
+        // (By reference: the policy is copied only for a step.)
+        let Some(pacing) = &self.pacing else { return };
         let owed = isize::try_from(bytes.saturating_mul(pacing.rate)).unwrap_or(isize::MAX);
         self.debt = self.debt.saturating_add(owed);
         if self.debt >= pacing.step as isize {
+            let pacing = *pacing;
             self.paced_step(pacing);
         }
     }

@@ -224,7 +224,7 @@ impl Space {
     ///
     /// The bytes are uninitialised and reserved until [`Space::release`].
     /// Never returns memory in an evacuating segment.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc(
         &mut self,
         size: usize,
@@ -246,7 +246,7 @@ impl Space {
     }
 
     /// Reserves `[start, start + size)` of the cursor's range `c`.
-    #[inline]
+    #[inline(always)]
     fn bump(&mut self, c: Cursor, start: usize, size: usize) -> (NonNull<u8>, Loc) {
         let seg = self.segments[c.seg as usize]
             .as_mut()

@@ -915,6 +915,31 @@ impl Table {
         }
     }
 
+    /// The slot of `key` (whatever its state) and the slice length kept
+    /// beside it (0 if none is): in a dense chunk, the common case, with
+    /// one lookup of the chunk for both.
+    #[inline]
+    pub(crate) fn get_with_len(&self, key: KeyData) -> Option<(&Slot, u32)> {
+        let (index, version) = split(key);
+        let (c, i) = (index / CHUNK, index % CHUNK);
+        if let Some(Some(slots)) = self.dense.get(c) {
+            // SAFETY: as in `at`: chunk `c` is dense, its `CHUNK` slots are
+            // at `slots`, and `i < CHUNK`.
+            let slot = unsafe { &*slots.0.as_ptr().add(i) };
+            if slot.version != version {
+                return None;
+            }
+            // A dense chunk: the length's position is the slot's.
+            let len = match &self.lens[c] {
+                Some(lens) => lens.as_slice().get(i).copied().unwrap_or(0),
+                None => 0,
+            };
+            return Some((slot, len));
+        }
+        let slot = self.at_sparse(index).filter(|s| s.version == version)?;
+        Some((slot, self.len(index) as u32))
+    }
+
     /// What the occupied slot of `key` holds.
     #[inline]
     pub(crate) fn held(&self, key: KeyData) -> Option<Held> {
