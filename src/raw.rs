@@ -755,6 +755,7 @@ impl RawHeap {
                 bytes: budget,
                 oversize: false,
                 spent: 0,
+                sweep_apart: true,
             },
             &mut report,
         );

@@ -26,6 +26,7 @@ const SLICE: Budget = Budget {
     bytes: 64 * 1024,
     oversize: true,
     spent: 0,
+    sweep_apart: false,
 };
 
 /// A compacting heap that threads share: `Send + Sync`, with the methods and
