@@ -334,16 +334,21 @@ impl RawHeap {
             plain::load(word)
         };
         loop {
-            if cur & (ZOMBIE | EXCLUSIVE) != 0 {
-                return Err(refused(cur).into());
-            }
             let new = if exclusive {
+                if cur & (ZOMBIE | EXCLUSIVE) != 0 {
+                    return Err(refused(cur).into());
+                }
                 if cur != 0 || self.reading() {
                     return Err(BorrowError::Borrowed.into());
                 }
                 EXCLUSIVE
             } else {
-                if cur & SHARED == SHARED {
+                // One compare on the hit path: below `SHARED` means no
+                // `ZOMBIE` or `EXCLUSIVE` bit and room for one more pin.
+                if cur >= SHARED {
+                    if cur & (ZOMBIE | EXCLUSIVE) != 0 {
+                        return Err(refused(cur).into());
+                    }
                     return Err(PinError::TooManyShared);
                 }
                 cur + 1

@@ -988,7 +988,13 @@ impl Table {
     #[inline]
     pub(crate) fn get(&self, key: KeyData) -> Option<&Slot> {
         let (index, version) = split(key);
-        self.at(index).filter(|s| s.version == version)
+        if let Some(Some(slots)) = self.dense.get(index / CHUNK) {
+            // SAFETY: as in `at` (the same lookup, answered here so that the
+            // hit path carries no `Option` of a pointer to test again).
+            let slot = unsafe { &*slots.0.as_ptr().add(index % CHUNK) };
+            return (slot.version == version).then_some(slot);
+        }
+        self.at_sparse(index).filter(|s| s.version == version)
     }
 
     /// Counts a slot that the caller just marked [`ZOMBIE`].
