@@ -357,7 +357,7 @@ impl RawHeap {
     }
 
     /// Sweeps at most `limit` more slots for objects in the sources.
-    /// Returns whether the sweep is done.
+    /// Returns `None` while slots are left, else the slots this call swept.
     fn sweep(&mut self, limit: usize) -> Option<usize> {
         let Some(from) = self.evac.sweep else {
             return Some(0);
