@@ -485,7 +485,9 @@ impl RawHeap {
             let size = self.size_of(held);
             let align = self.types.info(slot.ty).align;
             let (src, _) = self.locate(held);
-            self.prefetch_ahead(size);
+            if size >= PREFETCH_FROM {
+                self.prefetch_ahead(size);
+            }
             if size > *left {
                 if size <= budget.bytes || (budget.oversize && *left < budget.bytes) {
                     return Evacuated::Paused;
@@ -544,6 +546,11 @@ impl RawHeap {
         }
     }
 }
+
+/// Objects from this size on prefetch the one [`AHEAD`] of them: smaller
+/// ones sit a few to a line and a page, where the hardware prefetcher
+/// keeps up, and the lookup would cost more than it saves.
+const PREFETCH_FROM: usize = 128;
 
 /// How far ahead [`RawHeap::prefetch_ahead`] looks: enough to cover a
 /// memory load (about 100 ns) with the copies of small objects.
