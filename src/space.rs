@@ -89,7 +89,7 @@ impl Space {
         // `Config` keeps the segment size a power of two, at least 4 KiB.
         debug_assert!(config.segment_size.is_power_of_two() && config.segment_size >= 4096);
         let granule_shift = (config.segment_size / GRANULE).trailing_zeros();
-        Space {
+        let mut space = Space {
             granule_shift,
             granule_mask: (1 << granule_shift) - 1,
             max_segments: (Loc::LARGE >> granule_shift) as usize,
@@ -104,16 +104,15 @@ impl Space {
             pool: Vec::new(),
             pool_max: config.segment_pool,
             releasing: Vec::new(),
-            line_align_from: config.line_align.unwrap_or(usize::MAX),
-            bump_max: config
-                .line_align
-                .map_or(usize::MAX, |from| from.saturating_sub(1))
-                .min(config.segment_size / 4),
+            line_align_from: usize::MAX, // set below
+            bump_max: 0,                 // set below
             cursor: None,
             recyclable: vec![Vec::new(); CLASSES],
             held: 0,
             segment_count: 0,
-        }
+        };
+        space.set_line_align(config.line_align);
+        space
     }
 
     /// Bytes held from the OS for objects.

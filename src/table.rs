@@ -921,17 +921,13 @@ impl Table {
     #[inline]
     pub(crate) fn get_with_len(&self, key: KeyData) -> Option<(&Slot, u32)> {
         let (index, version) = split(key);
-        let (c, i) = (index / CHUNK, index % CHUNK);
-        if let Some(Some(slots)) = self.dense.get(c) {
-            // SAFETY: as in `at`: chunk `c` is dense, its `CHUNK` slots are
-            // at `slots`, and `i < CHUNK`.
-            let slot = unsafe { &*slots.0.as_ptr().add(i) };
+        if let Some(slot) = self.dense_slot(index) {
             if slot.version != version {
                 return None;
             }
             // A dense chunk: the length's position is the slot's.
-            let len = match &self.lens[c] {
-                Some(lens) => lens.as_slice().get(i).copied().unwrap_or(0),
+            let len = match &self.lens[index / CHUNK] {
+                Some(lens) => lens.as_slice().get(index % CHUNK).copied().unwrap_or(0),
                 None => 0,
             };
             return Some((slot, len));
@@ -954,13 +950,22 @@ impl Table {
     /// The slot at `index`, occupied or vacant, if its chunk is materialized.
     #[inline]
     fn at(&self, index: usize) -> Option<&Slot> {
-        if let Some(Some(slots)) = self.dense.get(index / CHUNK) {
-            // SAFETY: chunk `index / CHUNK` is dense and its `CHUNK` slots
-            // are at `slots` (invariant of `dense`); `index % CHUNK < CHUNK`.
-            // Shared, as in `Chunk::slot`.
-            return Some(unsafe { &*slots.0.as_ptr().add(index % CHUNK) });
+        if let Some(slot) = self.dense_slot(index) {
+            return Some(slot);
         }
         self.at_sparse(index)
+    }
+
+    /// The slot at `index` if its chunk is dense: the hot path of every
+    /// shared lookup (callers answer a hit at once, so that no `Option` of
+    /// a pointer is merged with the sparse path and tested again).
+    #[inline]
+    fn dense_slot(&self, index: usize) -> Option<&Slot> {
+        let slots = (*self.dense.get(index / CHUNK)?)?;
+        // SAFETY: chunk `index / CHUNK` is dense and its `CHUNK` slots are
+        // at `slots` (invariant of `dense`); `index % CHUNK < CHUNK`. Shared,
+        // as in `Chunk::slot`.
+        Some(unsafe { &*slots.0.as_ptr().add(index % CHUNK) })
     }
 
     /// [`Table::at`] in a sparse or released chunk.
@@ -988,10 +993,7 @@ impl Table {
     #[inline]
     pub(crate) fn get(&self, key: KeyData) -> Option<&Slot> {
         let (index, version) = split(key);
-        if let Some(Some(slots)) = self.dense.get(index / CHUNK) {
-            // SAFETY: as in `at` (the same lookup, answered here so that the
-            // hit path carries no `Option` of a pointer to test again).
-            let slot = unsafe { &*slots.0.as_ptr().add(index % CHUNK) };
+        if let Some(slot) = self.dense_slot(index) {
             return (slot.version == version).then_some(slot);
         }
         self.at_sparse(index).filter(|s| s.version == version)

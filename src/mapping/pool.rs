@@ -106,15 +106,15 @@ impl Pool {
         let held: usize = self.regions.iter().map(|r| r.blocks).sum();
         let blocks = held.clamp(1, MAX_BLOCKS);
         let mapping = Mapping::new(blocks.checked_mul(self.block)?, PAGE)?;
-        let region = Region {
+        let mut region = Region {
             mapping,
             blocks,
             free: 0,
             kept: 0,
         };
-        let free = region.all_free();
+        region.free = region.all_free();
         let at = self.regions.partition_point(|r| r.start() < region.start());
-        self.regions.insert(at, Region { free, ..region });
+        self.regions.insert(at, region);
         Some(at)
     }
 
