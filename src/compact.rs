@@ -312,6 +312,8 @@ impl RawHeap {
     /// Returns whether a pass started.
     fn begin_pass(&mut self, min_gain: usize, eighths: usize) -> bool {
         debug_assert!(!self.evac.active());
+        // Kept freed blocks are holes: let the choice see them as such.
+        self.space.flush_reuse();
         let cap = self.space.segment_size();
         let mut candidates = self.segment_fill();
         candidates.retain(|&(live, _)| live < cap && live * 8 <= cap * eighths);

@@ -130,6 +130,7 @@ mod mapping;
 mod object;
 mod raw;
 mod reader;
+mod reuse;
 mod segment;
 mod space;
 mod stats;

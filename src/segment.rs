@@ -39,10 +39,15 @@ pub(crate) struct Segment {
     free_bits: Box<[u64]>,
     /// Invariant: the number of set bits in `free_bits` (free lines).
     free_lines: usize,
-    /// Bytes of the live and dying objects in this segment.
+    /// Bytes of the live and dying objects in this segment, and of the
+    /// freed blocks it keeps for reuse.
     pub(crate) live_bytes: usize,
-    /// Number of live and dying objects in this segment.
+    /// Number of live and dying objects in this segment, and of the freed
+    /// blocks it keeps for reuse (they stay marked, see `reuse`).
     pub(crate) live_objects: usize,
+    /// Invariant (R2): how many of `live_objects` are freed blocks kept in
+    /// the space's [`Reuse`](crate::reuse::Reuse); 0 or less than `live_objects`.
+    pub(crate) cached: usize,
     /// A compaction source: nothing is allocated here until its pass ends.
     pub(crate) evacuating: bool,
     /// The size class of the recyclable list this segment is queued in, if any.
@@ -73,6 +78,7 @@ impl Segment {
             lines,
             live_bytes: 0,
             live_objects: 0,
+            cached: 0,
             evacuating: false,
             queued: None,
             max_hole: size / LINE,
@@ -83,7 +89,7 @@ impl Segment {
     /// Makes an empty segment (every line count 0, I3) as good as new: not
     /// queued, not evacuating, one hole of every line.
     pub(crate) fn reset_empty(&mut self) {
-        debug_assert_eq!(self.live_objects, 0);
+        debug_assert_eq!((self.live_objects, self.cached), (0, 0));
         debug_assert_eq!(self.free_lines, self.lines.len());
         self.evacuating = false;
         self.queued = None;

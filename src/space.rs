@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::AllocError;
 use crate::large::LargeObjects;
 use crate::mapping::{Mapping, PAGE};
+use crate::reuse::{Block, Reuse, REUSE_MAX};
 use crate::segment::{align_up, Segment, LINE};
 use crate::table::{Loc, Where, GRANULE};
 
@@ -79,6 +80,9 @@ pub(crate) struct Space {
     /// Entries may be stale; `Segment::queued` says which class (if any) holds
     /// a segment now.
     recyclable: Vec<Vec<u32>>,
+    /// Freed blocks of small objects kept for the next allocation of their
+    /// size (see [`Reuse`]): at most [`Space::reuse_cap`] bytes.
+    reuse: Reuse,
     /// Invariant: the sum of the lengths of all mappings held.
     held: usize,
     segment_count: usize,
@@ -108,6 +112,7 @@ impl Space {
             bump_max: 0,                 // set below
             cursor: None,
             recyclable: vec![Vec::new(); CLASSES],
+            reuse: Reuse::default(),
             held: 0,
             segment_count: 0,
         };
@@ -150,6 +155,7 @@ impl Space {
                 .sum::<usize>()
             + self.releasing.capacity() * size_of::<Releasing>()
             + self.large.metadata_bytes()
+            + self.reuse.metadata_bytes()
             + self.bases.capacity() * core::mem::size_of::<Base>()
             + (self.free_segments.capacity()
                 + self.recyclable.iter().map(Vec::capacity).sum::<usize>())
@@ -230,11 +236,17 @@ impl Space {
         align: usize,
     ) -> Result<(NonNull<u8>, Loc), AllocError> {
         debug_assert!(align.is_power_of_two());
-        // The common case, inline: a small object (no line alignment, not
-        // large) bumped into the cursor's range.
-        if let Some(c) = self.cursor {
-            // (`size - 1 < bump_max`: `1 <= size <= bump_max`, one compare.)
-            if size.wrapping_sub(1) < self.bump_max && align <= GRANULE {
+        // The common cases, inline: a small object (no line alignment, not
+        // large) in a block freed by an object of its size, or bumped into
+        // the cursor's range. (`size - 1 < bump_max`: `1 <= size <=
+        // bump_max`, one compare.)
+        if size.wrapping_sub(1) < self.bump_max && align <= GRANULE {
+            if size <= REUSE_MAX {
+                if let Some(block) = self.reuse.pop(size, align) {
+                    return Ok(self.reuse_block(block, size));
+                }
+            }
+            if let Some(c) = self.cursor {
                 let start = align_up(c.pos, GRANULE);
                 if start + size <= c.limit {
                     return Ok(self.bump(c, start, size));
@@ -242,6 +254,21 @@ impl Space {
             }
         }
         self.alloc_slow(size, align)
+    }
+
+    /// Hands out `block`, a kept freed block (R1), for a new object of
+    /// `size` bytes, as many granules as the block's.
+    #[inline(always)]
+    fn reuse_block(&mut self, block: Block, size: usize) -> (NonNull<u8>, Loc) {
+        let (id, offset) = self.split_granule(block.granule);
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("a kept block's segment exists");
+        debug_assert!(seg.cached > 0 && !seg.evacuating);
+        seg.cached -= 1;
+        // Still marked: the same granules touch the same lines.
+        seg.live_bytes = seg.live_bytes + size - block.size as usize;
+        (seg.ptr_at(offset), Loc::segment(block.granule))
     }
 
     /// Reserves `[start, start + size)` of the cursor's range `c`.
@@ -285,6 +312,12 @@ impl Space {
         if size > self.large_threshold || align > PAGE {
             return self.alloc_large(size, align);
         }
+        if size <= REUSE_MAX && size < self.line_align_from {
+            // (Over-aligned: a kept block may be aligned enough.)
+            if let Some(block) = self.reuse.pop(size, align) {
+                return Ok(self.reuse_block(block, size));
+            }
+        }
         loop {
             if let Some(c) = self.cursor {
                 let start = align_up(c.pos, align);
@@ -304,7 +337,16 @@ impl Space {
                 }
                 self.drop_cursor();
             }
-            self.cursor = Some(self.next_segment(size, align)?);
+            self.cursor = Some(match self.next_segment(size, align) {
+                Ok(cursor) => cursor,
+                Err(err) if self.reuse.is_empty() => return Err(err),
+                Err(_) => {
+                    // Under the memory limit: the kept blocks may free a
+                    // segment or a hole. Give them back and look again.
+                    self.flush_reuse();
+                    continue;
+                }
+            });
         }
     }
 
@@ -457,7 +499,7 @@ impl Space {
             return self.release_elsewhere(loc);
         };
         let (id, offset) = self.split_granule(granule);
-        let current = self.cursor.map(|c| c.seg);
+        let cap = self.reuse_cap();
         let seg = self.segments[id as usize]
             .as_mut()
             .expect("object's segment exists");
@@ -467,10 +509,51 @@ impl Space {
             // the tests, where Miri and ASan see only one live allocation.
             unsafe { seg.ptr_at(offset).as_ptr().write_bytes(POISON, size) };
         }
-        let line_freed = seg.unmark(offset, size);
-        if seg.evacuating {
+        // Kept for the next object of its size (R1, R2): its segment keeps
+        // another object, and the kept blocks stay within their cap.
+        if size <= REUSE_MAX
+            && size <= self.bump_max
+            && !seg.evacuating
+            && seg.live_objects > seg.cached + 1
+            && self.reuse.bytes() + size <= cap
+        {
+            seg.cached += 1;
+            self.reuse.push(Block {
+                granule,
+                size: size as u32,
+            });
             return 0;
         }
+        self.unmark(id, offset, size);
+        0
+    }
+
+    /// The most bytes of kept blocks: a sixty-fourth of what the heap
+    /// holds, at least an eighth of a segment, at most [`REUSE_BYTES`].
+    #[inline]
+    fn reuse_cap(&self) -> usize {
+        (self.held / 64).max(self.segment_size / 8).min(REUSE_BYTES)
+    }
+
+    /// Forgets the object (or kept block) of `size` bytes at `offset` of
+    /// segment `id`: its lines, its holes, the segment itself if it held
+    /// nothing else.
+    fn unmark(&mut self, id: u32, offset: usize, size: usize) {
+        let current = self.cursor.map(|c| c.seg);
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("object's segment exists");
+        let mut line_freed = seg.unmark(offset, size);
+        if seg.evacuating {
+            return;
+        }
+        if seg.cached != 0 && seg.live_objects == seg.cached {
+            // Only kept blocks are left: give them back too (R2).
+            line_freed |= self.flush_segment(id);
+        }
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("object's segment exists");
         if line_freed && current != Some(id) {
             seg.grow_hole_around(offset, size);
         }
@@ -483,15 +566,57 @@ impl Space {
                     pos: 0,
                     limit,
                 });
-                return 0;
+                return;
             }
             self.release_segment(id);
-            return 0;
+            return;
         }
         if line_freed && current != Some(id) {
             self.queue(id);
         }
-        0
+    }
+
+    /// Unmarks the kept blocks of segment `id` (out of [`Space::reuse`]).
+    /// Returns whether a line became free. The caller updates the holes
+    /// (or the segment is evacuating, or empty now).
+    fn flush_segment(&mut self, id: u32) -> bool {
+        let shift = self.granule_shift;
+        let seg = self.segments[id as usize].as_mut().expect("segment exists");
+        if seg.cached == 0 {
+            return false;
+        }
+        let mut line_freed = false;
+        self.reuse.take_where(
+            |b| b.granule >> shift == id,
+            |b| {
+                let offset = (b.granule & ((1 << shift) - 1)) as usize * GRANULE;
+                seg.cached -= 1;
+                line_freed |= seg.unmark(offset, b.size as usize);
+            },
+        );
+        debug_assert_eq!(seg.cached, 0, "every kept block of the segment is found");
+        line_freed
+    }
+
+    /// Gives every kept block back to its segment (as a free would have),
+    /// so that compaction sees each as the hole it is, and the memory of
+    /// [`Space::reuse`]'s stacks back to the allocator.
+    pub(crate) fn flush_reuse(&mut self) {
+        let mut blocks = Vec::new();
+        self.reuse.drain(|b| blocks.push(b));
+        // First no segment counts kept blocks (R2 for the unmarks below),
+        // then each block is freed.
+        for b in &blocks {
+            let (id, _) = self.split_granule(b.granule);
+            let seg = self.segments[id as usize]
+                .as_mut()
+                .expect("a kept block's segment exists");
+            seg.cached -= 1;
+        }
+        for b in blocks {
+            let (id, offset) = self.split_granule(b.granule);
+            self.unmark(id, offset, b.size as usize);
+        }
     }
 
     /// [`Space::release`] of a large or zero-sized object.
@@ -773,6 +898,10 @@ impl Space {
         if on && self.cursor.is_some_and(|c| c.seg == id) {
             self.cursor = None;
         }
+        if on {
+            // Nothing is allocated in a source: its kept blocks go back (R1).
+            self.flush_segment(id);
+        }
         let seg = self.segments[id as usize].as_mut().expect("segment exists");
         seg.evacuating = on;
         if on {
@@ -792,6 +921,9 @@ const CLASSES: usize = usize::BITS as usize;
 fn class_of(lines: usize) -> usize {
     (usize::BITS - 1 - lines.max(1).leading_zeros()) as usize
 }
+
+/// The most bytes of freed blocks kept for reuse (see [`Space::reuse_cap`]).
+const REUSE_BYTES: usize = 256 << 10;
 
 /// How many emptied segments a compaction pass keeps as warm targets (more
 /// would only be unmapped in one go at the pass's end: a latency spike).
@@ -829,6 +961,8 @@ mod tests {
         assert_eq!(s.segment_count(), 1);
         // SAFETY: `a` came from `alloc` with this size and place.
         unsafe { s.release(2 * LINE, pa) };
+        // Kept for the next object of its size; given back as compaction does.
+        s.flush_reuse();
         // Fill the rest of the segment; the two freed lines (a sixteenth of
         // the segment: enough to recycle it) are found again.
         for _ in 0..4096 / LINE - 3 {
@@ -841,6 +975,64 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_block_goes_to_the_next_object_of_its_granules() {
+        let mut s = space(4096);
+        let (_, pa) = s.alloc(100, 1).unwrap();
+        let (b, pb) = s.alloc(100, 1).unwrap();
+        let (c, _) = s.alloc(100, 1).unwrap();
+        // SAFETY: `b` came from `alloc` with this size and place.
+        unsafe { s.release(100, pb) };
+        let (d, _) = s.alloc(120, 1).unwrap();
+        assert_eq!(
+            d.as_ptr().addr(),
+            c.as_ptr().addr() + 100,
+            "other sizes bump on"
+        );
+        let (e, pe) = s.alloc(97, 1).unwrap();
+        assert_eq!((e, pe), (b, pb), "97 bytes are 25 granules, as 100 are");
+        let seg = s.segment(0).unwrap();
+        assert_eq!((seg.live_objects, seg.cached), (4, 0));
+        assert_eq!(seg.live_bytes, 100 + 97 + 100 + 120);
+        // SAFETY: from `alloc` with this size and place.
+        unsafe { s.release(100, pa) };
+        let bumped = Loc::segment(s.granule(0, 100 + 100 + 100 + 120));
+        assert_eq!(s.alloc(8, 1).unwrap().1, bumped, "a smaller class");
+    }
+
+    #[test]
+    fn a_segment_never_keeps_only_freed_blocks() {
+        let mut s = space(4096);
+        let (a, pa) = s.alloc(64, 1).unwrap();
+        let (_, pb) = s.alloc(64, 1).unwrap();
+        // SAFETY: both came from `alloc` with these sizes and places.
+        unsafe { s.release(64, pa) };
+        assert_eq!(s.segment(0).unwrap().cached, 1);
+        // SAFETY: as above.
+        unsafe { s.release(64, pb) };
+        // The last object went, and its kept neighbour with it: the cursor
+        // starts the segment over.
+        let seg = s.segment(0).unwrap();
+        assert_eq!((seg.live_objects, seg.cached, seg.live_bytes), (0, 0, 0));
+        assert_eq!(s.alloc(200, 1).unwrap().0, a);
+    }
+
+    #[test]
+    fn a_source_segment_gives_its_kept_blocks_back() {
+        let mut s = space(4096);
+        let objects: Vec<_> = (0..4).map(|_| s.alloc(64, 1).unwrap()).collect();
+        // SAFETY: from `alloc` with this size and place.
+        unsafe { s.release(64, objects[1].1) };
+        s.set_evacuating(0, true);
+        let seg = s.segment(0).unwrap();
+        assert_eq!((seg.live_objects, seg.cached), (3, 0));
+        assert_ne!(
+            s.alloc(64, 1).unwrap().0,
+            objects[1].0,
+            "no memory of a source"
+        );
+    }
+
+    #[test]
     fn a_segment_with_too_few_free_lines_is_not_recycled() {
         let mut s = space(4096);
         let (a, pa) = s.alloc(LINE, 8).unwrap();
@@ -849,6 +1041,7 @@ mod tests {
         }
         // SAFETY: `a` came from `alloc` with this size and place.
         unsafe { s.release(LINE, pa) };
+        s.flush_reuse();
         let (c, _) = s.alloc(LINE, 8).unwrap();
         assert_ne!(c, a, "one free line of 32 is left for compaction");
         assert_eq!(s.segment_count(), 2);
