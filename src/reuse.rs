@@ -24,6 +24,7 @@
 //!   either 0 or less than its `live_objects` (a segment never holds only
 //!   kept blocks: the free that would leave it so gives them all back).
 
+use crate::segment::LINE;
 use crate::table::GRANULE;
 
 /// The largest object whose block is kept for reuse.
@@ -31,6 +32,9 @@ pub(crate) const REUSE_MAX: usize = 1024;
 
 /// Size classes: one per number of granules, 1 to `REUSE_MAX / GRANULE`.
 const CLASSES: usize = REUSE_MAX / GRANULE;
+
+/// An object may take a block of up to `1 / FIT` more granules than its own.
+const FIT: usize = 8;
 
 /// What a kept block costs besides its own bytes (see `Reuse::bytes`).
 const ENTRY: usize = core::mem::size_of::<Block>();
@@ -89,21 +93,40 @@ impl Reuse {
         self.count += 1;
     }
 
-    /// The newest block of the class of `size` bytes (`1..=REUSE_MAX`) if
-    /// its granule address is a multiple of `align / GRANULE` (`align` a
-    /// power of two; blocks are at least granule-aligned in their segment).
+    /// A block for an object of `size` bytes (`1..=REUSE_MAX`) aligned to
+    /// `align` (a power of two; blocks are at least granule-aligned in their
+    /// segment): the newest of its class, else the newest of one of the next
+    /// few classes (up to an eighth larger) that ends in the same line as
+    /// the object would, so that the lines the block marks are exactly the
+    /// object's. The rest of a larger block is slack inside the object's
+    /// lines until they are free.
     #[inline(always)]
     pub(crate) fn pop(&mut self, size: usize, align: usize) -> Option<Block> {
-        let class = Self::class(size);
-        let stack = self.classes.get_mut(class)?;
-        let top = *stack.last()?;
-        if top.granule as usize & (align / GRANULE).saturating_sub(1) != 0 {
+        if self.count == 0 {
             return None;
         }
-        stack.pop();
-        self.bytes -= (class + 1) * GRANULE + ENTRY;
-        self.count -= 1;
-        Some(top)
+        let class = Self::class(size);
+        let last = (class + class / FIT).min(CLASSES - 1);
+        for c in class..=last {
+            let Some(&top) = self.classes[c].last() else {
+                continue;
+            };
+            if top.granule as usize & (align / GRANULE).saturating_sub(1) != 0 {
+                continue;
+            }
+            if c != class {
+                // Byte offset in its line (segments start on a line).
+                let o = top.granule as usize % (LINE / GRANULE) * GRANULE;
+                if (o + size - 1) / LINE != (o + top.size as usize - 1) / LINE {
+                    continue;
+                }
+            }
+            self.classes[c].pop();
+            self.bytes -= (c + 1) * GRANULE + ENTRY;
+            self.count -= 1;
+            return Some(top);
+        }
+        None
     }
 
     /// Takes out every block for which `take` says yes, and hands each to
@@ -163,6 +186,23 @@ mod tests {
         assert_eq!(r.pop(101, 1), None, "26 granules: another class");
         assert_eq!(r.pop(100, 4), Some(block(10, 100)));
         assert!(r.is_empty() && r.bytes() == 0);
+    }
+
+    #[test]
+    fn a_larger_block_fits_if_it_ends_in_the_objects_last_line() {
+        let mut r = Reuse::default();
+        // Granule 0 of a line: bytes 0..108 end in line 0, as 100 bytes do.
+        r.push(block(64, 108));
+        assert_eq!(r.pop(100, 1), Some(block(64, 108)));
+        // Bytes 100..220 (granule 25), 30 granules, end in line 1.
+        r.push(block(25, 120));
+        assert_eq!(r.pop(100, 1), None, "25 -> 30 granules: more than an eighth");
+        assert_eq!(r.pop(112, 1), Some(block(25, 120)), "100..212 ends in line 1");
+        // Bytes 32..132 end in line 1; 32..128 would end in line 0.
+        r.push(block(8, 100));
+        assert_eq!(r.pop(96, 1), None, "the block would mark a line the object does not");
+        assert_eq!(r.pop(97, 1), Some(block(8, 100)), "its own class");
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl Space {
     }
 
     /// Hands out `block`, a kept freed block (R1), for a new object of
-    /// `size` bytes, as many granules as the block's.
+    /// `size` bytes that ends in the block's last line.
     #[inline(always)]
     fn reuse_block(&mut self, block: Block, size: usize) -> (NonNull<u8>, Loc) {
         let (id, offset) = self.split_granule(block.granule);
@@ -266,7 +266,8 @@ impl Space {
             .expect("a kept block's segment exists");
         debug_assert!(seg.cached > 0 && !seg.evacuating);
         seg.cached -= 1;
-        // Still marked: the same granules touch the same lines.
+        // Still marked: the object ends in the line the block ends in
+        // (`Reuse::pop`), so it covers the same lines.
         seg.live_bytes = seg.live_bytes + size - block.size as usize;
         (seg.ptr_at(offset), Loc::segment(block.granule))
     }
