@@ -54,7 +54,8 @@ pub(crate) fn try_alloc_copy<E: Engine, T: ?Sized + Object>(
         let (key, ptr) = raw.alloc(&T::INFO, src.meta())?;
         // `alloc` reserved `size_of_val(src)` bytes at `ptr`, aligned for `T`;
         // callers pass only `Copy` slices and `str`, so a bitwise copy is a value.
-        // SAFETY: fresh bytes `src` cannot overlap, unreachable while we hold the engine.
+        // SAFETY: fresh bytes (or a kept block, I14: no object's) `src` cannot
+        // overlap, unreachable while we hold the engine.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 (src as *const T).cast::<u8>(),

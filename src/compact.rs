@@ -509,7 +509,8 @@ impl RawHeap {
                 "an object from a segment moves to one"
             );
             // `src` is the object's `size` bytes, unpinned (checked above; pins
-            // need the engine, which we hold); `dst` is fresh, outside every source.
+            // need the engine, which we hold); `dst` is fresh or a kept block
+            // (I14), outside every source and belonging to no object.
             // SAFETY: nobody reads or writes `src` now, and the two do not overlap (I8).
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
             let slot = self.table.slot_at_mut(index).expect("slot checked above");

@@ -17,12 +17,12 @@
 //! it before it looks at segments (a kept block is a hole that only
 //! compaction sees as one).
 //!
-//! Invariants (kept by `Space`, which owns a `Reuse`):
-//! - R1: every block is the whole reservation of one freed object of
-//!   `size` bytes in a segment that is not evacuating; nothing reads it.
-//! - R2: a segment's `cached` is the number of its blocks held here, and is
-//!   either 0 or less than its `live_objects` (a segment never holds only
-//!   kept blocks: the free that would leave it so gives them all back).
+//! Invariant I14 of docs/DESIGN.md (kept by `Space`, which owns a `Reuse`):
+//! every block is the whole reservation of one freed object of `size` bytes
+//! in a segment that is not evacuating, on one stack once; nothing refers to
+//! it. A segment's `cached` is the number of its blocks held here, and is
+//! either 0 or less than its `live_objects` (a segment never holds only
+//! kept blocks: the free that would leave it so gives them all back).
 
 use crate::segment::LINE;
 use crate::table::GRANULE;
@@ -196,11 +196,23 @@ mod tests {
         assert_eq!(r.pop(100, 1), Some(block(64, 108)));
         // Bytes 100..220 (granule 25), 30 granules, end in line 1.
         r.push(block(25, 120));
-        assert_eq!(r.pop(100, 1), None, "25 -> 30 granules: more than an eighth");
-        assert_eq!(r.pop(112, 1), Some(block(25, 120)), "100..212 ends in line 1");
+        assert_eq!(
+            r.pop(100, 1),
+            None,
+            "25 -> 30 granules: more than an eighth"
+        );
+        assert_eq!(
+            r.pop(112, 1),
+            Some(block(25, 120)),
+            "100..212 ends in line 1"
+        );
         // Bytes 32..132 end in line 1; 32..128 would end in line 0.
         r.push(block(8, 100));
-        assert_eq!(r.pop(96, 1), None, "the block would mark a line the object does not");
+        assert_eq!(
+            r.pop(96, 1),
+            None,
+            "the block would mark a line the object does not"
+        );
         assert_eq!(r.pop(97, 1), Some(block(8, 100)), "its own class");
         assert!(r.is_empty());
     }

@@ -45,7 +45,7 @@ pub(crate) struct Segment {
     /// Number of live and dying objects in this segment, and of the freed
     /// blocks it keeps for reuse (they stay marked, see `reuse`).
     pub(crate) live_objects: usize,
-    /// Invariant (R2): how many of `live_objects` are freed blocks kept in
+    /// Invariant (I14): how many of `live_objects` are freed blocks kept in
     /// the space's [`Reuse`](crate::reuse::Reuse); 0 or less than `live_objects`.
     pub(crate) cached: usize,
     /// A compaction source: nothing is allocated here until its pass ends.

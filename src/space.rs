@@ -256,7 +256,7 @@ impl Space {
         self.alloc_slow(size, align)
     }
 
-    /// Hands out `block`, a kept freed block (R1), for a new object of
+    /// Hands out `block`, a kept freed block (I14), for a new object of
     /// `size` bytes that ends in the block's last line.
     #[inline(always)]
     fn reuse_block(&mut self, block: Block, size: usize) -> (NonNull<u8>, Loc) {
@@ -510,7 +510,7 @@ impl Space {
             // the tests, where Miri and ASan see only one live allocation.
             unsafe { seg.ptr_at(offset).as_ptr().write_bytes(POISON, size) };
         }
-        // Kept for the next object of its size (R1, R2): its segment keeps
+        // Kept for the next object of its size (I14): its segment keeps
         // another object, and the kept blocks stay within their cap.
         if size <= REUSE_MAX
             && size <= self.bump_max
@@ -549,7 +549,7 @@ impl Space {
             return;
         }
         if seg.cached != 0 && seg.live_objects == seg.cached {
-            // Only kept blocks are left: give them back too (R2).
+            // Only kept blocks are left: give them back too (I14).
             line_freed |= self.flush_segment(id);
         }
         let seg = self.segments[id as usize]
@@ -605,7 +605,7 @@ impl Space {
     pub(crate) fn flush_reuse(&mut self) {
         let mut blocks = Vec::new();
         self.reuse.drain(|b| blocks.push(b));
-        // First no segment counts kept blocks (R2 for the unmarks below),
+        // First no segment counts kept blocks (I14 for the unmarks below),
         // then each block is freed.
         for b in &blocks {
             let (id, _) = self.split_granule(b.granule);
@@ -900,7 +900,7 @@ impl Space {
             self.cursor = None;
         }
         if on {
-            // Nothing is allocated in a source: its kept blocks go back (R1).
+            // Nothing is allocated in a source: its kept blocks go back (I14).
             self.flush_segment(id);
         }
         let seg = self.segments[id as usize].as_mut().expect("segment exists");
