@@ -221,6 +221,8 @@ impl RawHeap {
             return;
         }
         self.space.drop_cursor();
+        // Kept freed blocks are holes: a full compaction closes them too.
+        self.space.flush_reuse();
         self.begin_pass(1, 8);
     }
 
@@ -312,8 +314,6 @@ impl RawHeap {
     /// Returns whether a pass started.
     fn begin_pass(&mut self, min_gain: usize, eighths: usize) -> bool {
         debug_assert!(!self.evac.active());
-        // Kept freed blocks are holes: let the choice see them as such.
-        self.space.flush_reuse();
         let cap = self.space.segment_size();
         let mut candidates = self.segment_fill();
         candidates.retain(|&(live, _)| live < cap && live * 8 <= cap * eighths);
@@ -347,6 +347,9 @@ impl RawHeap {
             self.space.set_evacuating(id, true);
             self.evac.rank[id as usize] = i as u32;
         }
+        // Before the sweep counts the sources' objects: their kept blocks
+        // are holes, not objects (I14).
+        self.space.flush_sources();
         let space = &self.space;
         self.evac.found.start(
             sources

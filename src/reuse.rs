@@ -13,9 +13,9 @@
 //! of granules it spans. The next allocation of that many granules pops it:
 //! no line count changes on either side, and the newest block, still in the
 //! cache, is used first. This is what a size-class free list does in
-//! malloc; here its bytes are bounded (see `Space`), and compaction empties
-//! it before it looks at segments (a kept block is a hole that only
-//! compaction sees as one).
+//! malloc; here its bytes are bounded (see `Space`). A kept block is a hole
+//! that only compaction sees as one: a compaction pass takes back the kept
+//! blocks of the sources it chooses, and a full compaction all of them.
 //!
 //! Invariant I14 of docs/DESIGN.md (kept by `Space`, which owns a `Reuse`):
 //! every block is the whole reservation of one freed object of `size` bytes

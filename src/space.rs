@@ -579,7 +579,7 @@ impl Space {
 
     /// Unmarks the kept blocks of segment `id` (out of [`Space::reuse`]).
     /// Returns whether a line became free. The caller updates the holes
-    /// (or the segment is evacuating, or empty now).
+    /// (or the segment is empty now).
     fn flush_segment(&mut self, id: u32) -> bool {
         let shift = self.granule_shift;
         let seg = self.segments[id as usize].as_mut().expect("segment exists");
@@ -597,6 +597,31 @@ impl Space {
         );
         debug_assert_eq!(seg.cached, 0, "every kept block of the segment is found");
         line_freed
+    }
+
+    /// Gives the kept blocks of the evacuating segments (the sources a
+    /// pass just chose) back to them, in one look at the kept blocks: a
+    /// source's holes are its own, and nothing is allocated there (I14).
+    pub(crate) fn flush_sources(&mut self) {
+        let mut taken = Vec::new();
+        let segments = &self.segments;
+        let shift = self.granule_shift;
+        self.reuse.take_where(
+            |b| {
+                segments[(b.granule >> shift) as usize]
+                    .as_ref()
+                    .is_some_and(|seg| seg.evacuating)
+            },
+            |b| taken.push(b),
+        );
+        for b in taken {
+            let (id, offset) = self.split_granule(b.granule);
+            let seg = self.segments[id as usize]
+                .as_mut()
+                .expect("a kept block's segment exists");
+            seg.cached -= 1;
+            seg.unmark(offset, b.size as usize);
+        }
     }
 
     /// Gives every kept block back to its segment (as a free would have),
@@ -894,14 +919,12 @@ impl Space {
     }
 
     /// Marks segment `id` as a compaction source (or not). A segment that
-    /// stops being a source and has holes becomes recyclable again.
+    /// stops being a source and has holes becomes recyclable again. The
+    /// caller gives a new source's kept blocks back ([`Space::flush_sources`])
+    /// before anything is allocated.
     pub(crate) fn set_evacuating(&mut self, id: u32, on: bool) {
         if on && self.cursor.is_some_and(|c| c.seg == id) {
             self.cursor = None;
-        }
-        if on {
-            // Nothing is allocated in a source: its kept blocks go back (I14).
-            self.flush_segment(id);
         }
         let seg = self.segments[id as usize].as_mut().expect("segment exists");
         seg.evacuating = on;
@@ -1024,6 +1047,7 @@ mod tests {
         // SAFETY: from `alloc` with this size and place.
         unsafe { s.release(64, objects[1].1) };
         s.set_evacuating(0, true);
+        s.flush_sources();
         let seg = s.segment(0).unwrap();
         assert_eq!((seg.live_objects, seg.cached), (3, 0));
         assert_ne!(
