@@ -365,7 +365,7 @@ impl Heap {
     /// assert!(heap.pacing().is_none());
     /// ```
     pub fn set_pacing(&self, pacing: Option<Pacing>) {
-        self.exclusive(|raw| raw.pacing = pacing);
+        self.exclusive(|raw| raw.set_pacing(pacing));
     }
 
     /// The heap's paced compaction, if on.
@@ -550,7 +550,7 @@ impl SyncHeap {
 
     /// [`Heap::set_pacing`] for a shared heap.
     pub fn set_pacing(&self, pacing: Option<Pacing>) {
-        self.exclusive(|raw| raw.pacing = pacing);
+        self.exclusive(|raw| raw.set_pacing(pacing));
     }
 
     /// [`Heap::pacing`] for a shared heap.

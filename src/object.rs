@@ -105,6 +105,20 @@ impl TypeInfo {
         Layout::from_size_align(size, self.align).ok()
     }
 
+    /// The size of a value with pointer metadata `meta` if it has a layout
+    /// ([`TypeInfo::layout`]'s size, without building one: the allocation
+    /// path needs only the size and the type's alignment).
+    #[inline]
+    pub(crate) fn checked_size(&self, meta: usize) -> Option<usize> {
+        let size = if self.is_slice {
+            self.elem_size.checked_mul(meta)?
+        } else {
+            self.elem_size
+        };
+        // `Layout::from_size_align`'s bound: rounded up to `align`, at most `isize::MAX`.
+        (size <= isize::MAX as usize - (self.align - 1)).then_some(size)
+    }
+
     /// The size in bytes of a value with pointer metadata `meta`, which must
     /// be the metadata of a value that exists (so the product cannot overflow).
     #[inline]
@@ -315,6 +329,35 @@ impl CloneObject for str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checked_size_is_the_layouts() {
+        let info = &<[u64] as Object>::INFO;
+        let max = (isize::MAX as usize - 7) / 8;
+        for meta in [
+            0,
+            1,
+            5,
+            max - 1,
+            max,
+            max + 1,
+            usize::MAX / 8 + 1,
+            usize::MAX,
+        ] {
+            assert_eq!(
+                info.checked_size(meta),
+                info.layout(meta).map(|l| l.size()),
+                "{meta}"
+            );
+        }
+        let bytes = &<str as Object>::INFO;
+        for meta in [isize::MAX as usize, isize::MAX as usize + 1] {
+            assert_eq!(
+                bytes.checked_size(meta),
+                bytes.layout(meta).map(|l| l.size())
+            );
+        }
+    }
 
     #[test]
     fn layouts_of_the_three_shapes() {

@@ -47,12 +47,22 @@ pub(crate) struct RawHeap {
     /// Objects freed during a read scope: unlinked, their values dropped and
     /// bytes released when the last scope ends.
     pub(crate) deferred: Vec<Dying>,
-    /// Compaction paid for by allocation and free, if on.
+    /// Compaction paid for by allocation and free, if on (change it with
+    /// [`RawHeap::set_pacing`]).
     pub(crate) pacing: Option<Pacing>,
-    /// Bytes of compaction work owed (see [`Pacing`]); negative: work done
-    /// ahead (a step moves up to `max_step` whatever it owed), which later
-    /// allocations and frees pay off before the next step.
+    /// Bytes of compaction work owed (see [`Pacing`]) as of the last time
+    /// [`RawHeap::pace_due`] ran; negative: work done ahead (a step moves up
+    /// to `max_step` whatever it owed), which later allocations and frees
+    /// pay off before the next step.
     debt: isize,
+    /// Bytes that allocation and free may still handle before the debt can
+    /// reach a step: each call takes its bytes off, and the slow path
+    /// ([`RawHeap::pace_due`]) runs at 0. Invariant: `debt + rate ×
+    /// (pace_synced - pace_left)` is the debt owed now, and `pace_left > 0`
+    /// outside `pace` (but for a new heap's 0: its first call syncs).
+    pace_left: isize,
+    /// `pace_left` when it was last set.
+    pace_synced: isize,
     /// The waste (held less live bytes) when a paced pass last found no
     /// sources worth it; `None` once a pass starts.
     refused_waste: Option<usize>,
@@ -150,6 +160,8 @@ impl RawHeap {
             deferred: Vec::new(),
             pacing: config.pacing,
             debt: 0,
+            pace_left: 0,
+            pace_synced: 0,
             refused_waste: None,
         }
     }
@@ -162,21 +174,21 @@ impl RawHeap {
         info: &'static TypeInfo,
         meta: usize,
     ) -> Result<(KeyData, NonNull<u8>), AllocError> {
-        let layout = info.layout(meta).ok_or(AllocError::TooLarge)?;
+        let size = info.checked_size(meta).ok_or(AllocError::TooLarge)?;
         if self.table.is_full() {
             return Err(AllocError::OutOfMemory);
         }
         // Before the new object exists: a step must not move bytes that the
         // caller has yet to write.
-        self.pace(layout.size());
+        self.pace(size);
         let ty = self.types.index_of(info).ok_or(AllocError::OutOfMemory)?;
-        if layout.size() == 0 && u32::try_from(meta).is_err() {
+        if size == 0 && u32::try_from(meta).is_err() {
             // The table keeps slice lengths in 32 bits (segment slices are
             // far shorter; large objects keep theirs with the mapping).
             return Err(AllocError::TooLarge);
         }
         let (ptr, loc) = loop {
-            match self.space.alloc(layout.size(), layout.align()) {
+            match self.space.alloc(size, info.align) {
                 Ok(found) => break found,
                 // Under a memory limit, compact until it fits or nothing more
                 // comes back (held memory goes down on every round, so this ends).
@@ -193,7 +205,7 @@ impl RawHeap {
             _ => meta,
         };
         let key = self.table.insert(ty, loc, len);
-        self.live_bytes += layout.size();
+        self.live_bytes += size;
         Ok((key, ptr))
     }
 
@@ -699,14 +711,61 @@ impl RawHeap {
         if self.space.has_pending() {
             self.release_piece();
         }
-        // (By reference: the policy is copied only for a step.)
-        let Some(pacing) = &self.pacing else { return };
-        let owed = isize::try_from(bytes.saturating_mul(pacing.rate)).unwrap_or(isize::MAX);
-        self.debt = self.debt.saturating_add(owed);
-        if self.debt >= pacing.step as isize {
-            let pacing = *pacing;
-            self.paced_step(pacing);
+        // (No overflow: `pace_left` is positive here, `bytes` an object's size.)
+        self.pace_left -= bytes as isize;
+        if self.pace_left <= 0 {
+            self.pace_due();
         }
+    }
+
+    /// [`RawHeap::pace`] once its bytes are used up: adds what they owe to
+    /// the debt, runs a step if the debt reached one, and counts the bytes
+    /// until the next step can be due.
+    #[cold]
+    #[inline(never)]
+    fn pace_due(&mut self) {
+        self.settle_debt();
+        if let Some(pacing) = self.pacing {
+            if self.debt >= pacing.step as isize {
+                self.paced_step(pacing);
+            }
+        }
+        self.sync_pace();
+    }
+
+    /// Adds to `debt` what the bytes handled since the last sync owe.
+    fn settle_debt(&mut self) {
+        let used = self.pace_synced.saturating_sub(self.pace_left).max(0);
+        if let Some(pacing) = &self.pacing {
+            let owed = used.saturating_mul(isize::try_from(pacing.rate).unwrap_or(isize::MAX));
+            self.debt = self.debt.saturating_add(owed);
+        }
+        self.pace_synced = self.pace_left;
+    }
+
+    /// Sets `pace_left` to the fewest bytes after which the debt reaches a
+    /// step (at least one; practically never without pacing).
+    fn sync_pace(&mut self) {
+        let left = match &self.pacing {
+            None => isize::MAX / 2,
+            Some(p) => {
+                let rate = isize::try_from(p.rate.max(1)).unwrap_or(isize::MAX);
+                // The fewest bytes whose debt takes it to a step: as `pace`
+                // did when it added every call's debt and compared.
+                let short = (p.step as isize).saturating_sub(self.debt);
+                (short.saturating_add(rate - 1) / rate).clamp(1, isize::MAX / 2)
+            }
+        };
+        self.pace_left = left;
+        self.pace_synced = left;
+    }
+
+    /// Turns paced compaction on, off or to another policy; the debt owed
+    /// so far is kept.
+    pub(crate) fn set_pacing(&mut self, pacing: Option<Pacing>) {
+        self.settle_debt();
+        self.pacing = pacing;
+        self.sync_pace();
     }
 
     /// Gives one piece of an emptied segment back to the OS: allocation and
