@@ -9,8 +9,9 @@
 //!
 //! So a free of a small object keeps its block instead: the block stays
 //! marked in its segment (its lines' counts, the segment's object and byte
-//! counts do not change) and goes on a stack of its size class, the number
-//! of granules it spans. The next allocation of that many granules pops it:
+//! counts do not change) and goes on a stack of its size class (the number
+//! of granules it spans, up to 1 KiB; 16-byte classes above). The next
+//! allocation of its class pops it:
 //! no line count changes on either side, and the newest block, still in the
 //! cache, is used first. This is what a size-class free list does in
 //! malloc; here its bytes are bounded (see `Space`). A kept block is a hole
@@ -28,13 +29,23 @@ use crate::segment::LINE;
 use crate::table::GRANULE;
 
 /// The largest object whose block is kept for reuse.
-pub(crate) const REUSE_MAX: usize = 1024;
+pub(crate) const REUSE_MAX: usize = 4096;
 
-/// Size classes: one per number of granules, 1 to `REUSE_MAX / GRANULE`.
-const CLASSES: usize = REUSE_MAX / GRANULE;
+/// Objects up to this size have a class per number of granules; above it,
+/// a class per [`WIDE`] bytes.
+const FINE_MAX: usize = 1024;
 
-/// An object may take a block of up to `1 / FIT` more granules than its own.
+/// The width of a class above [`FINE_MAX`].
+const WIDE: usize = 16;
+
+/// Size classes: `FINE_MAX / GRANULE` fine ones, then the wide ones.
+const CLASSES: usize = FINE_MAX / GRANULE + (REUSE_MAX - FINE_MAX).div_ceil(WIDE);
+
+/// An object may take a block of up to `1 / FIT` more bytes than its own.
 const FIT: usize = 8;
+
+/// How many classes with blocks an allocation looks at, at most.
+const TRIES: usize = 8;
 
 /// What a kept block costs besides its own bytes (see `Reuse::bytes`).
 const ENTRY: usize = core::mem::size_of::<Block>();
@@ -46,13 +57,36 @@ pub(crate) struct Block {
     pub(crate) size: u32,
 }
 
+impl Block {
+    /// Bytes reserved for the block: its size rounded up to a granule (the
+    /// next object in the segment starts on a granule at the earliest).
+    fn reserved(self) -> usize {
+        (self.size as usize).next_multiple_of(GRANULE)
+    }
+
+    /// Whether an object of `size` bytes aligned to `align` may take this
+    /// block: it fits the block's granules, starts aligned, and ends in the
+    /// line the block ends in, so that the lines the block marks are
+    /// exactly the object's (segments start on a line).
+    #[inline(always)]
+    fn fits(self, size: usize, align: usize) -> bool {
+        let o = self.granule as usize % (LINE / GRANULE) * GRANULE;
+        size <= self.reserved()
+            && self.granule as usize & (align / GRANULE).saturating_sub(1) == 0
+            && (o + size - 1) / LINE == (o + self.size as usize - 1) / LINE
+    }
+}
+
 /// Stacks of freed blocks by size class (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct Reuse {
-    /// `classes[c]` holds blocks of `c + 1` granules, newest last. Empty
-    /// until the first block is kept (a heap that never frees pays nothing).
+    /// `classes[c]` holds blocks of class `c` ([`Reuse::class`]), newest
+    /// last. Empty until the first block is kept (a heap that never frees
+    /// pays nothing).
     classes: Vec<Vec<Block>>,
-    /// Invariant: the sum of the class sizes (granules × [`GRANULE`]) of
+    /// Invariant: bit `c` is set iff `classes[c]` holds a block.
+    nonempty: [u64; CLASSES.div_ceil(64)],
+    /// Invariant: the sum of the reserved bytes ([`Block::reserved`]) of
     /// all blocks held, plus [`ENTRY`] bytes for each (its place on a
     /// stack: for the smallest objects, as much as the object).
     bytes: usize,
@@ -65,10 +99,14 @@ impl Reuse {
     #[inline(always)]
     fn class(size: usize) -> usize {
         debug_assert!((1..=REUSE_MAX).contains(&size));
-        (size - 1) / GRANULE
+        if size <= FINE_MAX {
+            (size - 1) / GRANULE
+        } else {
+            FINE_MAX / GRANULE + (size - FINE_MAX - 1) / WIDE
+        }
     }
 
-    /// Bytes of the blocks held (each counted as its whole granules and
+    /// Bytes of the blocks held (each counted as its reserved bytes and
     /// its entry).
     #[inline]
     pub(crate) fn bytes(&self) -> usize {
@@ -89,44 +127,72 @@ impl Reuse {
             self.classes = (0..CLASSES).map(|_| Vec::new()).collect();
         }
         self.classes[class].push(block);
-        self.bytes += (class + 1) * GRANULE + ENTRY;
+        self.nonempty[class / 64] |= 1 << (class % 64);
+        self.bytes += block.reserved() + ENTRY;
         self.count += 1;
     }
 
     /// A block for an object of `size` bytes (`1..=REUSE_MAX`) aligned to
     /// `align` (a power of two; blocks are at least granule-aligned in their
-    /// segment): the newest of its class, else the newest of one of the next
-    /// few classes (up to an eighth larger) that ends in the same line as
-    /// the object would, so that the lines the block marks are exactly the
-    /// object's. The rest of a larger block is slack inside the object's
-    /// lines until they are free.
+    /// segment): the newest block of its class, else the newest of one of
+    /// the next classes with blocks, up to an eighth larger, that the object
+    /// fits ([`Block::fits`]). The rest of a larger block is slack inside
+    /// the object's lines until they are free.
     #[inline(always)]
     pub(crate) fn pop(&mut self, size: usize, align: usize) -> Option<Block> {
         if self.count == 0 {
             return None;
         }
-        let class = Self::class(size);
-        let last = (class + class / FIT).min(CLASSES - 1);
-        for c in class..=last {
-            let Some(&top) = self.classes[c].last() else {
-                continue;
-            };
-            if top.granule as usize & (align / GRANULE).saturating_sub(1) != 0 {
+        let first = Self::class(size);
+        if let Some(&top) = self.classes[first].last() {
+            if top.fits(size, align) {
+                return Some(self.take_top(first));
+            }
+        }
+        self.pop_larger(size, align, first)
+    }
+
+    /// [`Reuse::pop`] in the classes above `first`.
+    #[inline(never)]
+    fn pop_larger(&mut self, size: usize, align: usize, first: usize) -> Option<Block> {
+        let last = Self::class((size + size / FIT).min(REUSE_MAX));
+        let mut c = first + 1;
+        let mut tries = TRIES;
+        while c <= last && tries > 0 {
+            // The next class from `c` on that holds blocks.
+            let w = c / 64;
+            let bits = self.nonempty[w] & (u64::MAX << (c % 64));
+            if bits == 0 {
+                c = (w + 1) * 64;
                 continue;
             }
-            if c != class {
-                // Byte offset in its line (segments start on a line).
-                let o = top.granule as usize % (LINE / GRANULE) * GRANULE;
-                if (o + size - 1) / LINE != (o + top.size as usize - 1) / LINE {
-                    continue;
-                }
+            c = w * 64 + bits.trailing_zeros() as usize;
+            if c > last {
+                break;
             }
-            self.classes[c].pop();
-            self.bytes -= (c + 1) * GRANULE + ENTRY;
-            self.count -= 1;
-            return Some(top);
+            tries -= 1;
+            let top = *self.classes[c]
+                .last()
+                .expect("a set bit: a class with blocks");
+            if top.fits(size, align) {
+                return Some(self.take_top(c));
+            }
+            c += 1;
         }
         None
+    }
+
+    /// Pops the newest block of class `c`, which holds one.
+    #[inline(always)]
+    fn take_top(&mut self, c: usize) -> Block {
+        let stack = &mut self.classes[c];
+        let block = stack.pop().expect("the class holds a block");
+        if stack.is_empty() {
+            self.nonempty[c / 64] &= !(1 << (c % 64));
+        }
+        self.bytes -= block.reserved() + ENTRY;
+        self.count -= 1;
+        block
     }
 
     /// Takes out every block for which `take` says yes, and hands each to
@@ -137,11 +203,14 @@ impl Reuse {
                 if !take(block) {
                     return true;
                 }
-                self.bytes -= (class + 1) * GRANULE + ENTRY;
+                self.bytes -= block.reserved() + ENTRY;
                 self.count -= 1;
                 out(block);
                 false
             });
+            if stack.is_empty() {
+                self.nonempty[class / 64] &= !(1 << (class % 64));
+            }
         }
     }
 
@@ -151,6 +220,7 @@ impl Reuse {
         for stack in core::mem::take(&mut self.classes) {
             stack.into_iter().for_each(&mut out);
         }
+        self.nonempty = Default::default();
         self.bytes = 0;
         self.count = 0;
     }
@@ -215,6 +285,44 @@ mod tests {
         );
         assert_eq!(r.pop(97, 1), Some(block(8, 100)), "its own class");
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn above_a_kibibyte_a_class_holds_several_sizes_and_a_block_serves_only_those_it_fits() {
+        let mut r = Reuse::default();
+        r.push(block(0, 1500));
+        assert_eq!(
+            r.pop(1510, 1),
+            None,
+            "a larger object never takes a smaller block"
+        );
+        assert_eq!(
+            r.pop(1490, 1),
+            Some(block(0, 1500)),
+            "same class, same last line"
+        );
+        r.push(block(0, 1490));
+        assert_eq!(r.pop(1500, 1), None, "same class, but 1500 > 1492 reserved");
+        assert_eq!(
+            r.pop(1400, 1),
+            None,
+            "1400 bytes end in line 10, the block in 11"
+        );
+        assert_eq!(
+            r.pop(1480, 1),
+            Some(block(0, 1490)),
+            "one class up, same last line"
+        );
+        r.push(block(0, 1500));
+        assert_eq!(
+            r.pop(1440, 1),
+            Some(block(0, 1500)),
+            "four classes up: within an eighth"
+        );
+        assert!(r.is_empty());
+        assert_eq!(r.pop(REUSE_MAX, 1), None);
+        r.push(block(32, REUSE_MAX as u32));
+        assert_eq!(r.pop(REUSE_MAX, 1), Some(block(32, REUSE_MAX as u32)));
     }
 
     #[test]
