@@ -195,7 +195,7 @@ impl RawHeap {
     }
 
     /// `(live bytes, id)` of every segment but the one being allocated into,
-    /// sparsest first.
+    /// sparsest first. A segment's kept freed blocks are not live bytes.
     fn segment_fill(&self) -> Vec<(usize, u32)> {
         let current = self.space.current_segment();
         let mut fill: Vec<(usize, u32)> = self
@@ -204,7 +204,7 @@ impl RawHeap {
             .filter(|&id| Some(id) != current)
             .map(|id| {
                 let seg = self.space.segment(id).expect("listed segment exists");
-                (seg.live_bytes, id)
+                (seg.live_bytes - seg.cached_bytes, id)
             })
             .collect();
         fill.sort_unstable();

@@ -785,6 +785,10 @@ impl RawHeap {
             self.debt = 0;
             return; // a read scope: nothing moves
         }
+        // A heap that shrank keeps at most a sixteenth of itself in pooled
+        // segments (as `compact_step` does); the rest goes back a piece at
+        // a time (`release_piece`).
+        self.space.trim_pool();
         // Pooled segments count: they are memory the heap holds. Emptied ones
         // on their way back do not: `release_piece` is giving them back.
         let held =

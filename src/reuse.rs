@@ -15,8 +15,9 @@
 //! no line count changes on either side, and the newest block, still in the
 //! cache, is used first. This is what a size-class free list does in
 //! malloc; here its bytes are bounded (see `Space`). A kept block is a hole
-//! that only compaction sees as one: a compaction pass takes back the kept
-//! blocks of the sources it chooses, and a full compaction all of them.
+//! that only compaction sees as one: a pass chooses its sources by live
+//! bytes less kept bytes, then takes back the sources' kept blocks; a full
+//! compaction takes back all of them.
 //!
 //! Invariant I14 of docs/DESIGN.md (kept by `Space`, which owns a `Reuse`):
 //! every block is the whole reservation of one freed object of `size` bytes
@@ -117,6 +118,12 @@ impl Reuse {
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// How many blocks are held.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.count
     }
 
     /// Keeps `block` (of `1..=REUSE_MAX` bytes) for reuse.

@@ -48,6 +48,8 @@ pub(crate) struct Segment {
     /// Invariant (I14): how many of `live_objects` are freed blocks kept in
     /// the space's [`Reuse`](crate::reuse::Reuse); 0 or less than `live_objects`.
     pub(crate) cached: usize,
+    /// The bytes of those blocks (in `live_bytes`).
+    pub(crate) cached_bytes: usize,
     /// A compaction source: nothing is allocated here until its pass ends.
     pub(crate) evacuating: bool,
     /// The size class of the recyclable list this segment is queued in, if any.
@@ -79,6 +81,7 @@ impl Segment {
             live_bytes: 0,
             live_objects: 0,
             cached: 0,
+            cached_bytes: 0,
             evacuating: false,
             queued: None,
             max_hole: size / LINE,
@@ -89,7 +92,10 @@ impl Segment {
     /// Makes an empty segment (every line count 0, I3) as good as new: not
     /// queued, not evacuating, one hole of every line.
     pub(crate) fn reset_empty(&mut self) {
-        debug_assert_eq!((self.live_objects, self.cached), (0, 0));
+        debug_assert_eq!(
+            (self.live_objects, self.cached, self.cached_bytes),
+            (0, 0, 0)
+        );
         debug_assert_eq!(self.free_lines, self.lines.len());
         self.evacuating = false;
         self.queued = None;

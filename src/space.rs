@@ -266,6 +266,7 @@ impl Space {
             .expect("a kept block's segment exists");
         debug_assert!(seg.cached > 0 && !seg.evacuating);
         seg.cached -= 1;
+        seg.cached_bytes -= block.size as usize;
         // Still marked: the object ends in the line the block ends in
         // (`Reuse::pop`), so it covers the same lines.
         seg.live_bytes = seg.live_bytes + size - block.size as usize;
@@ -517,8 +518,10 @@ impl Space {
             && !seg.evacuating
             && seg.live_objects > seg.cached + 1
             && self.reuse.bytes() + size <= cap
+            && self.reuse.len() < REUSE_BLOCKS
         {
             seg.cached += 1;
+            seg.cached_bytes += size;
             self.reuse.push(Block {
                 granule,
                 size: size as u32,
@@ -592,6 +595,7 @@ impl Space {
             |b| {
                 let offset = (b.granule & ((1 << shift) - 1)) as usize * GRANULE;
                 seg.cached -= 1;
+                seg.cached_bytes -= b.size as usize;
                 line_freed |= seg.unmark(offset, b.size as usize);
             },
         );
@@ -620,6 +624,7 @@ impl Space {
                 .as_mut()
                 .expect("a kept block's segment exists");
             seg.cached -= 1;
+            seg.cached_bytes -= b.size as usize;
             seg.unmark(offset, b.size as usize);
         }
     }
@@ -638,6 +643,7 @@ impl Space {
                 .as_mut()
                 .expect("a kept block's segment exists");
             seg.cached -= 1;
+            seg.cached_bytes -= b.size as usize;
         }
         for b in blocks {
             let (id, offset) = self.split_granule(b.granule);
@@ -948,6 +954,10 @@ fn class_of(lines: usize) -> usize {
 
 /// The most bytes of freed blocks kept for reuse (see [`Space::reuse_cap`]).
 const REUSE_BYTES: usize = 256 << 10;
+
+/// The most freed blocks kept for reuse (giving them all back, or looking
+/// for a pass's sources among them, stays within a step's time).
+const REUSE_BLOCKS: usize = 4096;
 
 /// How many emptied segments a compaction pass keeps as warm targets (more
 /// would only be unmapped in one go at the pass's end: a latency spike).
