@@ -63,6 +63,10 @@ pub(crate) struct RawHeap {
     pace_left: isize,
     /// `pace_left` when it was last set.
     pace_synced: isize,
+    /// The bytes after which a debt of 0 reaches a step (`step / rate`,
+    /// rounded up): what `sync_pace` sets most of the time, without a
+    /// division.
+    pace_quantum: isize,
     /// The waste (held less live bytes) when a paced pass last found no
     /// sources worth it; `None` once a pass starts.
     refused_waste: Option<usize>,
@@ -162,6 +166,7 @@ impl RawHeap {
             debt: 0,
             pace_left: 0,
             pace_synced: 0,
+            pace_quantum: quantum(config.pacing.as_ref()),
             refused_waste: None,
         }
     }
@@ -747,6 +752,7 @@ impl RawHeap {
     /// step (at least one; practically never without pacing).
     fn sync_pace(&mut self) {
         let left = match &self.pacing {
+            _ if self.debt == 0 => self.pace_quantum,
             None => isize::MAX / 2,
             Some(p) => {
                 let rate = isize::try_from(p.rate.max(1)).unwrap_or(isize::MAX);
@@ -765,6 +771,7 @@ impl RawHeap {
     pub(crate) fn set_pacing(&mut self, pacing: Option<Pacing>) {
         self.settle_debt();
         self.pacing = pacing;
+        self.pace_quantum = quantum(pacing.as_ref());
         self.sync_pace();
     }
 
@@ -940,5 +947,18 @@ pub(crate) fn drop_all(values: Vec<Droppable>) {
         // listed once; the heap is ending and no guard or reader can be used.
         // SAFETY: so this is the value's one drop, and nothing reads it after.
         unsafe { drop_fn(ptr.as_ptr(), meta) };
+    }
+}
+
+/// The bytes of allocation and free after which a debt of 0 reaches a step
+/// of `pacing` (practically never without pacing).
+fn quantum(pacing: Option<&Pacing>) -> isize {
+    match pacing {
+        None => isize::MAX / 2,
+        Some(p) => {
+            let rate = isize::try_from(p.rate.max(1)).unwrap_or(isize::MAX);
+            let step = isize::try_from(p.step).unwrap_or(isize::MAX);
+            (step.saturating_add(rate - 1) / rate).clamp(1, isize::MAX / 2)
+        }
     }
 }

@@ -87,9 +87,9 @@ pub(crate) struct Reuse {
     classes: Vec<Vec<Block>>,
     /// Invariant: bit `c` is set iff `classes[c]` holds a block.
     nonempty: [u64; CLASSES.div_ceil(64)],
-    /// Invariant: the sum of the reserved bytes ([`Block::reserved`]) of
-    /// all blocks held, plus [`ENTRY`] bytes for each (its place on a
-    /// stack: for the smallest objects, as much as the object).
+    /// Invariant: the sum of the sizes of all blocks held, plus [`ENTRY`]
+    /// bytes for each (its place on a stack: for the smallest objects, as
+    /// much as the object).
     bytes: usize,
     /// Invariant: the number of blocks held.
     count: usize,
@@ -107,8 +107,7 @@ impl Reuse {
         }
     }
 
-    /// Bytes of the blocks held (each counted as its reserved bytes and
-    /// its entry).
+    /// Bytes of the blocks held (each counted as its size and its entry).
     #[inline]
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
@@ -133,9 +132,12 @@ impl Reuse {
         if self.classes.is_empty() {
             self.classes = (0..CLASSES).map(|_| Vec::new()).collect();
         }
-        self.classes[class].push(block);
-        self.nonempty[class / 64] |= 1 << (class % 64);
-        self.bytes += block.reserved() + ENTRY;
+        let stack = &mut self.classes[class];
+        if stack.is_empty() {
+            self.nonempty[class / 64] |= 1 << (class % 64);
+        }
+        stack.push(block);
+        self.bytes += block.size as usize + ENTRY;
         self.count += 1;
     }
 
@@ -152,7 +154,15 @@ impl Reuse {
         }
         let first = Self::class(size);
         if let Some(&top) = self.classes[first].last() {
-            if top.fits(size, align) {
+            // A fine class's blocks are as many granules as the object: it
+            // fits them and ends in their last line; only alignment is left.
+            let fits = if size <= FINE_MAX {
+                top.granule as usize & (align / GRANULE).saturating_sub(1) == 0
+            } else {
+                top.fits(size, align)
+            };
+            if fits {
+                debug_assert!(top.fits(size, align));
                 return Some(self.take_top(first));
             }
         }
@@ -197,7 +207,7 @@ impl Reuse {
         if stack.is_empty() {
             self.nonempty[c / 64] &= !(1 << (c % 64));
         }
-        self.bytes -= block.reserved() + ENTRY;
+        self.bytes -= block.size as usize + ENTRY;
         self.count -= 1;
         block
     }
@@ -210,7 +220,7 @@ impl Reuse {
                 if !take(block) {
                     return true;
                 }
-                self.bytes -= block.reserved() + ENTRY;
+                self.bytes -= block.size as usize + ENTRY;
                 self.count -= 1;
                 out(block);
                 false
@@ -257,7 +267,7 @@ mod tests {
         assert!(r.is_empty() && r.pop(100, 1).is_none());
         r.push(block(10, 100));
         r.push(block(50, 98));
-        assert_eq!(r.bytes(), 2 * (100 + ENTRY));
+        assert_eq!(r.bytes(), 100 + 98 + 2 * ENTRY);
         // 97..=100 bytes are all 25 granules.
         assert_eq!(r.pop(97, 1), Some(block(50, 98)));
         assert_eq!(r.pop(101, 1), None, "26 granules: another class");

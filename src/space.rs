@@ -501,7 +501,9 @@ impl Space {
             return self.release_elsewhere(loc);
         };
         let (id, offset) = self.split_granule(granule);
-        let cap = self.reuse_cap();
+        // (The cap is worked out only past its floor.)
+        let kept = self.reuse.bytes() + size;
+        let room = kept <= self.segment_size / 8 || kept <= self.reuse_cap();
         let seg = self.segments[id as usize]
             .as_mut()
             .expect("object's segment exists");
@@ -517,7 +519,7 @@ impl Space {
             && size <= self.bump_max
             && !seg.evacuating
             && seg.live_objects > seg.cached + 1
-            && self.reuse.bytes() + size <= cap
+            && room
             && self.reuse.len() < REUSE_BLOCKS
         {
             seg.cached += 1;
