@@ -67,6 +67,9 @@ pub(crate) struct RawHeap {
     /// rounded up): what `sync_pace` sets most of the time, without a
     /// division.
     pace_quantum: isize,
+    /// Set by a step that found the heap within its allowance: the bytes
+    /// until the next check can find work (see `paced_step`), used once.
+    pace_quiet: isize,
     /// The waste (held less live bytes) when a paced pass last found no
     /// sources worth it; `None` once a pass starts.
     refused_waste: Option<usize>,
@@ -167,6 +170,7 @@ impl RawHeap {
             pace_left: 0,
             pace_synced: 0,
             pace_quantum: quantum(config.pacing.as_ref()),
+            pace_quiet: 0,
             refused_waste: None,
         }
     }
@@ -736,6 +740,12 @@ impl RawHeap {
             }
         }
         self.sync_pace();
+        // A step that found nothing to do may wait longer (`pace_quiet`).
+        let quiet = core::mem::take(&mut self.pace_quiet);
+        if quiet > self.pace_left {
+            self.pace_left = quiet;
+            self.pace_synced = quiet;
+        }
     }
 
     /// Adds to `debt` what the bytes handled since the last sync owe.
@@ -814,6 +824,13 @@ impl RawHeap {
                     self.refused_waste = Some(waste);
                 }
                 self.debt = 0; // nothing to do: no debt carried into better times
+                if held as f64 <= allowed {
+                    // Only frees bring `allowed` down to `held` (by
+                    // `threshold` a byte); until that many bytes are freed
+                    // (at most `QUIET` steps' worth) no check can find work.
+                    let frees = (allowed - held as f64) / pacing.threshold;
+                    self.pace_quiet = (frees as isize).min(QUIET * self.pace_quantum);
+                }
                 return;
             }
             self.refused_waste = None;
@@ -949,6 +966,11 @@ pub(crate) fn drop_all(values: Vec<Droppable>) {
         unsafe { drop_fn(ptr.as_ptr(), meta) };
     }
 }
+
+/// A heap within its allowance is checked again after at most this many
+/// quanta of allocation and free ([`quantum`]), however far it is from the
+/// allowance: a new segment can raise what it holds at any allocation.
+const QUIET: isize = 16;
 
 /// The bytes of allocation and free after which a debt of 0 reaches a step
 /// of `pacing` (practically never without pacing).
