@@ -735,7 +735,7 @@ impl RawHeap {
     fn pace_due(&mut self) {
         self.settle_debt();
         if let Some(pacing) = self.pacing {
-            if self.debt >= pacing.step as isize {
+            if self.debt >= step_of(&pacing) {
                 self.paced_step(pacing);
             }
         }
@@ -768,7 +768,7 @@ impl RawHeap {
                 let rate = isize::try_from(p.rate.max(1)).unwrap_or(isize::MAX);
                 // The fewest bytes whose debt takes it to a step: as `pace`
                 // did when it added every call's debt and compared.
-                let short = (p.step as isize).saturating_sub(self.debt);
+                let short = step_of(p).saturating_sub(self.debt);
                 (short.saturating_add(rate - 1) / rate).clamp(1, isize::MAX / 2)
             }
         };
@@ -829,7 +829,7 @@ impl RawHeap {
                     // `threshold` a byte); until that many bytes are freed
                     // (at most `QUIET` steps' worth) no check can find work.
                     let frees = (allowed - held as f64) / pacing.threshold;
-                    self.pace_quiet = (frees as isize).min(QUIET * self.pace_quantum);
+                    self.pace_quiet = (frees as isize).min(self.pace_quantum.saturating_mul(QUIET));
                 }
                 return;
             }
@@ -967,6 +967,11 @@ pub(crate) fn drop_all(values: Vec<Droppable>) {
     }
 }
 
+/// `pacing.step` as a debt (a step past `isize::MAX` is never reached).
+fn step_of(pacing: &Pacing) -> isize {
+    isize::try_from(pacing.step).unwrap_or(isize::MAX)
+}
+
 /// A heap within its allowance is checked again after at most this many
 /// quanta of allocation and free ([`quantum`]), however far it is from the
 /// allowance: a new segment can raise what it holds at any allocation.
@@ -979,8 +984,7 @@ fn quantum(pacing: Option<&Pacing>) -> isize {
         None => isize::MAX / 2,
         Some(p) => {
             let rate = isize::try_from(p.rate.max(1)).unwrap_or(isize::MAX);
-            let step = isize::try_from(p.step).unwrap_or(isize::MAX);
-            (step.saturating_add(rate - 1) / rate).clamp(1, isize::MAX / 2)
+            (step_of(p).saturating_add(rate - 1) / rate).clamp(1, isize::MAX / 2)
         }
     }
 }

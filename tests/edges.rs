@@ -554,3 +554,24 @@ fn a_heap_left_alone_stays_near_its_live_data() {
         assert_eq!(heap.get(*h).unwrap()[11], i as u64, "nothing lost");
     }
 }
+
+#[test]
+fn extreme_pacing_settings_neither_panic_nor_lose_anything() {
+    use compact_heap::Pacing;
+    let settings = [
+        (Pacing::default().rate(0), false),
+        (Pacing::default().step(usize::MAX), false),
+        (Pacing::default().rate(usize::MAX).step(1), true),
+    ];
+    for (pacing, steps) in settings {
+        let heap = Heap::with_config(small_segments().pacing(pacing));
+        let all: Vec<_> = (0..2_000u64).map(|i| heap.alloc([i; 8])).collect();
+        let kept = free_every_other(&heap, all);
+        for h in &kept {
+            let v = heap.get(*h).unwrap();
+            assert_eq!(v[0], v[7], "{pacing:?}");
+        }
+        let st = heap.stats();
+        assert_eq!(st.paced_steps > 0, steps, "{pacing:?}: {st:?}");
+    }
+}
