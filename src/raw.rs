@@ -67,9 +67,6 @@ pub(crate) struct RawHeap {
     /// rounded up): what `sync_pace` sets most of the time, without a
     /// division.
     pace_quantum: isize,
-    /// Set by a step that found the heap within its allowance: the bytes
-    /// until the next check can find work (see `paced_step`), used once.
-    pace_quiet: isize,
     /// The waste (held less live bytes) when a paced pass last found no
     /// sources worth it; `None` once a pass starts.
     refused_waste: Option<usize>,
@@ -170,7 +167,6 @@ impl RawHeap {
             pace_left: 0,
             pace_synced: 0,
             pace_quantum: quantum(config.pacing.as_ref()),
-            pace_quiet: 0,
             refused_waste: None,
         }
     }
@@ -734,14 +730,14 @@ impl RawHeap {
     #[inline(never)]
     fn pace_due(&mut self) {
         self.settle_debt();
+        let mut quiet = 0;
         if let Some(pacing) = self.pacing {
             if self.debt >= step_of(&pacing) {
-                self.paced_step(pacing);
+                quiet = self.paced_step(pacing);
             }
         }
         self.sync_pace();
-        // A step that found nothing to do may wait longer (`pace_quiet`).
-        let quiet = core::mem::take(&mut self.pace_quiet);
+        // A step that found nothing to do may wait longer.
         if quiet > self.pace_left {
             self.pace_left = quiet;
             self.pace_synced = quiet;
@@ -795,12 +791,16 @@ impl RawHeap {
         self.release_pending(0, &mut report);
     }
 
+    /// One paced step, if the heap holds more than `pacing` allows. Returns
+    /// how many bytes of allocation and free can pass before the next check
+    /// could find work, when this one found the heap within its allowance
+    /// (else 0: the usual rhythm).
     #[cold]
     #[inline(never)]
-    fn paced_step(&mut self, pacing: Pacing) {
+    fn paced_step(&mut self, pacing: Pacing) -> isize {
         if self.reading() {
             self.debt = 0;
-            return; // a read scope: nothing moves
+            return 0; // a read scope: nothing moves
         }
         // A heap that shrank keeps at most a sixteenth of itself in pooled
         // segments (as `compact_step` does); the rest goes back a piece at
@@ -824,14 +824,14 @@ impl RawHeap {
                     self.refused_waste = Some(waste);
                 }
                 self.debt = 0; // nothing to do: no debt carried into better times
-                if held as f64 <= allowed {
-                    // Only frees bring `allowed` down to `held` (by
-                    // `threshold` a byte); until that many bytes are freed
-                    // (at most `QUIET` steps' worth) no check can find work.
-                    let frees = (allowed - held as f64) / pacing.threshold;
-                    self.pace_quiet = (frees as isize).min(self.pace_quantum.saturating_mul(QUIET));
+                if held as f64 > allowed {
+                    return 0;
                 }
-                return;
+                // Only frees bring `allowed` down to `held` (by `threshold`
+                // a byte); until that many bytes are freed (at most `QUIET`
+                // steps' worth) no check can find work.
+                let frees = (allowed - held as f64) / pacing.threshold;
+                return (frees as isize).min(self.pace_quantum.saturating_mul(QUIET));
             }
             self.refused_waste = None;
         }
@@ -860,6 +860,7 @@ impl RawHeap {
         self.debt = self
             .debt
             .saturating_sub(isize::try_from(charged).unwrap_or(isize::MAX));
+        0
     }
 
     #[cfg_attr(loom, allow(dead_code))] // used by the compactor, which loom builds leave out

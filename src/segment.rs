@@ -103,6 +103,23 @@ impl Segment {
         self.max_hole_at = 0;
     }
 
+    /// Counts a freed block of `size` bytes as kept for reuse (I14): it
+    /// stays marked, so it stays among `live_objects` and `live_bytes`.
+    #[inline]
+    pub(crate) fn keep(&mut self, size: usize) {
+        self.cached += 1;
+        self.cached_bytes += size;
+    }
+
+    /// A kept block of `size` bytes leaves the reuse stacks (taken by a new
+    /// object, or about to be unmarked).
+    #[inline]
+    pub(crate) fn unkeep(&mut self, size: usize) {
+        debug_assert!(self.cached > 0 && self.cached_bytes >= size);
+        self.cached -= 1;
+        self.cached_bytes -= size;
+    }
+
     /// Bytes held from the OS.
     pub(crate) fn mapped_bytes(&self) -> usize {
         self.mapping.len()

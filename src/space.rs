@@ -81,7 +81,7 @@ pub(crate) struct Space {
     /// a segment now.
     recyclable: Vec<Vec<u32>>,
     /// Freed blocks of small objects kept for the next allocation of their
-    /// size (see [`Reuse`]): at most [`Space::reuse_cap`] bytes.
+    /// size (see [`Reuse`]): at most [`reuse_has_room`]'s bytes.
     reuse: Reuse,
     /// Invariant: the sum of the lengths of all mappings held.
     held: usize,
@@ -264,9 +264,8 @@ impl Space {
         let seg = self.segments[id as usize]
             .as_mut()
             .expect("a kept block's segment exists");
-        debug_assert!(seg.cached > 0 && !seg.evacuating);
-        seg.cached -= 1;
-        seg.cached_bytes -= block.size as usize;
+        debug_assert!(!seg.evacuating);
+        seg.unkeep(block.size as usize);
         // Still marked: the object ends in the line the block ends in
         // (`Reuse::pop`), so it covers the same lines.
         seg.live_bytes = seg.live_bytes + size - block.size as usize;
@@ -501,9 +500,6 @@ impl Space {
             return self.release_elsewhere(loc);
         };
         let (id, offset) = self.split_granule(granule);
-        // (The cap is worked out only past its floor.)
-        let kept = self.reuse.bytes() + size;
-        let room = kept <= self.segment_size / 8 || kept <= self.reuse_cap();
         let seg = self.segments[id as usize]
             .as_mut()
             .expect("object's segment exists");
@@ -519,11 +515,10 @@ impl Space {
             && size <= self.bump_max
             && !seg.evacuating
             && seg.live_objects > seg.cached + 1
-            && room
+            && reuse_has_room(self.reuse.bytes() + size, self.held, self.segment_size)
             && self.reuse.len() < REUSE_BLOCKS
         {
-            seg.cached += 1;
-            seg.cached_bytes += size;
+            seg.keep(size);
             self.reuse.push(Block {
                 granule,
                 size: size as u32,
@@ -532,13 +527,6 @@ impl Space {
         }
         self.unmark(id, offset, size);
         0
-    }
-
-    /// The most bytes of kept blocks: a sixty-fourth of what the heap
-    /// holds, at least an eighth of a segment, at most [`REUSE_BYTES`].
-    #[inline]
-    fn reuse_cap(&self) -> usize {
-        (self.held / 64).max(self.segment_size / 8).min(REUSE_BYTES)
     }
 
     /// Forgets the object (or kept block) of `size` bytes at `offset` of
@@ -586,22 +574,16 @@ impl Space {
     /// Returns whether a line became free. The caller updates the holes
     /// (or the segment is empty now).
     fn flush_segment(&mut self, id: u32) -> bool {
-        let shift = self.granule_shift;
-        let seg = self.segments[id as usize].as_mut().expect("segment exists");
+        let seg = self.segments[id as usize].as_ref().expect("segment exists");
         if seg.cached == 0 {
             return false;
         }
-        let mut line_freed = false;
-        self.reuse.take_where(
-            |b| b.granule >> shift == id,
-            |b| {
-                let offset = (b.granule & ((1 << shift) - 1)) as usize * GRANULE;
-                seg.cached -= 1;
-                seg.cached_bytes -= b.size as usize;
-                line_freed |= seg.unmark(offset, b.size as usize);
-            },
+        let line_freed = self.take_back(|sid, _| sid == id);
+        debug_assert_eq!(
+            self.segments[id as usize].as_ref().map(|s| s.cached),
+            Some(0),
+            "every kept block of the segment is found"
         );
-        debug_assert_eq!(seg.cached, 0, "every kept block of the segment is found");
         line_freed
     }
 
@@ -609,26 +591,34 @@ impl Space {
     /// pass just chose) back to them, in one look at the kept blocks: a
     /// source's holes are its own, and nothing is allocated there (I14).
     pub(crate) fn flush_sources(&mut self) {
+        self.take_back(|_, seg| seg.evacuating);
+    }
+
+    /// Takes the kept blocks of the segments that `which` picks (by id) out
+    /// of [`Space::reuse`] and unmarks them in their segments, with no hole
+    /// bookkeeping (see the callers). Returns whether a line became free.
+    fn take_back(&mut self, which: impl Fn(u32, &Segment) -> bool) -> bool {
         let mut taken = Vec::new();
-        let segments = &self.segments;
-        let shift = self.granule_shift;
+        let (segments, shift) = (&self.segments, self.granule_shift);
         self.reuse.take_where(
             |b| {
-                segments[(b.granule >> shift) as usize]
+                let id = b.granule >> shift;
+                segments[id as usize]
                     .as_ref()
-                    .is_some_and(|seg| seg.evacuating)
+                    .is_some_and(|seg| which(id, seg))
             },
             |b| taken.push(b),
         );
+        let mut line_freed = false;
         for b in taken {
             let (id, offset) = self.split_granule(b.granule);
             let seg = self.segments[id as usize]
                 .as_mut()
                 .expect("a kept block's segment exists");
-            seg.cached -= 1;
-            seg.cached_bytes -= b.size as usize;
-            seg.unmark(offset, b.size as usize);
+            seg.unkeep(b.size as usize);
+            line_freed |= seg.unmark(offset, b.size as usize);
         }
+        line_freed
     }
 
     /// Gives every kept block back to its segment (as a free would have),
@@ -641,11 +631,10 @@ impl Space {
         // then each block is freed.
         for b in &blocks {
             let (id, _) = self.split_granule(b.granule);
-            let seg = self.segments[id as usize]
+            self.segments[id as usize]
                 .as_mut()
-                .expect("a kept block's segment exists");
-            seg.cached -= 1;
-            seg.cached_bytes -= b.size as usize;
+                .expect("a kept block's segment exists")
+                .unkeep(b.size as usize);
         }
         for b in blocks {
             let (id, offset) = self.split_granule(b.granule);
@@ -954,8 +943,17 @@ fn class_of(lines: usize) -> usize {
     (usize::BITS - 1 - lines.max(1).leading_zeros()) as usize
 }
 
-/// The most bytes of freed blocks kept for reuse (see [`Space::reuse_cap`]).
+/// The most bytes of freed blocks kept for reuse (see [`reuse_has_room`]).
 const REUSE_BYTES: usize = 256 << 10;
+
+/// Whether `kept` bytes of freed blocks may be kept for reuse in a heap
+/// that holds `held` bytes of segments of `segment_size`: a sixty-fourth
+/// of what it holds, at least an eighth of a segment, at most
+/// [`REUSE_BYTES`]. (The cap is worked out only past its floor.)
+#[inline]
+fn reuse_has_room(kept: usize, held: usize, segment_size: usize) -> bool {
+    kept <= segment_size / 8 || kept <= (held / 64).max(segment_size / 8).min(REUSE_BYTES)
+}
 
 /// The most freed blocks kept for reuse (giving them all back, or looking
 /// for a pass's sources among them, stays within a step's time).
