@@ -21,7 +21,7 @@ use core::ptr::NonNull;
 
 use slotmap::KeyData;
 
-use crate::mapping::{Pool, PAGE};
+use crate::mapping::{Pool, Reservation, PAGE};
 use crate::sync::atomic::{AtomicU16, Ordering};
 
 /// Borrow word bit: the handle is dead; the value waits for its last guard.
@@ -245,14 +245,174 @@ const fn block_bytes<T>() -> usize {
     (CHUNK * size_of::<T>()).next_multiple_of(PAGE)
 }
 
+/// Where [`Block`]s of [`CHUNK`] values come from: whole pages, each block
+/// owned by whoever took it until it is given back.
+trait Blocks {
+    /// The bytes of a block.
+    fn block(&self) -> usize;
+
+    /// A block for chunk `c`, of unspecified contents, or `None` (then the
+    /// values go in a box).
+    fn take(&mut self, c: usize) -> Option<NonNull<u8>>;
+
+    /// Gives back a block from [`Blocks::take`].
+    ///
+    /// # Safety
+    /// `ptr` came from `take` on `self`, was not given back since, and
+    /// nothing uses its memory afterwards.
+    unsafe fn give(&mut self, ptr: NonNull<u8>);
+}
+
+impl Blocks for Pool {
+    fn block(&self) -> usize {
+        Pool::block(self)
+    }
+
+    fn take(&mut self, _c: usize) -> Option<NonNull<u8>> {
+        Pool::take(self)
+    }
+
+    unsafe fn give(&mut self, ptr: NonNull<u8>) {
+        // SAFETY: the caller's promise is `Pool::give`'s.
+        unsafe { Pool::give(self, ptr) }
+    }
+}
+
+/// Chunks whose slots can live in the [flat range](SlotBlocks): 2¹⁴ chunks,
+/// 16 M slots, 192 MiB of address space (not memory: only what is used
+/// becomes resident; but it counts against an address-space limit such as
+/// `ulimit -v`, so it is not larger). Chunks past them live in the pool.
+/// (Two in unit tests, so that their tables have chunks of both kinds.)
+const FLAT_CHUNKS: usize = if cfg!(test) { 2 } else { 1 << 14 };
+
+/// Where dense chunks' slots live. Where the target can reserve address
+/// space ([`Reservation`]), chunk `c < FLAT_CHUNKS` keeps its slots at a
+/// fixed place, `base + c * CHUNK` slots, so that a lookup finds a slot by
+/// its index alone (no load of the chunk's address first); other chunks,
+/// and every chunk elsewhere, take blocks from a [`Pool`].
+///
+/// Invariant (I15 in docs/DESIGN.md): below `slots`, the flat range is
+/// readable, and the slots of chunk `c` there are chunk `c`'s own while it
+/// is dense with a flat block, else all zero bytes (every version 0, which
+/// no key has: key versions are odd). So a slot read there whose version
+/// is a key's is that key's slot.
+#[derive(Debug)]
+struct SlotBlocks {
+    /// The range, once the first chunk asked for it (`None` before, and
+    /// for good where the target cannot reserve).
+    flat: Option<Reservation>,
+    /// Whether the range was asked for.
+    tried: bool,
+    /// The range's first slot (dangling while there is no range).
+    base: NonNull<Slot>,
+    /// Slots of the range that can be read: a multiple of `CHUNK`.
+    slots: usize,
+    /// Blocks of the range handed out.
+    taken: usize,
+    pool: Pool,
+}
+
+// SAFETY: `base` is a copy of the reservation's address, which this value
+// owns; it is followed only through `&Table` or `&mut Table`.
+unsafe impl Send for SlotBlocks {}
+// SAFETY: as above.
+unsafe impl Sync for SlotBlocks {}
+
+impl SlotBlocks {
+    fn new() -> SlotBlocks {
+        SlotBlocks {
+            flat: None,
+            tried: false,
+            base: NonNull::dangling(),
+            slots: 0,
+            taken: 0,
+            pool: Pool::new(block_bytes::<Slot>()),
+        }
+    }
+
+    /// The slot at `index` of the flat range, if that part can be read: the
+    /// slot of a dense chunk's own, or a zero slot (I15).
+    #[inline]
+    fn flat(&self, index: usize) -> Option<&Slot> {
+        if index < self.slots {
+            // SAFETY: below `slots` the range is readable, and holds slots or
+            // zero bytes, a valid (vacant) slot (I15); the table changes them
+            // only through `&mut`, as any chunk's.
+            Some(unsafe { &*self.base.as_ptr().add(index) })
+        } else {
+            None
+        }
+    }
+
+    /// Bytes of blocks handed out and of free pool blocks still resident.
+    fn resident(&self) -> usize {
+        self.taken * block_bytes::<Slot>() + self.pool.resident()
+    }
+}
+
+impl Blocks for SlotBlocks {
+    fn block(&self) -> usize {
+        block_bytes::<Slot>()
+    }
+
+    fn take(&mut self, c: usize) -> Option<NonNull<u8>> {
+        const { assert!(block_bytes::<Slot>() == CHUNK * size_of::<Slot>()) };
+        if c < FLAT_CHUNKS {
+            if !self.tried {
+                self.tried = true;
+                self.flat = Reservation::new(FLAT_CHUNKS * block_bytes::<Slot>());
+                if let Some(flat) = &self.flat {
+                    self.base = flat.base().cast();
+                }
+            }
+            if let Some(flat) = &mut self.flat {
+                let block = block_bytes::<Slot>();
+                let (start, end) = (c * block, (c + 1) * block);
+                if flat.commit(end) {
+                    self.slots = flat.committed() / size_of::<Slot>();
+                    self.taken += 1;
+                    // SAFETY: `end` is within the range (c < FLAT_CHUNKS).
+                    return Some(unsafe { flat.base().add(start) });
+                }
+            }
+        }
+        self.pool.take()
+    }
+
+    unsafe fn give(&mut self, ptr: NonNull<u8>) {
+        if let Some(flat) = &self.flat {
+            let offset = ptr
+                .as_ptr()
+                .addr()
+                .wrapping_sub(flat.base().as_ptr().addr());
+            if offset < flat.len() {
+                debug_assert!(offset.is_multiple_of(self.block()));
+                self.taken -= 1;
+                // SAFETY: the block came from `take` (caller): committed whole
+                // pages of the range, which nobody uses any more. They read
+                // as zeros again, as I15 wants of a chunk that is not dense.
+                unsafe { flat.reset(offset, self.block()) };
+                return;
+            }
+        }
+        // SAFETY: not the range's, so the pool's (caller).
+        unsafe { self.pool.give(ptr) }
+    }
+}
+
 impl<T> Block<T> {
-    /// A block of `len` values, the `i`-th `init(i)`; from `pool` (whose
-    /// blocks are [`block_bytes::<T>`]) if `len` is [`CHUNK`].
-    fn new(len: usize, pool: &mut Pool, mut init: impl FnMut(usize) -> T) -> Block<T> {
+    /// A block of `len` values, the `i`-th `init(i)`, for chunk `c`; from
+    /// `pool` (whose blocks are [`block_bytes::<T>`]) if `len` is [`CHUNK`].
+    fn new(
+        len: usize,
+        c: usize,
+        pool: &mut impl Blocks,
+        mut init: impl FnMut(usize) -> T,
+    ) -> Block<T> {
         const { assert!(!core::mem::needs_drop::<T>() && align_of::<T>() <= PAGE) };
         debug_assert_eq!(pool.block(), block_bytes::<T>());
         if len == CHUNK {
-            if let Some(start) = pool.take() {
+            if let Some(start) = pool.take(c) {
                 let ptr = start.cast::<T>();
                 for i in 0..len {
                     // SAFETY: the pool's block has room for `CHUNK` `T`s
@@ -285,7 +445,7 @@ impl<T> Block<T> {
 
     /// Gives the block's memory back (to `pool`, the one it was made with,
     /// if it is pooled).
-    fn free(self, pool: &mut Pool) {
+    fn free(self, pool: &mut impl Blocks) {
         if self.pooled {
             // SAFETY: a pooled block came from `pool` (caller) and goes back
             // once (`self` is consumed, and `Drop` leaves pooled blocks alone).
@@ -295,7 +455,7 @@ impl<T> Block<T> {
 
     /// The values, moved out (the block's memory goes back, to `pool` if
     /// it is pooled).
-    fn into_vec(self, pool: &mut Pool) -> Vec<T> {
+    fn into_vec(self, pool: &mut impl Blocks) -> Vec<T> {
         let values = (0..self.len)
             // SAFETY: `i < len` initialised values (type invariant), each read
             // once; the block then frees its memory without dropping them
@@ -361,16 +521,16 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// A dense chunk whose slot `i` is `init(i)`.
-    fn dense(pool: &mut Pool, init: impl FnMut(usize) -> Slot) -> Chunk {
+    /// A dense chunk `c` whose slot `i` is `init(i)`.
+    fn dense(c: usize, pool: &mut SlotBlocks, init: impl FnMut(usize) -> Slot) -> Chunk {
         Chunk {
-            slots: Block::new(CHUNK, pool, init),
+            slots: Block::new(CHUNK, c, pool, init),
             present: None,
         }
     }
 
     /// A sparse chunk of `slots`, which `present` says where they belong.
-    fn sparse(slots: Vec<Slot>, present: Box<Present>, pool: &mut Pool) -> Chunk {
+    fn sparse(slots: Vec<Slot>, present: Box<Present>, pool: &mut SlotBlocks) -> Chunk {
         debug_assert_eq!(
             slots.len(),
             present
@@ -382,14 +542,14 @@ impl Chunk {
         let n = slots.len();
         let mut slots = slots.into_iter();
         Chunk {
-            slots: Block::new(n, pool, |_| slots.next().expect("n slots")),
+            slots: Block::new(n, usize::MAX, pool, |_| slots.next().expect("n slots")),
             present: Some(present),
         }
     }
 
-    /// A dense chunk of vacant slots whose versions start at `floor` (even).
-    fn new(floor: u32, pool: &mut Pool) -> Chunk {
-        Chunk::dense(pool, |_| Slot::vacant(floor))
+    /// A dense chunk `c` of vacant slots whose versions start at `floor` (even).
+    fn new(c: usize, floor: u32, pool: &mut SlotBlocks) -> Chunk {
+        Chunk::dense(c, pool, |_| Slot::vacant(floor))
     }
 
     /// How many slots the chunk keeps.
@@ -445,7 +605,7 @@ impl Chunk {
 
     /// Takes the slots out (the chunk is gone), to rebuild it in another
     /// form. Only while no slot is pinned (I11).
-    fn into_slots(self, pool: &mut Pool) -> Vec<Slot> {
+    fn into_slots(self, pool: &mut SlotBlocks) -> Vec<Slot> {
         debug_assert!(!self.any_pinned());
         self.slots.into_vec(pool)
     }
@@ -500,7 +660,7 @@ pub(crate) struct Table {
     retire_at: u32,
     /// Where dense chunks' slots live (declared after every block: the
     /// table's blocks drop before the pools unmap their memory).
-    slot_pool: Pool,
+    slot_pool: SlotBlocks,
     /// Where dense chunks' lengths live.
     len_pool: Pool,
 }
@@ -537,7 +697,7 @@ impl Table {
             retired: 0,
             zombies: 0,
             retire_at: u32::MAX,
-            slot_pool: Pool::new(block_bytes::<Slot>()),
+            slot_pool: SlotBlocks::new(),
             len_pool: Pool::new(block_bytes::<u32>()),
         }
     }
@@ -687,9 +847,11 @@ impl Table {
         meta.free = free;
         meta.fresh = 0;
         let mut slots = slots.into_iter();
-        let chunk = Chunk::dense(&mut self.slot_pool, |_| slots.next().expect("CHUNK slots"));
+        let chunk = Chunk::dense(c, &mut self.slot_pool, |_| {
+            slots.next().expect("CHUNK slots")
+        });
         self.put_chunk(c, chunk);
-        self.lens[c] = lens.map(|lens| Block::new(CHUNK, &mut self.len_pool, |i| lens[i]));
+        self.lens[c] = lens.map(|lens| Block::new(CHUNK, c, &mut self.len_pool, |i| lens[i]));
         if let Some(old) = old_lens {
             old.free(&mut self.len_pool);
         }
@@ -737,7 +899,7 @@ impl Table {
         let chunk = Chunk::sparse(slots, present, &mut self.slot_pool);
         self.put_chunk(c, chunk);
         if let Some(old) = old_lens {
-            self.lens[c] = Some(Block::new(lens.len(), &mut self.len_pool, |i| lens[i]));
+            self.lens[c] = Some(Block::new(lens.len(), c, &mut self.len_pool, |i| lens[i]));
             old.free(&mut self.len_pool);
         }
     }
@@ -746,7 +908,7 @@ impl Table {
     fn materialize(&mut self, c: usize) {
         debug_assert!(self.chunks[c].is_none());
         let floor = self.meta[c].floor;
-        let chunk = Chunk::new(floor, &mut self.slot_pool);
+        let chunk = Chunk::new(c, floor, &mut self.slot_pool);
         self.put_chunk(c, chunk);
         self.meta[c] = ChunkMeta {
             fresh: CHUNK as u16,
@@ -808,6 +970,24 @@ impl Table {
     #[inline]
     pub(crate) fn get_mut(&mut self, key: KeyData) -> Option<&mut Slot> {
         let (index, version) = split(key);
+        self.versioned_mut(index, version)
+    }
+
+    /// The slot at `index` if its version is `version`: in the flat range
+    /// first, as [`Table::get`] does.
+    #[inline]
+    fn versioned_mut(&mut self, index: usize, version: u32) -> Option<&mut Slot> {
+        if Reservation::SUPPORTED && index < self.slot_pool.slots {
+            // SAFETY: below `slots` the flat range is readable and holds
+            // slots (a dense chunk's, or zeros: I15), written only through
+            // `&mut Table`, which we hold; guards point only into pinned
+            // slots, which the table never changes through `&mut` (I11).
+            let slot = unsafe { &mut *self.slot_pool.base.as_ptr().add(index) };
+            // A version match is the key's slot, in a dense chunk (I15).
+            if slot.version == version {
+                return Some(slot);
+            }
+        }
         self.at_mut(index).filter(|s| s.version == version)
     }
 
@@ -904,7 +1084,7 @@ impl Table {
             Some(lens) => lens.as_mut_slice()[pos] = len as u32,
             None if len == 0 => {}
             lens @ None => {
-                *lens = Some(Block::new(count, &mut self.len_pool, |i| {
+                *lens = Some(Block::new(count, c, &mut self.len_pool, |i| {
                     if i == pos {
                         len as u32
                     } else {
@@ -921,7 +1101,14 @@ impl Table {
     #[inline]
     pub(crate) fn get_with_len(&self, key: KeyData) -> Option<(&Slot, u32)> {
         let (index, version) = split(key);
-        if let Some(slot) = self.dense_slot(index) {
+        let flat = if Reservation::SUPPORTED {
+            // As in `get`: a version match in the flat range is the key's
+            // slot (I15), in a dense chunk.
+            self.slot_pool.flat(index).filter(|s| s.version == version)
+        } else {
+            self.dense_slot(index)
+        };
+        if let Some(slot) = flat {
             if slot.version != version {
                 return None;
             }
@@ -993,10 +1180,27 @@ impl Table {
     #[inline]
     pub(crate) fn get(&self, key: KeyData) -> Option<&Slot> {
         let (index, version) = split(key);
+        if Reservation::SUPPORTED {
+            // One load and one compare: a flat slot with the key's version
+            // is the key's (I15); anything else goes the long way.
+            if let Some(slot) = self.slot_pool.flat(index) {
+                if slot.version == version {
+                    return Some(slot);
+                }
+            }
+            return self.get_elsewhere(index, version);
+        }
         if let Some(slot) = self.dense_slot(index) {
             return (slot.version == version).then_some(slot);
         }
         self.at_sparse(index).filter(|s| s.version == version)
+    }
+
+    /// [`Table::get`] past the flat range: through the chunk's entry.
+    #[cold]
+    #[inline(never)]
+    fn get_elsewhere(&self, index: usize, version: u32) -> Option<&Slot> {
+        self.at(index).filter(|s| s.version == version)
     }
 
     /// Counts a slot that the caller just marked [`ZOMBIE`].
@@ -1014,7 +1218,7 @@ impl Table {
         let retire = version >= self.retire_at;
         let (c, i) = (index / CHUNK, index % CHUNK);
         let next_free = self.meta.get(c).map_or(0, |m| m.free);
-        let slot = self.at_mut(index).filter(|s| s.version == version)?;
+        let slot = self.versioned_mut(index, version)?;
         let held = (slot.ty, slot.loc);
         let was_zombie = slot.is_dead();
         // A zombie finishing (retired slots are never removed: their dead
@@ -1296,6 +1500,46 @@ mod tests {
             .iter()
             .all(|&k| t.get(k).is_none() && t.held(k).is_none()));
         assert_eq!((t.live(), t.iter().count()), (kept.len(), kept.len()));
+    }
+
+    #[test]
+    fn a_chunk_that_leaves_the_flat_range_leaves_only_zeros_there() {
+        // Chunks 0 and 1 are in the flat range (where the target has one),
+        // chunk 2 in the pool.
+        let (mut t, kept, gone) = table_after_a_90_percent_delete();
+        t.release_vacant();
+        // Every chunk is sparse now: its slots moved to a box, and the range
+        // reads as zeros (I15), so no stale copy there can match a key.
+        assert!((0..t.slot_pool.slots).all(|i| t
+            .slot_pool
+            .flat(i)
+            .is_some_and(|s| s.version == 0 && s.loc == Loc(0))));
+        if Reservation::SUPPORTED {
+            assert_eq!(t.slot_pool.slots, 2 * CHUNK, "two chunks were flat");
+        }
+        // A kept slot changed reads back changed (a stale copy would not).
+        for &k in &kept {
+            t.get_mut(k).expect("kept").loc = Loc::segment(1);
+        }
+        assert!(kept
+            .iter()
+            .all(|&k| t.get(k).unwrap().loc == Loc::segment(1)));
+        // Grown back dense (chunks 0 and 1 in the range again), the kept
+        // slots are there, changed, and the freed ones stay stale.
+        for _ in 0..3 * CHUNK {
+            t.insert(8, Loc::ZERO_SIZED, 0);
+        }
+        assert!(kept
+            .iter()
+            .all(|&k| t.get(k).unwrap().loc == Loc::segment(1)));
+        assert!(kept
+            .iter()
+            .all(|&k| t.get_with_len(k).map(|(_, len)| len as usize) == Some(split(k).0)));
+        assert!(gone.iter().all(|&k| t.get(k).is_none()));
+        assert_eq!(t.live(), kept.len() + 3 * CHUNK);
+        for &k in &kept {
+            assert_eq!(t.remove(k), Some((7, Loc::segment(1))));
+        }
     }
 
     #[test]

@@ -18,8 +18,10 @@ use core::ptr::NonNull;
 
 mod map_alloc;
 mod pool;
+mod reserve;
 pub(crate) use map_alloc::MapAlloc;
 pub(crate) use pool::Pool;
+pub(crate) use reserve::Reservation;
 
 #[cfg(all(unix, not(miri), not(feature = "alloc-segments")))]
 mod mmap;

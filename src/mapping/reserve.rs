@@ -1,0 +1,271 @@
+//! [`Reservation`]: a range of address space taken once and used a prefix at
+//! a time, so that what lives in it keeps a fixed address computed from an
+//! index (the table's dense chunks: chunk `c` at `base + c * block`), and a
+//! lookup needs no directory of blocks.
+//!
+//! Only where the platform can reserve address space without committing
+//! memory: 64-bit unix with `mmap` (not Miri, not the `alloc-segments`
+//! feature), with 4 KiB OS pages. Elsewhere [`Reservation::new`] says `None`
+//! and the caller keeps its blocks where it kept them before.
+//!
+//! The range is mapped `PROT_NONE` (no memory, no commit charge); a prefix
+//! is made readable and writable as it is needed ([`Reservation::commit`]),
+//! and never made inaccessible again, so every byte below
+//! [`Reservation::committed`] can always be read. Untouched pages read as
+//! zeros; [`Reservation::reset`] gives pages back so that they read as
+//! zeros again.
+
+use core::ptr::NonNull;
+
+/// A reserved range of address space, of which a prefix is readable and
+/// writable.
+///
+/// Invariant: `base..base + len` is a mapping this value owns (unmapped on
+/// drop); its first `committed` bytes (a multiple of the OS page) are
+/// readable and writable, and read as zeros wherever they were not written
+/// since they were committed or last [reset](Reservation::reset).
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    base: NonNull<u8>,
+    len: usize,
+    committed: usize,
+}
+
+// SAFETY: plain memory owned by this value; no thread affinity.
+unsafe impl Send for Reservation {}
+// SAFETY: `&Reservation` only exposes addresses and lengths.
+unsafe impl Sync for Reservation {}
+
+impl Reservation {
+    /// Whether this target can reserve address space (else
+    /// [`Reservation::new`] is always `None`).
+    pub(crate) const SUPPORTED: bool = os::SUPPORTED;
+
+    /// Reserves `len` bytes (a multiple of 4 KiB) of address space, or
+    /// `None` where this target cannot (or the OS refuses).
+    pub(crate) fn new(len: usize) -> Option<Reservation> {
+        let base = os::reserve(len)?;
+        Some(Reservation {
+            base,
+            len,
+            committed: 0,
+        })
+    }
+
+    /// The first byte of the range.
+    #[inline]
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    /// Bytes of the range.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes at the start of the range that are readable and writable.
+    #[inline]
+    pub(crate) fn committed(&self) -> usize {
+        self.committed
+    }
+
+    /// Makes the first `upto` bytes (at most [`Reservation::len`], a
+    /// multiple of 4 KiB) readable and writable. False, with nothing
+    /// changed, if the OS refuses.
+    pub(crate) fn commit(&mut self, upto: usize) -> bool {
+        debug_assert!(upto <= self.len && upto.is_multiple_of(os::PAGE));
+        if upto <= self.committed {
+            return true;
+        }
+        // SAFETY: `committed..upto` is inside the range we own (`upto <=
+        // len`), and not yet accessible, so no reference points into it.
+        let done = unsafe { os::commit(self.base.add(self.committed), upto - self.committed) };
+        if done {
+            self.committed = upto;
+        }
+        done
+    }
+
+    /// Makes `len` bytes at `offset` (whole 4 KiB pages, committed) read as
+    /// zeros, giving their pages back to the OS where it can.
+    ///
+    /// # Safety
+    /// No reference into those bytes is alive, and nothing relies on their
+    /// contents afterwards.
+    pub(crate) unsafe fn reset(&self, offset: usize, len: usize) {
+        debug_assert!(offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.committed));
+        debug_assert!(offset.is_multiple_of(os::PAGE) && len.is_multiple_of(os::PAGE));
+        // SAFETY: inside the committed part of our range (caller); the
+        // caller gives up the contents and holds no reference into them.
+        unsafe { os::reset(self.base.add(offset), len) }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: the range is ours (type invariant) and whoever kept
+        // things in it is gone: a `Reservation` is dropped after them.
+        unsafe { os::release(self.base, self.len) }
+    }
+}
+
+#[cfg(all(
+    unix,
+    target_pointer_width = "64",
+    not(miri),
+    not(feature = "alloc-segments")
+))]
+mod os {
+    use core::ptr::NonNull;
+
+    /// The page size the reservation works in (and requires of the OS).
+    pub(super) const PAGE: usize = 4096;
+
+    pub(super) const SUPPORTED: bool = true;
+
+    /// Reserves `len` bytes, inaccessible: no memory, no commit charge.
+    pub(super) fn reserve(len: usize) -> Option<NonNull<u8>> {
+        if super::super::mmap::page_size() != PAGE || len == 0 {
+            return None;
+        }
+        // SAFETY: a new anonymous mapping at an address of the kernel's
+        // choosing touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            None
+        } else {
+            NonNull::new(p.cast())
+        }
+    }
+
+    /// Makes `len` bytes at `ptr` readable and writable.
+    ///
+    /// # Safety
+    /// Whole pages inside a range from [`reserve`].
+    pub(super) unsafe fn commit(ptr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: pages of our own mapping (caller); they held nothing.
+        unsafe { libc::mprotect(ptr.as_ptr().cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+    }
+
+    /// Makes committed pages read as zeros, giving them back to the OS.
+    ///
+    /// # Safety
+    /// Whole committed pages of a range from [`reserve`], whose contents
+    /// nobody needs or references.
+    pub(super) unsafe fn reset(ptr: NonNull<u8>, len: usize) {
+        // Linux guarantees that private anonymous pages read as zeros after
+        // `MADV_DONTNEED`; other systems do not promise it, so they get
+        // fresh pages mapped over the old ones.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        // SAFETY: our own committed pages (caller).
+        let done = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        // SAFETY: MAP_FIXED over our own committed pages (caller) replaces
+        // them with fresh zero pages, the same protection, nothing else.
+        let done = unsafe {
+            libc::mmap(
+                ptr.as_ptr().cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            ) != libc::MAP_FAILED
+        };
+        if !done {
+            // Then by hand: the pages stay resident, but read as zeros.
+            // SAFETY: writable pages nobody references (caller).
+            unsafe { ptr.as_ptr().write_bytes(0, len) };
+        }
+    }
+
+    /// Unmaps a range from [`reserve`].
+    ///
+    /// # Safety
+    /// The whole range, from [`reserve`] with this `len`, not used again.
+    pub(super) unsafe fn release(base: NonNull<u8>, len: usize) {
+        // SAFETY: the caller's range, unused from now on.
+        let rc = unsafe { libc::munmap(base.as_ptr().cast(), len) };
+        debug_assert_eq!(rc, 0, "munmap failed");
+    }
+}
+
+#[cfg(not(all(
+    unix,
+    target_pointer_width = "64",
+    not(miri),
+    not(feature = "alloc-segments")
+)))]
+mod os {
+    use core::ptr::NonNull;
+
+    pub(super) const PAGE: usize = 4096;
+
+    pub(super) const SUPPORTED: bool = false;
+
+    /// This target reserves nothing.
+    pub(super) fn reserve(_len: usize) -> Option<NonNull<u8>> {
+        None
+    }
+
+    /// # Safety
+    /// Never called: there is no reservation to commit.
+    pub(super) unsafe fn commit(_ptr: NonNull<u8>, _len: usize) -> bool {
+        unreachable!("no reservation on this target")
+    }
+
+    /// # Safety
+    /// Never called: there is no reservation to reset.
+    pub(super) unsafe fn reset(_ptr: NonNull<u8>, _len: usize) {
+        unreachable!("no reservation on this target")
+    }
+
+    /// # Safety
+    /// Never called: there is no reservation to release.
+    pub(super) unsafe fn release(_base: NonNull<u8>, _len: usize) {
+        unreachable!("no reservation on this target")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_prefix_reads_zeros_and_reset_makes_it_zeros_again() {
+        let Some(mut r) = Reservation::new(64 * os::PAGE) else {
+            // This target reserves nothing: the table keeps its blocks in
+            // its pool, which the other tests cover.
+            return;
+        };
+        assert_eq!(r.committed(), 0);
+        assert!(r.commit(2 * os::PAGE));
+        assert!(r.commit(os::PAGE), "a shorter commit changes nothing");
+        assert_eq!(r.committed(), 2 * os::PAGE);
+        let p = r.base().as_ptr();
+        // SAFETY: the first two pages are committed, readable and writable.
+        unsafe {
+            assert_eq!(p.add(2 * os::PAGE - 1).read(), 0);
+            p.add(os::PAGE + 7).write(9);
+            p.write(1);
+        }
+        // SAFETY: the second page is committed and nothing points into it.
+        unsafe { r.reset(os::PAGE, os::PAGE) };
+        // SAFETY: committed pages stay readable.
+        unsafe {
+            assert_eq!(p.add(os::PAGE + 7).read(), 0, "reset to zeros");
+            assert_eq!(p.read(), 1, "the page before is untouched");
+        }
+    }
+}
