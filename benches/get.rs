@@ -4,7 +4,9 @@
 //! Two patterns: `get_random_1M` repeats the same 1024 random reads (warm:
 //! the touched lines stay in cache); `get_cold_1M` reads every object once
 //! per iteration in a random order (cold: each read misses the cache). Each
-//! has compact-heap's guard (`Heap::get`) and its read scope (`Reader::get`).
+//! has compact-heap's guard (`Heap::get`) and its read scope (`Reader::get`),
+//! and the floor of any handle lookup whose objects live apart from their
+//! slots (`Floor`: a versioned slot and an object, nothing else).
 
 use std::hint::black_box;
 
@@ -88,6 +90,17 @@ fn get(c: &mut Criterion) {
             sum
         })
     });
+    let floor = Floor::new();
+    let fkeys: Vec<u64> = idx.iter().map(|&i| Floor::key(i)).collect();
+    g.bench_function("floor: versioned slot + object", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for &k in &fkeys {
+                sum = sum.wrapping_add(*floor.get(black_box(k)).unwrap());
+            }
+            sum
+        })
+    });
     g.finish();
 
     // Cold: every object once per iteration, in a random order.
@@ -122,7 +135,50 @@ fn get(c: &mut Criterion) {
     g.bench_function("Vec<Box<u64>> deref", |b| {
         b.iter(|| order.iter().fold(0u64, |s, &i| s.wrapping_add(*boxes[i])))
     });
+    let fkeys: Vec<u64> = order.iter().map(|&i| Floor::key(i)).collect();
+    g.bench_function("floor: versioned slot + object", |b| {
+        b.iter(|| {
+            fkeys
+                .iter()
+                .fold(0u64, |s, &k| s.wrapping_add(*floor.get(k).unwrap()))
+        })
+    });
     g.finish();
+}
+
+/// The least a handle lookup can do: a slot with a version and an offset
+/// in one flat array, the version compared, and the object read from a
+/// second flat array. No pin, no type check, no read scope, nothing can
+/// move. Any heap whose objects live apart from their slots (so that they
+/// can move) pays these two dependent loads, as a `Box` deref does; this is
+/// the floor that `Heap::get` and `Reader::get` are measured against.
+struct Floor {
+    slots: Vec<[u32; 2]>,
+    objects: Vec<u64>,
+}
+
+impl Floor {
+    const VERSION: u32 = 1;
+
+    fn new() -> Floor {
+        Floor {
+            slots: (0..N as u32).map(|i| [Floor::VERSION, i]).collect(),
+            objects: (0..N as u64).collect(),
+        }
+    }
+
+    fn key(i: usize) -> u64 {
+        (u64::from(Floor::VERSION) << 32) | i as u64
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<&u64> {
+        let [version, at] = *self.slots.get(key as u32 as usize)?;
+        if version != (key >> 32) as u32 {
+            return None;
+        }
+        self.objects.get(at as usize)
+    }
 }
 
 criterion_group!(benches, get);

@@ -1330,13 +1330,31 @@ impl Table {
     /// The occupied slot at `index`, whichever key occupies it.
     #[inline]
     pub(crate) fn slot_at(&self, index: u32) -> Option<&Slot> {
+        if Reservation::SUPPORTED {
+            // An odd version in the flat range is a dense chunk's own
+            // occupied slot (I15); an even one may be a zero page.
+            if let Some(slot) = self.slot_pool.flat(index as usize) {
+                if slot.version % 2 == 1 {
+                    return Some(slot);
+                }
+            }
+        }
         self.at(index as usize).filter(|s| s.version % 2 == 1)
     }
 
     /// The occupied slot at `index`, whichever key occupies it.
     #[inline]
     pub(crate) fn slot_at_mut(&mut self, index: u32) -> Option<&mut Slot> {
-        self.at_mut(index as usize).filter(|s| s.version % 2 == 1)
+        let index = index as usize;
+        if Reservation::SUPPORTED && index < self.slot_pool.slots {
+            // SAFETY: as in `versioned_mut`.
+            let slot = unsafe { &mut *self.slot_pool.base.as_ptr().add(index) };
+            // An odd version there is a dense chunk's own slot (I15).
+            if slot.version % 2 == 1 {
+                return Some(slot);
+            }
+        }
+        self.at_mut(index).filter(|s| s.version % 2 == 1)
     }
 
     /// The occupied slots with indices in `range` (within [`Table::slots_len`]).
