@@ -16,7 +16,6 @@ use core::ptr::{self, NonNull};
 use crate::mapping::MapAlloc;
 use crate::raw::RawHeap;
 use crate::stats::CompactReport;
-use crate::table::Held;
 
 /// The state of the compaction pass in progress, if any.
 #[derive(Debug, Default)]
@@ -457,6 +456,12 @@ impl RawHeap {
     }
 
     /// Moves the unpinned objects of source `id` from `evac.pos` on.
+    ///
+    /// The loop is the hot path of compaction: one slot lookup to read, one
+    /// to write the new place, the source's address computed once, the
+    /// type read once, and the source's lines unmarked directly (a source
+    /// keeps no freed blocks and no holes). The counts are added up at the
+    /// end.
     fn evacuate_segment(
         &mut self,
         id: u32,
@@ -464,38 +469,45 @@ impl RawHeap {
         left: &mut usize,
         report: &mut CompactReport,
     ) -> Evacuated {
-        loop {
+        let src_start = self.space.segment_start(id);
+        let (mut objects, mut bytes) = (0usize, 0usize);
+        let outcome = loop {
             let Some(index) = self.evac.found.last_get(self.evac.pos) else {
-                return Evacuated::Done;
+                break Evacuated::Done;
             };
-            let Some(slot) = self.table.slot_at(index) else {
-                self.evac.pos += 1; // freed since the sweep
-                continue;
-            };
-            if slot.loc.granule().map(|g| self.space.split_granule(g).0) != Some(id) {
-                // Freed since the sweep, its slot reused by an object elsewhere.
+            // Freed since the sweep (or its slot reused by an object
+            // elsewhere), or not in a segment at all: nothing to move.
+            let Some((offset, ty)) = self
+                .table
+                .slot_at(index)
+                .and_then(|slot| Some((slot.loc.granule()?, slot)))
+                .map(|(granule, slot)| (self.space.split_granule(granule), slot))
+                .filter(|&((seg, _), _)| seg == id)
+                .map(|((_, offset), slot)| (offset, slot))
+                .and_then(|(offset, slot)| {
+                    if slot.is_pinned() {
+                        report.pinned_skipped += 1;
+                        None
+                    } else {
+                        Some((offset, slot.ty))
+                    }
+                })
+            else {
                 self.evac.pos += 1;
                 continue;
-            }
-            if slot.is_pinned() {
-                report.pinned_skipped += 1;
-                self.evac.pos += 1;
-                continue;
-            }
-            let held = Held {
-                ty: slot.ty,
-                loc: slot.loc,
-                len: self.table.len(index as usize) as u32,
             };
-            let size = self.size_of(held);
-            let align = self.types.info(slot.ty).align;
-            let (src, _) = self.locate(held);
+            let info = self.types.info(ty);
+            let size = if info.is_slice {
+                info.size(self.table.len(index as usize))
+            } else {
+                info.elem_size
+            };
             if size >= PREFETCH_FROM {
                 self.prefetch_ahead(size);
             }
             if size > *left {
                 if size <= budget.bytes || (budget.oversize && *left < budget.bytes) {
-                    return Evacuated::Paused;
+                    break Evacuated::Paused;
                 }
                 if !budget.oversize {
                     // No step of this budget can move it; leave it for compact().
@@ -504,13 +516,16 @@ impl RawHeap {
                 }
                 // Full compaction in slices: a big object moves alone in its slice.
             }
-            let Ok((dst, dst_loc)) = self.space.alloc(size, align) else {
-                return Evacuated::OutOfMemory;
+            let Ok((dst, dst_loc)) = self.space.alloc(size, info.align) else {
+                break Evacuated::OutOfMemory;
             };
             debug_assert!(
                 dst_loc.granule().is_some(),
                 "an object from a segment moves to one"
             );
+            // SAFETY: `offset < segment size` (a granule address of segment
+            // `id`), so the object's first byte is inside the segment.
+            let src = unsafe { src_start.add(offset) };
             // `src` is the object's `size` bytes, unpinned (checked above; pins
             // need the engine, which we hold); `dst` is fresh or a kept block
             // (I14), outside every source and belonging to no object.
@@ -518,17 +533,20 @@ impl RawHeap {
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
             let slot = self.table.slot_at_mut(index).expect("slot checked above");
             slot.loc = dst_loc;
-            // SAFETY: the object's bytes at `src` (`held.loc`) were reserved by
-            // one alloc in segment `id`; the slot now points at `dst`, so
-            // nothing reads `src` again.
-            unsafe { self.space.release(size, held.loc) };
+            // SAFETY: the object's bytes at `offset` of source `id` were
+            // reserved by one alloc; the slot now points at `dst`, so nothing
+            // reads them again.
+            unsafe { self.space.release_moved(id, offset, size) };
             self.evac.pos += 1;
             *left = left.saturating_sub(size);
-            report.objects_moved += 1;
-            report.bytes_moved += size;
-            self.totals.objects_moved += 1;
-            self.totals.bytes_moved += size as u64;
-        }
+            objects += 1;
+            bytes += size;
+        };
+        report.objects_moved += objects;
+        report.bytes_moved += bytes;
+        self.totals.objects_moved += objects as u64;
+        self.totals.bytes_moved += bytes as u64;
+        outcome
     }
 }
 

@@ -529,6 +529,36 @@ impl Space {
         0
     }
 
+    /// [`Space::release`] of an object that compaction has just moved out of
+    /// source `id` (evacuating), at `offset`: only its lines and counts
+    /// change. A source keeps no freed block (I14) and no hole list; its
+    /// emptiness is handled when its evacuation ends.
+    ///
+    /// # Safety
+    /// As [`Space::release`]: the `size` bytes at `offset` of segment `id`
+    /// were reserved by one allocation, and nothing refers to them any more.
+    #[inline]
+    pub(crate) unsafe fn release_moved(&mut self, id: u32, offset: usize, size: usize) {
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("a source segment exists");
+        debug_assert!(seg.evacuating, "only sources are released this way");
+        if cfg!(debug_assertions) {
+            // SAFETY: as in `release`: bytes the caller gave up, in the segment.
+            unsafe { seg.ptr_at(offset).as_ptr().write_bytes(POISON, size) };
+        }
+        seg.unmark(offset, size);
+    }
+
+    /// The first byte of segment `id`, which exists.
+    #[inline]
+    pub(crate) fn segment_start(&self, id: u32) -> NonNull<u8> {
+        self.segments[id as usize]
+            .as_ref()
+            .expect("segment exists")
+            .ptr_at(0)
+    }
+
     /// Forgets the object (or kept block) of `size` bytes at `offset` of
     /// segment `id`: its lines, its holes, the segment itself if it held
     /// nothing else.
