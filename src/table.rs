@@ -982,10 +982,16 @@ impl Table {
             // slots (a dense chunk's, or zeros: I15), written only through
             // `&mut Table`, which we hold; guards point only into pinned
             // slots, which the table never changes through `&mut` (I11).
-            let slot = unsafe { &mut *self.slot_pool.base.as_ptr().add(index) };
+            // The version is read through the pointer first, so that no
+            // `&mut` is made to a slot that is not the key's (it may be
+            // pinned, its borrow word in a guard's hands).
+            let slot = unsafe { self.slot_pool.base.as_ptr().add(index) };
             // A version match is the key's slot, in a dense chunk (I15).
-            if slot.version == version {
-                return Some(slot);
+            // SAFETY: as above; the version is not the borrow word, which
+            // is the only field a guard touches.
+            if unsafe { (*slot).version } == version {
+                // SAFETY: as above.
+                return Some(unsafe { &mut *slot });
             }
         }
         self.at_mut(index).filter(|s| s.version == version)
@@ -1348,10 +1354,12 @@ impl Table {
         let index = index as usize;
         if Reservation::SUPPORTED && index < self.slot_pool.slots {
             // SAFETY: as in `versioned_mut`.
-            let slot = unsafe { &mut *self.slot_pool.base.as_ptr().add(index) };
+            let slot = unsafe { self.slot_pool.base.as_ptr().add(index) };
             // An odd version there is a dense chunk's own slot (I15).
-            if slot.version % 2 == 1 {
-                return Some(slot);
+            // SAFETY: as in `versioned_mut`, read before any `&mut` is made.
+            if unsafe { (*slot).version } % 2 == 1 {
+                // SAFETY: as in `versioned_mut`.
+                return Some(unsafe { &mut *slot });
             }
         }
         self.at_mut(index).filter(|s| s.version % 2 == 1)
