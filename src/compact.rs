@@ -476,23 +476,20 @@ impl RawHeap {
                 break Evacuated::Done;
             };
             // Freed since the sweep (or its slot reused by an object
-            // elsewhere), or not in a segment at all: nothing to move.
-            let Some((offset, ty)) = self
-                .table
-                .slot_at(index)
-                .and_then(|slot| Some((slot.loc.granule()?, slot)))
-                .map(|(granule, slot)| (self.space.split_granule(granule), slot))
-                .filter(|&((seg, _), _)| seg == id)
-                .map(|((_, offset), slot)| (offset, slot))
-                .and_then(|(offset, slot)| {
-                    if slot.is_pinned() {
+            // elsewhere, or not in a segment at all), or pinned: not moved.
+            let movable = match self.table.slot_at(index) {
+                Some(slot) => match slot.loc.granule().map(|g| self.space.split_granule(g)) {
+                    Some((seg, _)) if seg != id => None,
+                    None => None,
+                    Some(_) if slot.is_pinned() => {
                         report.pinned_skipped += 1;
                         None
-                    } else {
-                        Some((offset, slot.ty))
                     }
-                })
-            else {
+                    Some((_, offset)) => Some((offset, slot.ty)),
+                },
+                None => None,
+            };
+            let Some((offset, ty)) = movable else {
                 self.evac.pos += 1;
                 continue;
             };

@@ -334,7 +334,7 @@ impl SlotBlocks {
     /// slot of a dense chunk's own, or a zero slot (I15).
     #[inline]
     fn flat(&self, index: usize) -> Option<&Slot> {
-        if index < self.slots {
+        if Reservation::SUPPORTED && index < self.slots {
             // SAFETY: below `slots` the range is readable, and holds slots or
             // zero bytes, a valid (vacant) slot (I15); the table changes them
             // only through `&mut`, as any chunk's.
@@ -342,6 +342,38 @@ impl SlotBlocks {
         } else {
             None
         }
+    }
+
+    /// Whether the slot at `index` of the flat range can be read and its
+    /// version passes `keep`. The version is read through a pointer, so
+    /// that no reference is made to a slot that `keep` turns down (it may be
+    /// pinned, its borrow word in a guard's hands, and the caller is about
+    /// to take `&mut`). With `keep` true only of odd versions, a slot that
+    /// passes is a dense chunk's own (I15).
+    #[inline]
+    fn flat_keeps(&self, index: usize, keep: impl Fn(u32) -> bool) -> bool {
+        if !(Reservation::SUPPORTED && index < self.slots) {
+            return false;
+        }
+        // SAFETY: below `slots` the range is readable and holds slots (a
+        // dense chunk's, or zeros: I15). The version is not the borrow word,
+        // the only field a guard writes, so this read races with nothing.
+        keep(unsafe { (*self.base.as_ptr().add(index)).version })
+    }
+
+    /// [`SlotBlocks::flat`], to change: for a slot that
+    /// [`SlotBlocks::flat_keeps`] let through.
+    #[inline]
+    fn flat_mut(&mut self, index: usize) -> Option<&mut Slot> {
+        if !(Reservation::SUPPORTED && index < self.slots) {
+            return None;
+        }
+        // The table changes slots only through `&mut Table`, which the
+        // caller holds (`&mut self` is part of it), and guards point only
+        // into pinned slots, which the table never changes through `&mut`.
+        // SAFETY: readable slots below `slots` (I15), no other reference
+        // to this one (I11).
+        Some(unsafe { &mut *self.base.as_ptr().add(index) })
     }
 
     /// Bytes of blocks handed out and of free pool blocks still resident.
@@ -542,6 +574,8 @@ impl Chunk {
         let n = slots.len();
         let mut slots = slots.into_iter();
         Chunk {
+            // (No chunk index: only blocks of `CHUNK` go by chunk, and a
+            // sparse chunk keeps fewer.)
             slots: Block::new(n, usize::MAX, pool, |_| slots.next().expect("n slots")),
             present: Some(present),
         }
@@ -977,22 +1011,9 @@ impl Table {
     /// first, as [`Table::get`] does.
     #[inline]
     fn versioned_mut(&mut self, index: usize, version: u32) -> Option<&mut Slot> {
-        if Reservation::SUPPORTED && index < self.slot_pool.slots {
-            // SAFETY: below `slots` the flat range is readable and holds
-            // slots (a dense chunk's, or zeros: I15), written only through
-            // `&mut Table`, which we hold; guards point only into pinned
-            // slots, which the table never changes through `&mut` (I11).
-            // The version is read through the pointer first, so that no
-            // `&mut` is made to a slot that is not the key's (it may be
-            // pinned, its borrow word in a guard's hands).
-            let slot = unsafe { self.slot_pool.base.as_ptr().add(index) };
-            // A version match is the key's slot, in a dense chunk (I15).
-            // SAFETY: as above; the version is not the borrow word, which
-            // is the only field a guard touches.
-            if unsafe { (*slot).version } == version {
-                // SAFETY: as above.
-                return Some(unsafe { &mut *slot });
-            }
+        // A version match there is the key's slot, in a dense chunk (I15).
+        if self.slot_pool.flat_keeps(index, |v| v == version) {
+            return self.slot_pool.flat_mut(index);
         }
         self.at_mut(index).filter(|s| s.version == version)
     }
@@ -1336,13 +1357,11 @@ impl Table {
     /// The occupied slot at `index`, whichever key occupies it.
     #[inline]
     pub(crate) fn slot_at(&self, index: u32) -> Option<&Slot> {
-        if Reservation::SUPPORTED {
-            // An odd version in the flat range is a dense chunk's own
-            // occupied slot (I15); an even one may be a zero page.
-            if let Some(slot) = self.slot_pool.flat(index as usize) {
-                if slot.version % 2 == 1 {
-                    return Some(slot);
-                }
+        // An odd version in the flat range is a dense chunk's own occupied
+        // slot (I15); an even one may be a zero page.
+        if let Some(slot) = self.slot_pool.flat(index as usize) {
+            if slot.version % 2 == 1 {
+                return Some(slot);
             }
         }
         self.at(index as usize).filter(|s| s.version % 2 == 1)
@@ -1352,15 +1371,9 @@ impl Table {
     #[inline]
     pub(crate) fn slot_at_mut(&mut self, index: u32) -> Option<&mut Slot> {
         let index = index as usize;
-        if Reservation::SUPPORTED && index < self.slot_pool.slots {
-            // SAFETY: as in `versioned_mut`.
-            let slot = unsafe { self.slot_pool.base.as_ptr().add(index) };
-            // An odd version there is a dense chunk's own slot (I15).
-            // SAFETY: as in `versioned_mut`, read before any `&mut` is made.
-            if unsafe { (*slot).version } % 2 == 1 {
-                // SAFETY: as in `versioned_mut`.
-                return Some(unsafe { &mut *slot });
-            }
+        // An odd version there is a dense chunk's own occupied slot (I15).
+        if self.slot_pool.flat_keeps(index, |v| v % 2 == 1) {
+            return self.slot_pool.flat_mut(index);
         }
         self.at_mut(index).filter(|s| s.version % 2 == 1)
     }
