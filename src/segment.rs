@@ -66,14 +66,22 @@ impl Segment {
     /// Maps a new, empty segment of `size` bytes (a multiple of [`LINE`]).
     pub(crate) fn new(size: usize) -> Option<Segment> {
         debug_assert_eq!(size % LINE, 0);
-        let mapping = Mapping::new(size, LINE)?;
+        Some(Segment::in_mapping(Mapping::new(size, LINE)?, size))
+    }
+
+    /// A new, empty segment of the first `size` bytes of `mapping` (a
+    /// multiple of [`LINE`], at most its usable bytes; its start is aligned
+    /// to a line).
+    pub(crate) fn in_mapping(mapping: Mapping, size: usize) -> Segment {
+        debug_assert!(size.is_multiple_of(LINE) && size <= mapping.usable());
+        debug_assert_eq!(mapping.start().as_ptr().addr() % LINE, 0);
         let lines = vec![0u8; size / LINE].into_boxed_slice();
         let mut free_bits = vec![u64::MAX; lines.len().div_ceil(64)].into_boxed_slice();
         if !lines.len().is_multiple_of(64) {
             // Lines past the end are never free.
             *free_bits.last_mut().expect("a segment has lines") = (1u64 << (lines.len() % 64)) - 1;
         }
-        Some(Segment {
+        Segment {
             mapping,
             free_lines: lines.len(),
             free_bits,
@@ -86,7 +94,7 @@ impl Segment {
             queued: None,
             max_hole: size / LINE,
             max_hole_at: 0,
-        })
+        }
     }
 
     /// Makes an empty segment (every line count 0, I3) as good as new: not

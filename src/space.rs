@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use crate::config::Config;
 use crate::error::AllocError;
 use crate::large::LargeObjects;
-use crate::mapping::{Mapping, PAGE};
+use crate::mapping::{Mapping, Reservation, PAGE};
 use crate::reuse::{Block, Reuse, REUSE_MAX};
 use crate::segment::{align_up, Segment, LINE};
 use crate::table::{Loc, Where, GRANULE};
@@ -86,6 +86,17 @@ pub(crate) struct Space {
     /// Invariant: the sum of the lengths of all mappings held.
     held: usize,
     segment_count: usize,
+    /// Granule addresses below this are in [`Space::places`]: the object at
+    /// `loc` is at `place_base + loc * GRANULE` (I16). 0 without places.
+    place_below: u32,
+    /// The first byte of [`Space::places`] (dangling without).
+    place_base: Base,
+    /// Where it can (64-bit unix), one reservation of address space for
+    /// every segment id: segment `id` is the place `id * segment_size` of
+    /// it (I16), so that an object's address is its granule address scaled,
+    /// with no table of segment starts to read. Declared last: it is
+    /// dropped after every segment that lives in it.
+    places: Option<Reservation>,
 }
 
 impl Space {
@@ -93,10 +104,18 @@ impl Space {
         // `Config` keeps the segment size a power of two, at least 4 KiB.
         debug_assert!(config.segment_size.is_power_of_two() && config.segment_size >= 4096);
         let granule_shift = (config.segment_size / GRANULE).trailing_zeros();
+        let max_segments = (Loc::LARGE >> granule_shift) as usize;
+        // Every id's place, reserved (address space only: no memory, no
+        // commit charge). Where that is refused, segments are mapped apart.
+        let places = if Reservation::SUPPORTED {
+            Reservation::new(max_segments * config.segment_size)
+        } else {
+            None
+        };
         let mut space = Space {
             granule_shift,
             granule_mask: (1 << granule_shift) - 1,
-            max_segments: (Loc::LARGE >> granule_shift) as usize,
+            max_segments,
             segment_size: config.segment_size,
             large_threshold: config.segment_size / 4,
             limit: config.memory_limit.unwrap_or(usize::MAX),
@@ -115,6 +134,14 @@ impl Space {
             reuse: Reuse::default(),
             held: 0,
             segment_count: 0,
+            // `max_segments << granule_shift <= Loc::LARGE`, a `u32`.
+            place_below: if places.is_some() {
+                (max_segments << granule_shift) as u32
+            } else {
+                0
+            },
+            place_base: Base(places.as_ref().map_or(NonNull::dangling(), Reservation::base)),
+            places,
         };
         space.set_line_align(config.line_align);
         space
@@ -184,6 +211,24 @@ impl Space {
     /// in a segment (or names a segment never used). Never panics.
     #[inline]
     pub(crate) fn try_at(&self, loc: Loc) -> Option<NonNull<u8>> {
+        if Reservation::SUPPORTED {
+            if loc.bits() < self.place_below {
+                // SAFETY: `loc * GRANULE < place_below * GRANULE`, the length
+                // of the reservation at `place_base`: in bounds. (A live
+                // object's bytes are there, in its segment's place: I16, I2.)
+                return Some(unsafe { self.place_base.0.add(loc.bits() as usize * GRANULE) });
+            }
+            if self.places.is_some() {
+                // A large or zero-sized tag: the caller's cold path.
+                return None;
+            }
+        }
+        self.try_at_base(loc)
+    }
+
+    /// [`Space::try_at`] through the segment's start.
+    #[inline]
+    fn try_at_base(&self, loc: Loc) -> Option<NonNull<u8>> {
         // Large and zero-sized tags are at or above `Loc::LARGE`, so their
         // "ids" are at least `max_segments`, beyond every base.
         let (id, offset) = self.split_granule(loc.bits());
@@ -419,8 +464,11 @@ impl Space {
             (true, Some(r)) => r.discarded,
             (true, None) => self.segment_size,
         };
+        // With places, a pooled or retiring segment keeps its id (its place);
+        // only a fresh one needs a free id.
+        let needs_id = self.places.is_none() || (self.pool.is_empty() && self.releasing.is_empty());
         if self.held.saturating_add(adds) > self.limit
-            || (self.free_segments.is_empty() && self.segments.len() >= self.max_segments)
+            || (needs_id && self.free_segments.is_empty() && self.segments.len() >= self.max_segments)
         {
             // Past the limit, or out of ids (a slot's 32 bits address at
             // most `Loc::LARGE` granules of segments).
@@ -437,7 +485,7 @@ impl Space {
                 seg
             }
             None => {
-                let seg = Segment::new(self.segment_size).ok_or(AllocError::OutOfMemory)?;
+                let seg = self.fresh_segment().ok_or(AllocError::OutOfMemory)?;
                 self.held += seg.mapped_bytes();
                 seg
             }
@@ -445,7 +493,63 @@ impl Space {
         self.segment_count += 1;
         let limit = seg.size();
         let base = Base(seg.ptr_at(0));
+        let id = match self.place_of(&seg) {
+            // Its place is its id (I16): out of the table, the id is not
+            // free while the segment lives (pooled or retiring).
+            Some(id) => {
+                debug_assert!(self.segments[id as usize].is_none());
+                self.segments[id as usize] = Some(seg);
+                self.bases[id as usize] = base;
+                id
+            }
+            None => self.new_id(seg, base),
+        };
+        Ok(Cursor {
+            seg: id,
+            pos: 0,
+            limit,
+        })
+    }
+
+    /// A new segment: in the place of the next free id, or mapped apart.
+    fn fresh_segment(&mut self) -> Option<Segment> {
+        if self.places.is_none() {
+            return Segment::new(self.segment_size);
+        }
+        // An id (unused, I16) whose place the new segment takes.
         let id = match self.free_segments.pop() {
+            Some(id) => id as usize,
+            None => {
+                self.segments.push(None);
+                self.bases.push(Base(NonNull::dangling()));
+                self.segments.len() - 1
+            }
+        };
+        debug_assert!(id < self.max_segments, "checked by the caller");
+        let places = self.places.as_ref().expect("checked above");
+        let Some(ptr) = places.place(id * self.segment_size, self.segment_size) else {
+            self.free_segments.push(id as u32);
+            return None;
+        };
+        // SAFETY: `ptr` is the place just made for id `id`, which no segment
+        // has (a free or new id, I16); the reservation is dropped after
+        // every segment (the last field of `Space`).
+        let mapping = unsafe { Mapping::placed(ptr, self.segment_size) };
+        Some(Segment::in_mapping(mapping, self.segment_size))
+    }
+
+    /// The id of `seg` if it lives in a place (I16).
+    #[inline]
+    fn place_of(&self, seg: &Segment) -> Option<u32> {
+        self.places.as_ref()?;
+        let offset = seg.ptr_at(0).as_ptr().addr() - self.place_base.0.as_ptr().addr();
+        debug_assert!(offset.is_multiple_of(self.segment_size));
+        Some((offset / self.segment_size) as u32)
+    }
+
+    /// Gives `seg` (mapped apart) an id: a free one, or the next.
+    fn new_id(&mut self, seg: Segment, base: Base) -> u32 {
+        match self.free_segments.pop() {
             Some(id) => {
                 self.segments[id as usize] = Some(seg);
                 self.bases[id as usize] = base;
@@ -456,12 +560,7 @@ impl Space {
                 self.bases.push(base);
                 (self.segments.len() - 1) as u32
             }
-        };
-        Ok(Cursor {
-            seg: id,
-            pos: 0,
-            limit,
-        })
+        }
     }
 
     fn alloc_large(&mut self, size: usize, align: usize) -> Result<(NonNull<u8>, Loc), AllocError> {
@@ -846,7 +945,13 @@ impl Space {
             }
             // The rest at once: unmapping pages already discarded costs next
             // to nothing.
-            self.releasing.pop();
+            let r = self.releasing.pop().expect("looked at above");
+            let place = self.place_of(&r.seg);
+            drop(r);
+            if let Some(id) = place {
+                // Its place went back: the id is free (I16).
+                self.free_segments.push(id);
+            }
             self.held -= left;
             bytes += left;
             count += 1;
@@ -862,7 +967,10 @@ impl Space {
         if self.cursor.is_some_and(|c| c.seg == id) {
             self.cursor = None;
         }
-        self.free_segments.push(id);
+        if self.places.is_none() {
+            self.free_segments.push(id);
+        }
+        // (In a place, the id stays the segment's until it is unmapped, I16.)
         self.segment_count -= 1;
         if self.pool.len() < self.pool_max
             && self.held <= self.limit
@@ -1135,6 +1243,43 @@ mod tests {
         } else {
             assert_eq!((count, bytes), (1, 1 << 20), "whole at once");
             assert_eq!(s.held_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn an_object_is_where_its_location_says_and_a_segment_keeps_its_place() {
+        let mut s = space(4096);
+        let per_segment = 4096 / LINE;
+        let objects: Vec<_> = (0..3 * per_segment).map(|_| s.alloc(LINE, 8).unwrap()).collect();
+        assert_eq!(s.segment_count(), 3);
+        let id_of = |s: &Space, loc: Loc| s.split_granule(loc.granule().unwrap()).0;
+        for &(ptr, loc) in &objects {
+            assert_eq!(s.try_at(loc), Some(ptr), "the fast path and the object agree");
+            if s.places.is_some() {
+                // I16: segment `id` is the place `id * segment_size`.
+                let id = id_of(&s, loc) as usize;
+                let offset = ptr.as_ptr().addr() - s.place_base.0.as_ptr().addr();
+                assert_eq!(offset / 4096, id);
+            }
+        }
+        // Empty the middle segment and give it back to the OS.
+        let middle = id_of(&s, objects[per_segment].1);
+        let old_start = s.segment_start(middle);
+        for &(_, loc) in &objects[per_segment..2 * per_segment] {
+            // SAFETY: each object from `alloc` above, released once.
+            unsafe { s.release(LINE, loc) };
+        }
+        s.flush_reuse();
+        s.release_pending(usize::MAX);
+        assert_eq!((s.segment_count(), s.pending_bytes()), (2, 0));
+        // The next segment takes the free id, and with places, its place.
+        for _ in 0..per_segment {
+            let (ptr, loc) = s.alloc(LINE, 8).unwrap();
+            assert_eq!(id_of(&s, loc), middle);
+            assert_eq!(s.try_at(loc), Some(ptr));
+        }
+        if s.places.is_some() {
+            assert_eq!(s.segment_start(middle), old_start, "the same place");
         }
     }
 

@@ -69,6 +69,9 @@ pub(crate) struct Mapping {
     /// Invariant: `offset < len` (it is a multiple of the page below `align`,
     /// and `len` has `align - PAGE` bytes of slack), so `start()` is in bounds.
     offset: usize,
+    /// A place in a [`Reservation`] (see [`Mapping::placed`]) rather than a
+    /// block from the source: it goes back with `reserve::decommit`.
+    placed: bool,
 }
 
 // SAFETY: a Mapping is plain memory owned by this value; no thread affinity
@@ -86,7 +89,12 @@ impl Mapping {
         let base = source::map(len)?;
         debug_assert_eq!(base.as_ptr().addr() % PAGE, 0, "sources align to PAGE");
         let offset = base.as_ptr().addr().wrapping_neg() & (align - 1);
-        let mapping = Mapping { base, len, offset };
+        let mapping = Mapping {
+            base,
+            len,
+            offset,
+            placed: false,
+        };
         debug_assert!(mapping.fits(size, align));
         Some(mapping)
     }
@@ -151,6 +159,7 @@ impl Mapping {
     /// Gives up ownership without unmapping: the start and the usable
     /// bytes. [`Mapping::from_raw`] takes it back.
     pub(crate) fn into_raw(self) -> (NonNull<u8>, usize) {
+        debug_assert!(!self.placed, "only blocks of the source are given up");
         let raw = (self.start(), self.usable());
         core::mem::forget(self);
         raw
@@ -172,12 +181,36 @@ impl Mapping {
             base: start,
             len,
             offset: 0,
+            placed: false,
+        }
+    }
+
+    /// The place `base..base + len` of a reservation as a mapping (start
+    /// `base`, every byte usable), which gives the place back to the
+    /// reservation when it drops.
+    ///
+    /// # Safety
+    /// `base` and `len` are a place just made by [`Reservation::place`],
+    /// owned by nothing else, and the reservation outlives the mapping.
+    pub(crate) unsafe fn placed(base: NonNull<u8>, len: usize) -> Mapping {
+        debug_assert!(len > 0 && len.is_multiple_of(PAGE));
+        Mapping {
+            base,
+            len,
+            offset: 0,
+            placed: true,
         }
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.placed {
+            // SAFETY: a place of a reservation that outlives us (`placed`'s
+            // contract, I16), owned by us; nothing refers into it: the heap
+            // only drops a mapping when no object lives in it.
+            return unsafe { reserve::decommit(self.base, self.len) };
+        }
         // SAFETY: `base`/`len` describe a block from `source::map` that we
         // own (type invariant, I1), and no reference into it outlives it: the
         // heap only drops a mapping when no object lives in it.

@@ -8,12 +8,19 @@
 //! feature), with 4 KiB OS pages. Elsewhere [`Reservation::new`] says `None`
 //! and the caller keeps its blocks where it kept them before.
 //!
-//! The range is mapped `PROT_NONE` (no memory, no commit charge); a prefix
-//! is made readable and writable as it is needed ([`Reservation::commit`]),
-//! and never made inaccessible again, so every byte below
-//! [`Reservation::committed`] can always be read. Untouched pages read as
-//! zeros; [`Reservation::reset`] gives pages back so that they read as
-//! zeros again.
+//! The range is mapped `PROT_NONE` (no memory, no commit charge). It is
+//! used one of two ways:
+//! - a prefix at a time (the table's slots): a prefix is made readable and
+//!   writable as it is needed ([`Reservation::commit`]), and never made
+//!   inaccessible again, so every byte below [`Reservation::committed`] can
+//!   always be read. Untouched pages read as zeros; [`Reservation::reset`]
+//!   gives pages back so that they read as zeros again.
+//! - a place at a time (the space's segments): [`Reservation::place`] makes
+//!   one fixed-size place readable and writable for a [`Mapping`] that
+//!   gives it back with [`decommit`] when it drops (never `munmap`, which
+//!   would open a hole in the range that the OS could hand to anyone).
+//!
+//! [`Mapping`]: super::Mapping
 
 use core::ptr::NonNull;
 
@@ -23,7 +30,10 @@ use core::ptr::NonNull;
 /// Invariant: `base..base + len` is a mapping this value owns (unmapped on
 /// drop); its first `committed` bytes (a multiple of the OS page) are
 /// readable and writable, and read as zeros wherever they were not written
-/// since they were committed or last [reset](Reservation::reset).
+/// since they were committed or last [reset](Reservation::reset). A range
+/// used by places ([`Reservation::place`]) commits no prefix: each place is
+/// accessible exactly while the mapping made of it lives, and the range is
+/// dropped only after all of those.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     base: NonNull<u8>,
@@ -86,6 +96,24 @@ impl Reservation {
         done
     }
 
+    /// Makes the `len` bytes at `offset` (whole 4 KiB pages inside the range,
+    /// inaccessible now) readable and writable, and returns their address;
+    /// `None`, with nothing changed, if the OS refuses (no memory).
+    ///
+    /// The caller makes them a [`Mapping::placed`](super::Mapping::placed),
+    /// which gives them back with [`decommit`] when it drops, before this
+    /// reservation does.
+    pub(crate) fn place(&self, offset: usize, len: usize) -> Option<NonNull<u8>> {
+        debug_assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        debug_assert!(offset.is_multiple_of(os::PAGE) && len.is_multiple_of(os::PAGE));
+        debug_assert_eq!(self.committed, 0, "a range is used by places or by a prefix");
+        // SAFETY: `offset + len <= len`: inside the range we own.
+        let ptr = unsafe { self.base.add(offset) };
+        // SAFETY: whole pages of our range; inaccessible until now (the
+        // caller places each place once at a time), so nothing refers to them.
+        unsafe { os::commit(ptr, len) }.then_some(ptr)
+    }
+
     /// Makes `len` bytes at `offset` (whole 4 KiB pages, committed) read as
     /// zeros, giving their pages back to the OS where it can.
     ///
@@ -101,6 +129,19 @@ impl Reservation {
         // caller gives up the contents and holds no reference into them.
         unsafe { os::reset(self.base.add(offset), len) }
     }
+}
+
+/// Gives back the pages of a place made by [`Reservation::place`], and makes
+/// it inaccessible again, keeping it reserved (so the OS cannot hand the
+/// addresses to anyone else, and the place can be placed again).
+///
+/// # Safety
+/// `ptr` and `len` are a place returned by [`Reservation::place`], of a
+/// reservation still alive; nothing refers to its bytes, and nothing uses
+/// them until it is placed again.
+pub(crate) unsafe fn decommit(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller's place: whole pages of a live reservation.
+    unsafe { os::decommit(ptr, len) }
 }
 
 impl Drop for Reservation {
@@ -190,6 +231,35 @@ mod os {
         }
     }
 
+    /// Makes whole pages of a range from [`reserve`] inaccessible and gives
+    /// their memory (and commit charge) back, keeping them reserved.
+    ///
+    /// # Safety
+    /// Whole pages of a range from [`reserve`], whose contents nobody needs
+    /// or references.
+    pub(super) unsafe fn decommit(ptr: NonNull<u8>, len: usize) {
+        // A fresh inaccessible mapping in their place: as `reserve` made them.
+        // SAFETY: MAP_FIXED over pages of our own range (caller) replaces
+        // them; nothing else is touched.
+        let p = unsafe {
+            libc::mmap(
+                ptr.as_ptr().cast(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // The OS could not split its map (too many mappings): give the
+            // pages back at least. They stay accessible, which is harmless:
+            // the next place there commits them again.
+            // SAFETY: as `reset`: our own pages, given up by the caller.
+            unsafe { reset(ptr, len) };
+        }
+    }
+
     /// Unmaps a range from [`reserve`].
     ///
     /// # Safety
@@ -228,6 +298,12 @@ mod os {
     /// # Safety
     /// Never called: there is no reservation to reset.
     pub(super) unsafe fn reset(_ptr: NonNull<u8>, _len: usize) {
+        unreachable!("no reservation on this target")
+    }
+
+    /// # Safety
+    /// Never called: there is no reservation to decommit.
+    pub(super) unsafe fn decommit(_ptr: NonNull<u8>, _len: usize) {
         unreachable!("no reservation on this target")
     }
 
