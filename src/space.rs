@@ -140,7 +140,11 @@ impl Space {
             } else {
                 0
             },
-            place_base: Base(places.as_ref().map_or(NonNull::dangling(), Reservation::base)),
+            place_base: Base(
+                places
+                    .as_ref()
+                    .map_or(NonNull::dangling(), Reservation::base),
+            ),
             places,
         };
         space.set_line_align(config.line_align);
@@ -468,7 +472,9 @@ impl Space {
         // only a fresh one needs a free id.
         let needs_id = self.places.is_none() || (self.pool.is_empty() && self.releasing.is_empty());
         if self.held.saturating_add(adds) > self.limit
-            || (needs_id && self.free_segments.is_empty() && self.segments.len() >= self.max_segments)
+            || (needs_id
+                && self.free_segments.is_empty()
+                && self.segments.len() >= self.max_segments)
         {
             // Past the limit, or out of ids (a slot's 32 bits address at
             // most `Loc::LARGE` granules of segments).
@@ -1250,11 +1256,17 @@ mod tests {
     fn an_object_is_where_its_location_says_and_a_segment_keeps_its_place() {
         let mut s = space(4096);
         let per_segment = 4096 / LINE;
-        let objects: Vec<_> = (0..3 * per_segment).map(|_| s.alloc(LINE, 8).unwrap()).collect();
+        let objects: Vec<_> = (0..3 * per_segment)
+            .map(|_| s.alloc(LINE, 8).unwrap())
+            .collect();
         assert_eq!(s.segment_count(), 3);
         let id_of = |s: &Space, loc: Loc| s.split_granule(loc.granule().unwrap()).0;
         for &(ptr, loc) in &objects {
-            assert_eq!(s.try_at(loc), Some(ptr), "the fast path and the object agree");
+            assert_eq!(
+                s.try_at(loc),
+                Some(ptr),
+                "the fast path and the object agree"
+            );
             if s.places.is_some() {
                 // I16: segment `id` is the place `id * segment_size`.
                 let id = id_of(&s, loc) as usize;

@@ -106,7 +106,10 @@ impl Reservation {
     pub(crate) fn place(&self, offset: usize, len: usize) -> Option<NonNull<u8>> {
         debug_assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
         debug_assert!(offset.is_multiple_of(os::PAGE) && len.is_multiple_of(os::PAGE));
-        debug_assert_eq!(self.committed, 0, "a range is used by places or by a prefix");
+        debug_assert_eq!(
+            self.committed, 0,
+            "a range is used by places or by a prefix"
+        );
         // SAFETY: `offset + len <= len`: inside the range we own.
         let ptr = unsafe { self.base.add(offset) };
         // SAFETY: whole pages of our range; inaccessible until now (the
