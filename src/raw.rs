@@ -174,7 +174,39 @@ impl RawHeap {
     /// Reserves memory for a value of type `info` with metadata `meta` and
     /// links it to a new handle. The caller must initialise the bytes before
     /// anything can read them (before it lets go of the engine).
+    #[inline]
     pub(crate) fn alloc(
+        &mut self,
+        info: &'static TypeInfo,
+        meta: usize,
+    ) -> Result<(KeyData, NonNull<u8>), AllocError> {
+        // The common case, inline in the caller (where `info` is a constant):
+        // the type of the last allocation, a small object in a segment (a
+        // kept block or the cursor's range), no paced step or release due.
+        // Everything else takes the general path, which does the same
+        // things in the same order, with every check.
+        if let (Some(size), Some(ty)) = (info.checked_size(meta), self.types.last_index(info)) {
+            // (`pace_left > size`: taking `size` off leaves it positive,
+            // so no step would be due: `pace` would do nothing else.)
+            if self.pace_left > size as isize && !self.space.has_pending() && !self.table.is_full()
+            {
+                if let Some((ptr, loc)) = self.space.alloc_small(size, info.align) {
+                    self.pace_left -= size as isize;
+                    // A small object in a segment: its slice length is far
+                    // below 2^32 (`alloc_small` takes only sizes from 1 byte).
+                    debug_assert!(u32::try_from(meta).is_ok());
+                    let key = self.table.insert(ty, loc, meta);
+                    self.live_bytes += size;
+                    return Ok((key, ptr));
+                }
+            }
+        }
+        self.alloc_general(info, meta)
+    }
+
+    /// [`RawHeap::alloc`] past its common case.
+    #[inline(never)]
+    fn alloc_general(
         &mut self,
         info: &'static TypeInfo,
         meta: usize,
@@ -408,6 +440,7 @@ impl RawHeap {
     /// if pinned, when its last guard goes.
     ///
     /// Needs exclusive access: no pin or unpin runs at the same time.
+    #[inline(always)]
     pub(crate) fn free<T: ?Sized + Object>(&mut self, key: KeyData) -> Freed {
         self.free_where(key, Types::is::<T>)
     }
@@ -418,7 +451,35 @@ impl RawHeap {
     }
 
     /// [`RawHeap::free`] if the slot's type passes `is_type`.
+    #[inline(always)]
     fn free_where(&mut self, key: KeyData, is_type: impl Fn(&Types, u16) -> bool) -> Freed {
+        // The common case, in one lookup of the slot: live, unpinned, no
+        // read scope open (else nothing may be dropped or given back now).
+        if !self.reading() {
+            let types = &self.types;
+            if let Some((ty, loc, len)) = self.table.take_unpinned(key, |ty| is_type(types, ty)) {
+                let held = Held { ty, loc, len };
+                let info = self.types.info(ty);
+                let size = self.size_in(info, held);
+                self.live_bytes -= size;
+                if info.drop.is_none() {
+                    // SAFETY: `size` and `loc` are those of the object's one
+                    // allocation (its slot's), and the slot is vacant now:
+                    // no one reaches the bytes again; this is their only release.
+                    unsafe { self.space.release(size, loc) };
+                    self.pace(size);
+                    return Freed::Released;
+                }
+                return Freed::Now(self.dying(held));
+            }
+        }
+        self.free_slow(key, is_type)
+    }
+
+    /// [`RawHeap::free_where`] past its common case: a stale or pinned
+    /// handle, a slot in a sparse chunk or due to retire, an open read scope.
+    #[inline(never)]
+    fn free_slow(&mut self, key: KeyData, is_type: impl Fn(&Types, u16) -> bool) -> Freed {
         let Some((slot, len)) = self
             .table
             .get_with_len(key)

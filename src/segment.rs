@@ -422,7 +422,7 @@ impl Segment {
     /// Records an object at `[offset, offset + size)` (size > 0): a count on
     /// its first and last lines (I3: the lines between are its alone), and
     /// every line it overlaps marked used, a word of bits at a time.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn mark(&mut self, offset: usize, size: usize) {
         debug_assert!(size > 0 && offset + size <= self.size());
         let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
@@ -464,7 +464,7 @@ impl Segment {
 
     /// Forgets the object at `[offset, offset + size)`. Returns whether a line
     /// became free.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
         debug_assert!(size > 0 && offset + size <= self.size());
         let (first, last) = (offset / LINE, (offset + size - 1) / LINE);

@@ -284,25 +284,34 @@ impl Space {
         size: usize,
         align: usize,
     ) -> Result<(NonNull<u8>, Loc), AllocError> {
+        match self.alloc_small(size, align) {
+            Some(found) => Ok(found),
+            None => self.alloc_slow(size, align),
+        }
+    }
+
+    /// [`Space::alloc`]'s common cases, inline: a small object (no line
+    /// alignment, not large) in a block freed by an object of its size, or
+    /// bumped into the cursor's range; `None` if neither applies (nothing
+    /// changed).
+    #[inline(always)]
+    pub(crate) fn alloc_small(&mut self, size: usize, align: usize) -> Option<(NonNull<u8>, Loc)> {
         debug_assert!(align.is_power_of_two());
-        // The common cases, inline: a small object (no line alignment, not
-        // large) in a block freed by an object of its size, or bumped into
-        // the cursor's range. (`size - 1 < bump_max`: `1 <= size <=
-        // bump_max`, one compare.)
+        // (`size - 1 < bump_max`: `1 <= size <= bump_max`, one compare.)
         if size.wrapping_sub(1) < self.bump_max && align <= GRANULE {
             if size <= REUSE_MAX {
                 if let Some(block) = self.reuse.pop(size, align) {
-                    return Ok(self.reuse_block(block, size));
+                    return Some(self.reuse_block(block, size));
                 }
             }
             if let Some(c) = self.cursor {
                 let start = align_up(c.pos, GRANULE);
                 if start + size <= c.limit {
-                    return Ok(self.bump(c, start, size));
+                    return Some(self.bump(c, start, size));
                 }
             }
         }
-        self.alloc_slow(size, align)
+        None
     }
 
     /// Hands out `block`, a kept freed block (I14), for a new object of
@@ -630,7 +639,28 @@ impl Space {
             });
             return 0;
         }
-        self.unmark(id, offset, size);
+        // Unmarked in place; what follows from it (a freed line's hole, an
+        // emptied segment) is `unmark_done`'s, out of line. The common
+        // outcomes stay here: the line is still used (by another object of
+        // a segment that keeps no blocks), or the segment emptied is the one
+        // the cursor bumps through, which starts over.
+        let line_freed = seg.unmark(offset, size);
+        if !seg.evacuating && seg.cached == 0 {
+            if !line_freed {
+                debug_assert!(seg.live_objects > 0, "its line still has an object");
+                return 0;
+            }
+            if seg.live_objects == 0 && self.cursor.is_some_and(|c| c.seg == id) {
+                // Keep the segment we allocate into, and start it over.
+                self.cursor = Some(Cursor {
+                    seg: id,
+                    pos: 0,
+                    limit: seg.size(),
+                });
+                return 0;
+            }
+        }
+        self.unmark_done(id, offset, size, line_freed);
         0
     }
 
@@ -668,11 +698,22 @@ impl Space {
     /// segment `id`: its lines, its holes, the segment itself if it held
     /// nothing else.
     fn unmark(&mut self, id: u32, offset: usize, size: usize) {
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("object's segment exists");
+        let line_freed = seg.unmark(offset, size);
+        self.unmark_done(id, offset, size, line_freed);
+    }
+
+    /// [`Space::unmark`] once the object's lines are unmarked in segment
+    /// `id` (`line_freed`: one became free): its holes, the kept blocks
+    /// left alone there, the segment itself if it holds nothing else.
+    #[inline(never)]
+    fn unmark_done(&mut self, id: u32, offset: usize, size: usize, mut line_freed: bool) {
         let current = self.cursor.map(|c| c.seg);
         let seg = self.segments[id as usize]
             .as_mut()
             .expect("object's segment exists");
-        let mut line_freed = seg.unmark(offset, size);
         if seg.evacuating {
             return;
         }

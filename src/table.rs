@@ -1230,6 +1230,68 @@ impl Table {
         self.at(index).filter(|s| s.version == version)
     }
 
+    /// `free`'s common case with one lookup of the slot: vacates the slot
+    /// of `key` if it is live and unpinned (borrow word 0), in a dense
+    /// chunk, not due to retire, and `is_type` accepts its type. Returns
+    /// its type, location and slice length; `None` changes nothing (the
+    /// caller goes the general way, [`Table::remove`], which tells the
+    /// other cases apart).
+    #[inline]
+    pub(crate) fn take_unpinned(
+        &mut self,
+        key: KeyData,
+        is_type: impl Fn(u16) -> bool,
+    ) -> Option<(u16, Loc, u32)> {
+        let (index, version) = split(key);
+        // Keys carry odd versions (slotmap's `from_ffi` sets the low bit),
+        // so a version match is an occupied slot, never a vacant one.
+        debug_assert!(version % 2 == 1, "a key's version is odd");
+        if version >= self.retire_at {
+            return None;
+        }
+        let (c, i) = (index / CHUNK, index % CHUNK);
+        // Checked through a shared reference first: a slot that fails may
+        // be pinned, its borrow word in a guard's hands (I11).
+        let found = if Reservation::SUPPORTED {
+            // A version match in the flat range is the key's slot, in a
+            // dense chunk (I15).
+            self.slot_pool.flat(index)
+        } else {
+            self.dense_slot(index)
+        };
+        let slot = found?;
+        // Borrow word 0: neither pinned nor a zombie; and no pin can be
+        // taken while the caller holds the table (`&mut self`).
+        if slot.version != version || slot.borrow.load(Ordering::Acquire) != 0 || !is_type(slot.ty)
+        {
+            return None;
+        }
+        let next_free = self.meta[c].free;
+        let slot = if Reservation::SUPPORTED {
+            self.slot_pool.flat_mut(index)
+        } else {
+            self.at_mut(index)
+        }
+        .expect("the slot just read");
+        let held = (slot.ty, slot.loc);
+        slot.version = version.wrapping_add(1);
+        slot.loc = Loc(u32::from(next_free));
+        let meta = &mut self.meta[c];
+        meta.free = i as u16 + 1;
+        let was_full = usize::from(meta.occupied) == CHUNK;
+        meta.occupied -= 1;
+        self.occupied -= 1;
+        if was_full {
+            self.set_vacant(c, true);
+        }
+        // A dense chunk: the length's position is the slot's.
+        let len = match &self.lens[c] {
+            Some(lens) => lens.as_slice()[i],
+            None => 0,
+        };
+        Some((held.0, held.1, len))
+    }
+
     /// Counts a slot that the caller just marked [`ZOMBIE`].
     pub(crate) fn count_zombie(&mut self) {
         self.zombies += 1;

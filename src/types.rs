@@ -53,6 +53,13 @@ impl Types {
         Some(index)
     }
 
+    /// The index of `info`'s type if it is the one [`Types::index_of`]
+    /// answered last (the common case of an allocation), else `None`.
+    #[inline]
+    pub(crate) fn last_index(&self, info: &'static TypeInfo) -> Option<u16> {
+        (self.last.0 == info.type_id).then_some(self.last.1)
+    }
+
     /// The type of index `ty` (an index this registry handed out).
     #[inline]
     pub(crate) fn info(&self, ty: u16) -> &'static TypeInfo {
