@@ -108,7 +108,7 @@ impl Space {
         // Every id's place, reserved (address space only: no memory, no
         // commit charge). Where that is refused, segments are mapped apart.
         let places = if Reservation::SUPPORTED {
-            Reservation::new(max_segments * config.segment_size)
+            Reservation::for_places(max_segments * config.segment_size, config.huge_pages)
         } else {
             None
         };

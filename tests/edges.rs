@@ -576,3 +576,38 @@ fn extreme_pacing_settings_neither_panic_nor_lose_anything() {
         assert_eq!(st.paced_steps > 0, steps, "{pacing:?}: {st:?}");
     }
 }
+
+#[test]
+fn huge_page_segments_keep_values_through_compaction_and_give_everything_back() {
+    let n: usize = if cfg!(miri) { 64 } else { 8 * 1024 };
+    let heap = Heap::with_config(
+        Config::default()
+            .segment_size(2 << 20)
+            .huge_pages(true)
+            .no_pacing(),
+    );
+    let all: Vec<_> = (0..n)
+        .map(|i| heap.alloc_slice_fill(1000, i as u8))
+        .collect();
+    let kept = free_every_other(&heap, all);
+    let report = heap.compact();
+    assert!(
+        n < 4096 || report.bytes_moved > 0,
+        "half-empty segments were evacuated"
+    );
+    for (j, &h) in kept.iter().enumerate() {
+        let i = 2 * j + 1;
+        assert!(
+            heap.get(h).unwrap().iter().all(|&b| b == i as u8),
+            "object {i} kept its bytes"
+        );
+    }
+    let stats = heap.stats();
+    assert!(
+        stats.held_bytes <= stats.live_bytes + 2 * (2 << 20),
+        "after compact() at most two segments beyond live data: {stats:?}"
+    );
+    kept.into_iter().for_each(|h| assert!(heap.free(h)));
+    heap.compact();
+    assert_eq!(heap.stats().held_bytes, 0, "every segment given back");
+}

@@ -24,6 +24,10 @@
 
 use core::ptr::NonNull;
 
+/// The size of the OS's (transparent) huge pages on the targets that have
+/// them: the alignment of a range of places.
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
 /// A reserved range of address space, of which a prefix is readable and
 /// writable.
 ///
@@ -39,6 +43,8 @@ pub(crate) struct Reservation {
     base: NonNull<u8>,
     len: usize,
     committed: usize,
+    /// Places ask for transparent huge pages ([`Reservation::for_places`]).
+    huge: bool,
 }
 
 // SAFETY: plain memory owned by this value; no thread affinity.
@@ -54,11 +60,27 @@ impl Reservation {
     /// Reserves `len` bytes (a multiple of 4 KiB) of address space, or
     /// `None` where this target cannot (or the OS refuses).
     pub(crate) fn new(len: usize) -> Option<Reservation> {
-        let base = os::reserve(len)?;
+        let base = os::reserve(len, os::PAGE)?;
         Some(Reservation {
             base,
             len,
             committed: 0,
+            huge: false,
+        })
+    }
+
+    /// Reserves `len` bytes (a multiple of 4 KiB) for places
+    /// ([`Reservation::place`]), starting at a multiple of [`HUGE_PAGE`] so
+    /// that places of a power-of-two size tile the huge pages the OS may
+    /// back them with. With `huge`, each place asks for those pages
+    /// (Linux; a hint the kernel may ignore).
+    pub(crate) fn for_places(len: usize, huge: bool) -> Option<Reservation> {
+        let base = os::reserve(len, HUGE_PAGE)?;
+        Some(Reservation {
+            base,
+            len,
+            committed: 0,
+            huge,
         })
     }
 
@@ -114,7 +136,15 @@ impl Reservation {
         let ptr = unsafe { self.base.add(offset) };
         // SAFETY: whole pages of our range; inaccessible until now (the
         // caller places each place once at a time), so nothing refers to them.
-        unsafe { os::commit(ptr, len) }.then_some(ptr)
+        if !unsafe { os::commit(ptr, len) } {
+            return None;
+        }
+        if self.huge {
+            // SAFETY: the place just committed, ours; a hint about its pages
+            // that changes no byte of them.
+            unsafe { os::want_huge_pages(ptr, len) };
+        }
+        Some(ptr)
     }
 
     /// Makes `len` bytes at `offset` (whole 4 KiB pages, committed) read as
@@ -169,17 +199,21 @@ mod os {
 
     pub(super) const SUPPORTED: bool = true;
 
-    /// Reserves `len` bytes, inaccessible: no memory, no commit charge.
-    pub(super) fn reserve(len: usize) -> Option<NonNull<u8>> {
+    /// Reserves `len` bytes at a multiple of `align` (a power of two, at
+    /// least [`PAGE`]), inaccessible: no memory, no commit charge.
+    pub(super) fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
+        debug_assert!(align.is_power_of_two() && align >= PAGE);
         if super::super::mmap::page_size() != PAGE || len == 0 {
             return None;
         }
+        // Room to slide to the alignment; the slack is unmapped after.
+        let padded = len.checked_add(align - PAGE)?;
         // SAFETY: a new anonymous mapping at an address of the kernel's
         // choosing touches no existing memory.
         let p = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                len,
+                padded,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -187,10 +221,39 @@ mod os {
             )
         };
         if p == libc::MAP_FAILED {
-            None
-        } else {
-            NonNull::new(p.cast())
+            return None;
         }
+        let start = p.addr();
+        let head = start.next_multiple_of(align) - start;
+        let tail = padded - head - len;
+        // SAFETY: the head and tail slack are whole pages (`start`, `align`
+        // and `len` are multiples of PAGE) of the mapping just made, which
+        // nothing refers to.
+        unsafe {
+            if head != 0 {
+                libc::munmap(p, head);
+            }
+            if tail != 0 {
+                libc::munmap(p.byte_add(head + len), tail);
+            }
+        }
+        // SAFETY: `head < padded`: inside the mapping just made.
+        NonNull::new(unsafe { p.byte_add(head) }.cast())
+    }
+
+    /// Asks for transparent huge pages over `len` bytes at `ptr` (Linux; a
+    /// hint, ignored if refused).
+    ///
+    /// # Safety
+    /// Whole committed pages of a range from [`reserve`].
+    pub(super) unsafe fn want_huge_pages(ptr: NonNull<u8>, len: usize) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: our own pages (caller); the advice changes no contents.
+        unsafe {
+            libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (ptr, len);
     }
 
     /// Makes `len` bytes at `ptr` readable and writable.
@@ -288,8 +351,14 @@ mod os {
     pub(super) const SUPPORTED: bool = false;
 
     /// This target reserves nothing.
-    pub(super) fn reserve(_len: usize) -> Option<NonNull<u8>> {
+    pub(super) fn reserve(_len: usize, _align: usize) -> Option<NonNull<u8>> {
         None
+    }
+
+    /// # Safety
+    /// Never called: there is no reservation to advise.
+    pub(super) unsafe fn want_huge_pages(_ptr: NonNull<u8>, _len: usize) {
+        unreachable!("no reservation on this target")
     }
 
     /// # Safety
@@ -345,6 +414,36 @@ mod tests {
         unsafe {
             assert_eq!(p.add(os::PAGE + 7).read(), 0, "reset to zeros");
             assert_eq!(p.read(), 1, "the page before is untouched");
+        }
+    }
+
+    #[test]
+    fn places_start_on_a_huge_page_and_each_reads_zeros_then_keeps_its_bytes() {
+        for huge in [false, true] {
+            let Some(r) = Reservation::for_places(8 * HUGE_PAGE, huge) else {
+                return; // nothing reserved on this target
+            };
+            assert!(r.base().as_ptr().addr().is_multiple_of(HUGE_PAGE));
+            assert_eq!(r.len(), 8 * HUGE_PAGE);
+            let a = r.place(0, HUGE_PAGE).expect("a place");
+            let b = r.place(7 * HUGE_PAGE, HUGE_PAGE).expect("the last place");
+            // SAFETY: both places are committed, readable and writable, and
+            // given back below before the reservation drops.
+            unsafe {
+                assert_eq!(a.as_ptr().add(HUGE_PAGE - 1).read(), 0);
+                a.as_ptr().write(3);
+                b.as_ptr().add(HUGE_PAGE - 1).write(4);
+                assert_eq!(a.as_ptr().read(), 3);
+                assert_eq!(b.as_ptr().add(HUGE_PAGE - 1).read(), 4);
+                decommit(a, HUGE_PAGE);
+                decommit(b, HUGE_PAGE);
+            }
+            let again = r.place(0, HUGE_PAGE).expect("placed again");
+            // SAFETY: placed again: committed, and zeros after the decommit.
+            unsafe {
+                assert_eq!(again.as_ptr().read(), 0, "a place placed again is fresh");
+                decommit(again, HUGE_PAGE);
+            }
         }
     }
 }
