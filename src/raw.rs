@@ -890,9 +890,15 @@ impl RawHeap {
                 }
                 // Only frees bring `allowed` down to `held` (by `threshold`
                 // a byte); until that many bytes are freed (at most `QUIET`
-                // steps' worth) no check can find work.
+                // steps' worth) no check can find work. If freeing every
+                // live byte would not do it (a heap within its segment of
+                // slack), only a new segment can: wait the longest.
+                let quiet = self.pace_quantum.saturating_mul(QUIET);
                 let frees = (allowed - held as f64) / pacing.threshold;
-                return (frees as isize).min(self.pace_quantum.saturating_mul(QUIET));
+                if frees >= self.live_bytes as f64 {
+                    return quiet;
+                }
+                return (frees as isize).min(quiet);
             }
             self.refused_waste = None;
         }

@@ -451,14 +451,37 @@ impl Segment {
     /// [`Segment::mark`] of an object over lines `first < last`.
     #[inline(never)]
     fn mark_lines(&mut self, first: usize, last: usize) {
+        // The lines between were free (I3: no other object touches them);
+        // its end lines were free if no object touched them either.
+        let ends_free = usize::from(self.lines[first] == 0) + usize::from(self.lines[last] == 0);
         self.lines[first] += 1;
         self.lines[last] += 1;
-        // Every line of the range is used now: clear its bits a word at a
-        // time; the bits that were set are the lines that were free.
-        for w in first / 64..=last / 64 {
-            let bits = word_range(w, first, last);
-            self.free_lines -= (self.free_bits[w] & bits).count_ones() as usize;
-            self.free_bits[w] &= !bits;
+        self.free_lines -= last - first - 1 + ends_free;
+        // Every line of the range is used now: clear its bits.
+        self.set_free_bits(first, last, (false, false), false);
+    }
+
+    /// Sets (`free`) or clears the free bits of lines `first..=last`, but
+    /// for line `first` if `keep.0` and line `last` if `keep.1`
+    /// (end lines that another object still uses).
+    #[inline(always)]
+    fn set_free_bits(&mut self, first: usize, last: usize, keep: (bool, bool), free: bool) {
+        let (wf, wl) = (first / 64, last / 64);
+        for w in wf..=wl {
+            let mut bits = word_range(w, first, last);
+            if w == wf && keep.0 {
+                bits &= !(1 << (first % 64));
+            }
+            if w == wl && keep.1 {
+                bits &= !(1 << (last % 64));
+            }
+            let word = &mut self.free_bits[w];
+            debug_assert!(!free || *word & bits == 0, "the object's lines were used");
+            if free {
+                *word |= bits;
+            } else {
+                *word &= !bits;
+            }
         }
     }
 
@@ -495,23 +518,9 @@ impl Segment {
         self.lines[last] -= 1;
         // The lines between are free now (the object was alone on them, I3),
         // and its first and last lines if no other object touches them.
-        let mut freed = 0;
-        for w in first / 64..=last / 64 {
-            let mut now_free = word_range(w, first, last);
-            if w == first / 64 && self.lines[first] != 0 {
-                now_free &= !(1 << (first % 64));
-            }
-            if w == last / 64 && self.lines[last] != 0 {
-                now_free &= !(1 << (last % 64));
-            }
-            debug_assert_eq!(
-                self.free_bits[w] & now_free,
-                0,
-                "the object's lines were used"
-            );
-            freed += now_free.count_ones() as usize;
-            self.free_bits[w] |= now_free;
-        }
+        let keep = (self.lines[first] != 0, self.lines[last] != 0);
+        let freed = last - first - 1 + usize::from(!keep.0) + usize::from(!keep.1);
+        self.set_free_bits(first, last, keep, true);
         self.free_lines += freed;
         freed > 0
     }
