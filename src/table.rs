@@ -1276,20 +1276,29 @@ impl Table {
         let held = (slot.ty, slot.loc);
         slot.version = version.wrapping_add(1);
         slot.loc = Loc(u32::from(next_free));
-        let meta = &mut self.meta[c];
-        meta.free = i as u16 + 1;
-        let was_full = usize::from(meta.occupied) == CHUNK;
-        meta.occupied -= 1;
-        self.occupied -= 1;
-        if was_full {
-            self.set_vacant(c, true);
-        }
+        self.count_vacated(c, i);
         // A dense chunk: the length's position is the slot's.
         let len = match &self.lens[c] {
             Some(lens) => lens.as_slice()[i],
             None => 0,
         };
         Some((held.0, held.1, len))
+    }
+
+    /// Counts slot `i` of chunk `c` vacant, its version raised and its
+    /// location the chunk's old free-list head: it heads the free list now.
+    #[inline(always)]
+    fn count_vacated(&mut self, c: usize, i: usize) {
+        let meta = &mut self.meta[c];
+        meta.free = i as u16 + 1;
+        let was_full = usize::from(meta.occupied) == CHUNK;
+        meta.occupied -= 1;
+        self.occupied -= 1;
+        if was_full {
+            // A chunk that was not full has its bit already (or, sparse
+            // and pinned, is passed over until `release_vacant`).
+            self.set_vacant(c, true);
+        }
     }
 
     /// Counts a slot that the caller just marked [`ZOMBIE`].
@@ -1320,16 +1329,7 @@ impl Table {
         } else {
             slot.version = version.wrapping_add(1);
             slot.loc = Loc(u32::from(next_free));
-            let meta = &mut self.meta[c];
-            meta.free = i as u16 + 1;
-            let was_full = usize::from(meta.occupied) == CHUNK;
-            meta.occupied -= 1;
-            self.occupied -= 1;
-            if was_full {
-                // A chunk that was not full has its bit already (or, sparse
-                // and pinned, is passed over until `release_vacant`).
-                self.set_vacant(c, true);
-            }
+            self.count_vacated(c, i);
         }
         if was_zombie {
             self.zombies -= 1;
