@@ -368,16 +368,16 @@ impl RawHeap {
         };
         let to = from.saturating_add(limit).min(self.table.slots_len());
         let (evac, space) = (&mut self.evac, &self.space);
-        for (index, slot) in self.table.range(from..to) {
+        let (rank, found) = (&evac.rank, &mut evac.found);
+        self.table.scan(from..to, |index, slot| {
             // Segments mapped since the pass began (ids past `rank`) are no sources.
-            let rank = slot
-                .loc
-                .granule()
-                .and_then(|g| evac.rank.get(space.split_granule(g).0 as usize));
-            if let Some(&rank) = rank.filter(|&&r| r != u32::MAX) {
-                evac.found.push(rank as usize, index);
+            let Some(g) = slot.loc.granule() else { return };
+            if let Some(&r) = rank.get(space.split_granule(g).0 as usize) {
+                if r != u32::MAX {
+                    found.push(r as usize, index);
+                }
             }
-        }
+        });
         if to < self.table.slots_len() {
             self.evac.sweep = Some(to);
             return None;
