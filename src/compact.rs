@@ -13,7 +13,7 @@
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 
-use crate::mapping::MapAlloc;
+use crate::mapping::{MapAlloc, PAGE};
 use crate::raw::RawHeap;
 use crate::stats::CompactReport;
 
@@ -66,6 +66,13 @@ struct Found {
     /// Per source, in the order of `sources`: where its list starts in
     /// `items`, how long it is, and its room (`start + room <= items.len()`).
     lists: Vec<(usize, usize, usize)>,
+    /// Bit `p` is set once page `p` of the block has been written: a new
+    /// block's pages are fresh, and the first write to each is a page
+    /// fault, which a step's budget pays for ([`FAULT_COST`]).
+    written: Vec<u64>,
+    /// Pages of the block written for the first time since
+    /// [`Found::take_fresh`] last asked.
+    fresh: usize,
 }
 
 impl Default for Found {
@@ -73,6 +80,8 @@ impl Default for Found {
         Found {
             items: allocator_api2::vec::Vec::new_in(MapAlloc),
             lists: Vec::new(),
+            written: Vec::new(),
+            fresh: 0,
         }
     }
 }
@@ -95,7 +104,14 @@ impl Found {
             // SAFETY: the capacity is at least `start`, and `MaybeUninit`
             // items need no initialisation.
             unsafe { self.items.set_len(start) };
+            let pages = (start * core::mem::size_of::<u32>()).div_ceil(PAGE);
+            self.written = vec![0; pages.div_ceil(64)];
         }
+    }
+
+    /// Pages of the block written for the first time since the last call.
+    fn take_fresh(&mut self) -> usize {
+        core::mem::take(&mut self.fresh)
     }
 
     /// Forgets every list, keeping the block for the next pass.
@@ -110,8 +126,16 @@ impl Found {
         if let Some((start, len, room)) = self.lists.get_mut(rank) {
             debug_assert!(*len < *room, "an object arrived in a source");
             if *len < *room {
-                self.items[*start + *len] = MaybeUninit::new(index);
+                let at = *start + *len;
+                self.items[at] = MaybeUninit::new(index);
                 *len += 1;
+                let page = at * core::mem::size_of::<u32>() / PAGE;
+                if let Some(word) = self.written.get_mut(page / 64) {
+                    if *word & (1 << (page % 64)) == 0 {
+                        *word |= 1 << (page % 64);
+                        self.fresh += 1;
+                    }
+                }
             }
         }
     }
@@ -136,6 +160,7 @@ impl Found {
     fn bytes(&self) -> usize {
         self.items.capacity() * core::mem::size_of::<u32>()
             + self.lists.capacity() * core::mem::size_of::<(usize, usize, usize)>()
+            + self.written.capacity() * core::mem::size_of::<u64>()
     }
 }
 
@@ -360,31 +385,41 @@ impl RawHeap {
         self.evac.pos = 0;
     }
 
-    /// Sweeps at most `limit` more slots for objects in the sources.
-    /// Returns `None` while slots are left, else the slots this call swept.
-    fn sweep(&mut self, limit: usize) -> Option<usize> {
-        let Some(from) = self.evac.sweep else {
-            return Some(0);
+    /// Sweeps more slots for objects in the sources, `limit` slots' worth
+    /// at most: each slot counts one, and each page of the found lists
+    /// written for the first time (a page fault) [`FAULT_SLOTS`]. (At least
+    /// one batch of [`SWEEP_BATCH`] slots, so that every call progresses.)
+    /// Returns whether the sweep is done, and the slots' worth this call
+    /// spent.
+    fn sweep(&mut self, limit: usize) -> (bool, usize) {
+        let Some(mut from) = self.evac.sweep else {
+            return (true, 0);
         };
-        let to = from.saturating_add(limit).min(self.table.slots_len());
+        let end = self.table.slots_len();
+        let mut spent = 0;
         let (evac, space) = (&mut self.evac, &self.space);
         let (rank, found) = (&evac.rank, &mut evac.found);
-        self.table.scan(from..to, |index, slot| {
-            // Segments mapped since the pass began (ids past `rank`) are no sources.
-            let Some(g) = slot.loc.granule() else { return };
-            if let Some(&r) = rank.get(space.split_granule(g).0 as usize) {
-                if r != u32::MAX {
-                    found.push(r as usize, index);
+        while from < end && (spent == 0 || spent < limit) {
+            let to = from.saturating_add(SWEEP_BATCH).min(end);
+            self.table.scan(from..to, |index, slot| {
+                // Segments mapped since the pass began (ids past `rank`) are no sources.
+                let Some(g) = slot.loc.granule() else { return };
+                if let Some(&r) = rank.get(space.split_granule(g).0 as usize) {
+                    if r != u32::MAX {
+                        found.push(r as usize, index);
+                    }
                 }
-            }
-        });
-        if to < self.table.slots_len() {
-            self.evac.sweep = Some(to);
-            return None;
+            });
+            spent += (to - from) + found.take_fresh().saturating_mul(FAULT_SLOTS);
+            from = to;
+        }
+        if from < end {
+            self.evac.sweep = Some(from);
+            return (false, spent);
         }
         self.evac.sweep = None;
         self.evac.rank = Vec::new();
-        Some(to - from)
+        (true, spent)
     }
 
     /// Evacuates sources until the pass is done (returns true, also when no
@@ -406,12 +441,13 @@ impl RawHeap {
         } else {
             (left / SWEEP_COST).max(1024)
         };
-        let Some(swept) = self.sweep(sweep_limit) else {
+        let (swept, spent) = self.sweep(sweep_limit);
+        if !swept {
             report.finished = false;
             return false;
-        };
+        }
         if !budget.oversize && !budget.sweep_apart {
-            left = left.saturating_sub(swept.saturating_mul(SWEEP_COST));
+            left = left.saturating_sub(spent.saturating_mul(SWEEP_COST));
         }
         while let Some(&id) = self.evac.sources.last() {
             match self.evacuate_segment(id, budget, &mut left, report) {
@@ -530,12 +566,14 @@ impl RawHeap {
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
             let slot = self.table.slot_at_mut(index).expect("slot checked above");
             slot.loc = dst_loc;
+            // First writes to fresh pages of the target were page faults.
+            let faults = self.space.touch(dst_loc, size);
             // SAFETY: the object's bytes at `offset` of source `id` were
             // reserved by one alloc; the slot now points at `dst`, so nothing
             // reads them again.
             unsafe { self.space.release_moved(id, offset, size) };
             self.evac.pos += 1;
-            *left = left.saturating_sub(size);
+            *left = left.saturating_sub(size.saturating_add(faults.saturating_mul(FAULT_COST)));
             objects += 1;
             bytes += size;
         };
@@ -620,6 +658,20 @@ pub(crate) struct Budget {
 /// A slot swept costs the budget as much as moving this many bytes (both
 /// about 1.7 ns, measured with 64-byte objects).
 const SWEEP_COST: usize = 6;
+
+/// Writing a page for the first time (a page fault: the kernel maps and
+/// zeroes it, about 2 µs here, and up to ten times that now and then on a
+/// virtual machine) costs the budget as much as moving this many bytes. A
+/// step into fresh memory (a pass's first target, or its new found lists)
+/// moves less, so that its time still follows its budget.
+pub(crate) const FAULT_COST: usize = 8 * 1024;
+
+/// [`FAULT_COST`] in slots swept.
+const FAULT_SLOTS: usize = FAULT_COST / SWEEP_COST;
+
+/// The sweep reads the table this many slots at a time, and checks its
+/// limit in between.
+const SWEEP_BATCH: usize = 1024;
 
 /// Giving this many bytes back to the OS (`madvise`, about 25 µs for
 /// 256 KiB) costs the budget as much as moving one byte.

@@ -440,8 +440,10 @@ impl Heap {
     /// some wait. [`Heap::compact`] gives everything back before it returns.
     ///
     /// All of a step's work comes out of `budget`: bytes given back count a
-    /// quarter, and each slot a pass sweeps (to find its objects) counts 6
-    /// bytes, so a step that does those moves less (`bytes_moved` is at most
+    /// quarter, each slot a pass sweeps (to find its objects) counts 6
+    /// bytes, and each page written for the first time since it was mapped
+    /// (a page fault: a pass's first targets, its lists of objects) counts
+    /// 8 KiB, so a step that does those moves less (`bytes_moved` is at most
     /// `budget - bytes_released / 4`). The time of a step follows its budget
     /// whatever it does: with 64 KiB, 20–90 µs here (see the README).
     ///

@@ -60,6 +60,13 @@ pub(crate) struct Segment {
     pub(crate) max_hole: usize,
     /// The first line of that longest run (meaningful when `max_hole > 0`).
     pub(crate) max_hole_at: usize,
+    /// Bytes from here on (a page boundary, or the end) have not been
+    /// written since the segment's memory was mapped: the first write to
+    /// each of their pages takes a page fault, in which the kernel zeroes
+    /// the page. Kept for compaction's budget ([`Segment::touch`]); an
+    /// estimate, never needed for soundness: pages given back in the middle
+    /// of a segment are not tracked.
+    pub(crate) untouched: usize,
 }
 
 impl Segment {
@@ -94,7 +101,31 @@ impl Segment {
             queued: None,
             max_hole: size / LINE,
             max_hole_at: 0,
+            untouched: 0,
         }
+    }
+
+    /// Notes that `[offset, offset + size)` is about to be written, and
+    /// returns how many of its pages are written for the first time since
+    /// the segment was mapped (each a page fault). Writes are expected to go
+    /// forward through fresh memory (a cursor bumps up a segment): pages
+    /// below the highest one written are taken to be there.
+    #[inline]
+    pub(crate) fn touch(&mut self, offset: usize, size: usize) -> usize {
+        let end = offset + size;
+        if end <= self.untouched {
+            return 0;
+        }
+        let from = (offset & !(PAGE - 1)).max(self.untouched);
+        self.untouched = align_up(end, PAGE);
+        (self.untouched - from) / PAGE
+    }
+
+    /// Notes that the bytes below `pos` may have been written (by a cursor
+    /// that bumped up to there): see [`Segment::untouched`].
+    #[inline]
+    pub(crate) fn touched_to(&mut self, pos: usize) {
+        self.untouched = self.untouched.max(align_up(pos, PAGE));
     }
 
     /// Makes an empty segment (every line count 0, I3) as good as new: not
@@ -537,6 +568,20 @@ fn word_range(w: usize, first: usize, last: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_writes_to_each_page_are_counted_once_going_forward() {
+        let mut s = Segment::new(8 * PAGE).unwrap();
+        assert_eq!(s.touch(0, 100), 1, "page 0 is fresh");
+        assert_eq!(s.touch(100, 100), 0, "and then it is there");
+        // Across a page boundary: pages 1 and 2.
+        assert_eq!(s.touch(2 * PAGE - 10, 20), 2);
+        // A cursor that moved on bumped through pages 3 and 4.
+        s.touched_to(4 * PAGE + 1);
+        assert_eq!(s.touch(4 * PAGE, 64), 0);
+        assert_eq!(s.touch(5 * PAGE, 3 * PAGE), 3);
+        assert_eq!(s.untouched, 8 * PAGE);
+    }
 
     #[test]
     fn lines_count_overlapping_objects_and_holes_follow() {

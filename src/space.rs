@@ -386,6 +386,7 @@ impl Space {
                 let seg = self.segments[c.seg as usize]
                     .as_mut()
                     .expect("cursor segment exists");
+                seg.touched_to(c.pos);
                 if let Some((pos, limit)) = seg.find_hole(c.limit / LINE, size, align) {
                     self.cursor = Some(Cursor {
                         seg: c.seg,
@@ -497,6 +498,8 @@ impl Space {
                 self.held += r.discarded;
                 let mut seg = r.seg;
                 seg.reset_empty();
+                // Its last `discarded` bytes went back to the OS.
+                seg.untouched = seg.untouched.min(seg.mapped_bytes() - r.discarded);
                 seg
             }
             None => {
@@ -683,6 +686,19 @@ impl Space {
             unsafe { seg.ptr_at(offset).as_ptr().write_bytes(POISON, size) };
         }
         seg.unmark(offset, size);
+    }
+
+    /// Notes that the `size` bytes at `loc` (in a segment) are about to be
+    /// written; returns how many pages that writes for the first time (each
+    /// a page fault). See [`Segment::touch`].
+    #[inline]
+    pub(crate) fn touch(&mut self, loc: Loc, size: usize) -> usize {
+        let Some(g) = loc.granule() else { return 0 };
+        let (id, offset) = self.split_granule(g);
+        self.segments
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .map_or(0, |seg| seg.touch(offset, size))
     }
 
     /// The first byte of segment `id`, which exists.
@@ -1092,6 +1108,7 @@ impl Space {
         let seg = self.segments[c.seg as usize]
             .as_mut()
             .expect("cursor segment exists");
+        seg.touched_to(c.pos);
         if seg.live_objects == 0 && !seg.evacuating {
             self.release_segment(c.seg);
         } else if !seg.evacuating {
