@@ -35,6 +35,9 @@ pub(crate) struct Evacuation {
     /// Whether a pass since the last full compaction ran out of memory for
     /// targets (under a memory limit), leaving sources unevacuated.
     starved: bool,
+    /// Kept blocks that the start of the pass took back from its sources,
+    /// not yet paid for by a step's budget ([`FLUSH_COST`] each).
+    flushed: usize,
 }
 
 impl Evacuation {
@@ -46,6 +49,12 @@ impl Evacuation {
     /// Whether a pass is in progress.
     pub(crate) fn active(&self) -> bool {
         !self.sources.is_empty()
+    }
+
+    /// What taking back the kept blocks of the pass's sources cost, in
+    /// bytes of a step's budget, if no step has paid for it yet.
+    pub(crate) fn take_flushed(&mut self) -> usize {
+        core::mem::take(&mut self.flushed).saturating_mul(FLUSH_COST)
     }
 }
 
@@ -373,7 +382,7 @@ impl RawHeap {
         }
         // Before the sweep counts the sources' objects: their kept blocks
         // are holes, not objects (I14).
-        self.space.flush_sources();
+        self.evac.flushed += self.space.flush_sources();
         let space = &self.space;
         self.evac.found.start(
             sources
@@ -430,7 +439,12 @@ impl RawHeap {
             report.finished = false;
             return true;
         }
-        let mut left = budget.bytes.saturating_sub(budget.spent);
+        // Taking back the kept blocks of a pass that just began comes out
+        // of the budget (`Budget::spent` is the caller's other work).
+        let flushed = self.evac.take_flushed();
+        let mut left = budget
+            .bytes
+            .saturating_sub(budget.spent.saturating_add(flushed));
         // The sweep and the moves share the budget (a bounded step does at
         // least a little sweeping, so every step makes progress), unless the
         // sweep has an allowance of its own.
@@ -665,6 +679,12 @@ const SWEEP_COST: usize = 6;
 /// step into fresh memory (a pass's first target, or its new found lists)
 /// moves less, so that its time still follows its budget.
 pub(crate) const FAULT_COST: usize = 8 * 1024;
+
+/// Taking a kept block back from a new pass's source (see
+/// `Space::flush_sources`: about 80 instructions) costs the budget as much
+/// as moving this many bytes. At most `REUSE_BLOCKS` (4096) are kept, so a
+/// step that starts a pass does little else.
+const FLUSH_COST: usize = 32;
 
 /// [`FAULT_COST`] in slots swept.
 const FAULT_SLOTS: usize = FAULT_COST / SWEEP_COST;

@@ -782,8 +782,11 @@ impl Space {
     /// Gives the kept blocks of the evacuating segments (the sources a
     /// pass just chose) back to them, in one look at the kept blocks: a
     /// source's holes are its own, and nothing is allocated there (I14).
-    pub(crate) fn flush_sources(&mut self) {
+    /// Returns how many blocks it took back.
+    pub(crate) fn flush_sources(&mut self) -> usize {
+        let kept = self.reuse.len();
         self.take_back(|_, seg| seg.evacuating);
+        kept - self.reuse.len()
     }
 
     /// Takes the kept blocks of the segments that `which` picks (by id) out
