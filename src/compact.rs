@@ -16,6 +16,7 @@ use core::ptr::{self, NonNull};
 use crate::mapping::{MapAlloc, PAGE};
 use crate::raw::RawHeap;
 use crate::stats::CompactReport;
+use crate::table::GRANULE;
 
 /// The state of the compaction pass in progress, if any.
 #[derive(Debug, Default)]
@@ -138,11 +139,15 @@ impl Found {
                 let at = *start + *len;
                 self.items[at] = MaybeUninit::new(index);
                 *len += 1;
-                let page = at * core::mem::size_of::<u32>() / PAGE;
-                if let Some(word) = self.written.get_mut(page / 64) {
-                    if *word & (1 << (page % 64)) == 0 {
-                        *word |= 1 << (page % 64);
-                        self.fresh += 1;
+                // A list is written in order: only its first item and the
+                // first of each page can be a page's first write.
+                if *len == 1 || at % (PAGE / core::mem::size_of::<u32>()) == 0 {
+                    let page = at * core::mem::size_of::<u32>() / PAGE;
+                    if let Some(word) = self.written.get_mut(page / 64) {
+                        if *word & (1 << (page % 64)) == 0 {
+                            *word |= 1 << (page % 64);
+                            self.fresh += 1;
+                        }
                     }
                 }
             }
@@ -521,6 +526,10 @@ impl RawHeap {
     ) -> Evacuated {
         let src_start = self.space.segment_start(id);
         let (mut objects, mut bytes) = (0usize, 0usize);
+        // The page (in granule addresses) of the last target byte written:
+        // objects that end on it write no fresh page.
+        let mut last_page = u32::MAX;
+        let limited = budget.bytes != usize::MAX;
         let outcome = loop {
             let Some(index) = self.evac.found.last_get(self.evac.pos) else {
                 break Evacuated::Done;
@@ -580,8 +589,17 @@ impl RawHeap {
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), size) };
             let slot = self.table.slot_at_mut(index).expect("slot checked above");
             slot.loc = dst_loc;
-            // First writes to fresh pages of the target were page faults.
-            let faults = self.space.touch(dst_loc, size);
+            // First writes to fresh pages of the target were page faults
+            // (counted when a budget is kept; cursors that move on note
+            // how far they went in any case).
+            let end_page =
+                (dst_loc.bits() + (size.max(1) as u32 - 1) / GRANULE as u32) / PAGE_GRANULES;
+            let faults = if !limited || end_page == last_page {
+                0
+            } else {
+                last_page = end_page;
+                self.space.touch(dst_loc, size)
+            };
             // SAFETY: the object's bytes at `offset` of source `id` were
             // reserved by one alloc; the slot now points at `dst`, so nothing
             // reads them again.
@@ -685,6 +703,11 @@ pub(crate) const FAULT_COST: usize = 8 * 1024;
 /// as moving this many bytes. At most `REUSE_BLOCKS` (4096) are kept, so a
 /// step that starts a pass does little else.
 const FLUSH_COST: usize = 32;
+
+/// Granules in a page (segments of whole pages start on a page, so a
+/// granule address divided by this is a page; for smaller segments, an
+/// estimate, as the count of faults is).
+const PAGE_GRANULES: u32 = (PAGE / GRANULE) as u32;
 
 /// [`FAULT_COST`] in slots swept.
 const FAULT_SLOTS: usize = FAULT_COST / SWEEP_COST;
