@@ -36,6 +36,15 @@ fn fragment(heap: &Heap, n: u64) -> Vec<Handle<[u64; 8]>> {
     free_every_other(heap, all)
 }
 
+/// `n` slices of `size` bytes, slice `i` filled with `i as u8`, every other
+/// one freed; returns the kept ones (odd `i`).
+fn half_freed_slices(heap: &Heap, n: u32, size: usize) -> Vec<Handle<[u8]>> {
+    let all: Vec<_> = (0..n)
+        .map(|i| heap.alloc_slice_fill(size, i as u8))
+        .collect();
+    free_every_other(heap, all)
+}
+
 /// Frees the objects at even positions; returns the others.
 fn free_every_other<T: ?Sized + compact_heap::Object>(
     heap: &Heap,
@@ -404,10 +413,7 @@ fn compact_step_gives_memory_back_a_piece_at_a_time() {
     // 1 MiB segments, half empty: a pass empties them faster than a step
     // may give them back, so the rest waits for the next steps.
     let heap = Heap::with_config(Config::default().no_pacing());
-    let all: Vec<_> = (0..16 * 1024u32)
-        .map(|i| heap.alloc_slice_fill(1024, i as u8))
-        .collect();
-    let kept = free_every_other(&heap, all);
+    let kept = half_freed_slices(&heap, 16 * 1024, 1024);
     let mut steps = 0;
     loop {
         let r = heap.compact_step(16 * 1024);
@@ -442,10 +448,7 @@ fn compact_step_pays_for_the_fresh_pages_it_writes() {
     // the first pass (six sources) moves into a fresh segment until it is
     // full, and then into the sources it emptied (their pages are there).
     let heap = Heap::with_config(Config::default().no_pacing());
-    let all: Vec<_> = (0..128 * 1024u32)
-        .map(|i| heap.alloc_slice_fill(64, i as u8))
-        .collect();
-    let kept = free_every_other(&heap, all);
+    let kept = half_freed_slices(&heap, 128 * 1024, 64);
     let budget = 64 * 1024;
     let mut moved = Vec::new();
     loop {
@@ -621,17 +624,14 @@ fn extreme_pacing_settings_neither_panic_nor_lose_anything() {
 
 #[test]
 fn huge_page_segments_keep_values_through_compaction_and_give_everything_back() {
-    let n: usize = if cfg!(miri) { 64 } else { 8 * 1024 };
+    let n: u32 = if cfg!(miri) { 64 } else { 8 * 1024 };
     let heap = Heap::with_config(
         Config::default()
             .segment_size(2 << 20)
             .huge_pages(true)
             .no_pacing(),
     );
-    let all: Vec<_> = (0..n)
-        .map(|i| heap.alloc_slice_fill(1000, i as u8))
-        .collect();
-    let kept = free_every_other(&heap, all);
+    let kept = half_freed_slices(&heap, n, 1000);
     let report = heap.compact();
     assert!(
         n < 4096 || report.bytes_moved > 0,
