@@ -17,6 +17,7 @@ use crate::mapping::{MapAlloc, PAGE};
 use crate::raw::RawHeap;
 use crate::stats::CompactReport;
 use crate::table::GRANULE;
+use crate::types::IN_TABLE;
 
 /// The state of the compaction pass in progress, if any.
 #[derive(Debug, Default)]
@@ -554,7 +555,11 @@ impl RawHeap {
             };
             let info = self.types.info(ty);
             let size = if info.is_slice {
-                info.size(self.table.len(index as usize))
+                // A short slice's index says its length, else the table does.
+                info.size(match self.types.fixed_len(ty) {
+                    IN_TABLE => self.table.len(index as usize),
+                    len => len as usize,
+                })
             } else {
                 info.elem_size
             };

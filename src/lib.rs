@@ -84,8 +84,8 @@
 //! copies the unpinned objects of the sparsest segments into dense ones, one
 //! `memcpy` each, updates their slots, and gives the emptied segments back to
 //! the OS (a piece at a time between `compact_step`s, at once in `compact`). Each
-//! object costs a 12-byte slot in the handle table (a slice 4 bytes more, for
-//! its length) and nothing else (no header, no per-segment list: compaction
+//! object costs a 12-byte slot in the handle table (a slice of more than
+//! 1 KiB 4 bytes more, for its length) and nothing else (no header, no per-segment list: compaction
 //! finds objects by sweeping the table). Objects in segments start at
 //! multiples of 4 bytes, and one heap's segments hold at most about 15.9 GiB
 //! (larger objects have mappings of their own and no such limit).

@@ -17,6 +17,7 @@ use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use crate::sync::plain;
 use crate::table::{index_of, Held, Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
 use crate::types::Types;
+use crate::types::IN_TABLE;
 
 /// Running totals of compaction work.
 #[derive(Debug, Default, Clone, Copy)]
@@ -185,7 +186,9 @@ impl RawHeap {
         // kept block or the cursor's range), no paced step or release due.
         // Everything else takes the general path, which does the same
         // things in the same order, with every check.
-        if let (Some(size), Some(ty)) = (info.checked_size(meta), self.types.last_index(info)) {
+        if let (Some(size), Some((ty, stored))) =
+            (info.checked_size(meta), self.types.last_index(info, meta))
+        {
             // (`pace_left > size`: taking `size` off leaves it positive,
             // so no step would be due: `pace` would do nothing else.)
             if self.pace_left > size as isize && !self.space.has_pending() && !self.table.is_full()
@@ -195,7 +198,9 @@ impl RawHeap {
                     // A small object in a segment: its slice length is far
                     // below 2^32 (`alloc_small` takes only sizes from 1 byte).
                     debug_assert!(u32::try_from(meta).is_ok());
-                    let key = self.table.insert(ty, loc, meta);
+                    // (A short slice's index says its length: the table
+                    // keeps none, `stored` is 0.)
+                    let key = self.table.insert(ty, loc, stored);
                     self.live_bytes += size;
                     return Ok((key, ptr));
                 }
@@ -218,7 +223,10 @@ impl RawHeap {
         // Before the new object exists: a step must not move bytes that the
         // caller has yet to write.
         self.pace(size);
-        let ty = self.types.index_of(info).ok_or(AllocError::OutOfMemory)?;
+        let ty = self
+            .types
+            .index_of(info, meta)
+            .ok_or(AllocError::OutOfMemory)?;
         if size == 0 && u32::try_from(meta).is_err() {
             // The table keeps slice lengths in 32 bits (segment slices are
             // far shorter; large objects keep theirs with the mapping).
@@ -233,13 +241,14 @@ impl RawHeap {
                 Err(e) => return Err(e),
             }
         };
-        // A large object keeps its length with its mapping.
+        // A large object keeps its length with its mapping, a short slice's
+        // index says its length.
         let len = match loc.decode() {
             Where::Large { id } => {
                 self.space.set_large_meta(id, meta);
                 0
             }
-            _ => meta,
+            _ => self.types.stored_len(ty, meta),
         };
         let key = self.table.insert(ty, loc, len);
         self.live_bytes += size;
@@ -296,7 +305,10 @@ impl RawHeap {
             ty: slot.ty,
             loc: slot.loc,
             len: if T::INFO.is_slice {
-                self.table.len(index_of(key)) as u32
+                match self.types.fixed_len(slot.ty) {
+                    IN_TABLE => self.table.len(index_of(key)) as u32,
+                    len => len,
+                }
             } else {
                 0
             },
@@ -423,11 +435,12 @@ impl RawHeap {
 
     /// Unlinks the zombie of `key` whose last pin just went.
     pub(crate) fn finish_zombie(&mut self, key: KeyData) -> Option<Dying> {
-        let len = self.table.len(index_of(key)) as u32;
+        let stored = self.table.len(index_of(key)) as u32;
         let (ty, loc) = self
             .table
             .remove(key)
             .expect("a zombie stays in the table until finished");
+        let len = self.types.len_or(ty, stored);
         let dying = self.dying(Held { ty, loc, len });
         if self.reading() {
             self.deferred.push(dying);
@@ -458,8 +471,13 @@ impl RawHeap {
         if !self.reading() {
             let types = &self.types;
             if let Some((ty, loc, len)) = self.table.take_unpinned(key, |ty| is_type(types, ty)) {
-                let held = Held { ty, loc, len };
                 let info = self.types.info(ty);
+                let len = if info.is_slice {
+                    self.types.len_or(ty, len)
+                } else {
+                    len
+                };
+                let held = Held { ty, loc, len };
                 let size = self.size_in(info, held);
                 self.live_bytes -= size;
                 if info.drop.is_none() {
@@ -488,6 +506,7 @@ impl RawHeap {
             return Freed::Stale;
         };
         let info = self.types.info(slot.ty);
+        let len = self.types.len_or(slot.ty, len);
         let held = Held {
             ty: slot.ty,
             loc: slot.loc,
@@ -597,10 +616,19 @@ impl RawHeap {
         meta: usize,
     ) -> Result<(KeyData, NonNull<u8>, u16), AllocError> {
         debug_assert!(uninit.drop.is_none() && uninit.layout(meta) == to.layout(meta));
-        let to_ty = self.types.index_of(to).ok_or(AllocError::OutOfMemory)?;
+        let to_ty = self
+            .types
+            .index_of(to, meta)
+            .ok_or(AllocError::OutOfMemory)?;
         let (key, ptr) = self.alloc(uninit, meta)?;
         let slot = self.table.get(key).expect("a new object has a slot");
         slot.borrow.store(EXCLUSIVE, Ordering::Relaxed);
+        if self.types.fixed_len(slot.ty) != IN_TABLE && self.types.fixed_len(to_ty) == IN_TABLE {
+            // The uninitialised type got an index per length and `to` did
+            // not (the registry's cap came between): the table must keep the
+            // length that `to_ty` will not say. (A short slice: it fits.)
+            self.table.set_len(index_of(key), meta);
+        }
         Ok((key, ptr, to_ty))
     }
 
@@ -662,6 +690,10 @@ impl RawHeap {
         if new_len == old_len {
             return Ok(());
         }
+        let new_ty = self
+            .types
+            .index_of(info, new_len)
+            .ok_or(AllocError::OutOfMemory)?;
         let in_segment = match held.loc.decode() {
             Where::Segment { granule } if new_size > 0 => Some(granule),
             _ => None,
@@ -669,8 +701,13 @@ impl RawHeap {
         let ptr = if let Some(granule) = in_segment {
             let (id, offset) = self.space.split_granule(granule);
             if self.space.resize_in_place(id, offset, old_size, new_size) {
-                // A segment slice is at most a quarter segment: its length fits.
-                self.table.set_len(index_of(key), new_len);
+                // The index of the new length (checked above), and the
+                // length for the table if that index does not say it. A
+                // segment slice is at most a quarter segment: its length fits.
+                let slot = self.table.get_mut(key).expect("live slot exists");
+                slot.ty = new_ty;
+                self.table
+                    .set_len(index_of(key), self.types.stored_len(new_ty, new_len));
                 self.live_bytes = self.live_bytes - old_size + new_size;
                 Some(old_ptr)
             } else {
@@ -692,13 +729,14 @@ impl RawHeap {
                     len: new_len as u32,
                 };
                 let slot = self.table.get_mut(key).expect("live slot exists");
-                debug_assert_eq!(slot.ty, new.ty);
+                // The type's index of the new length (it may say the length).
                 let old = Held {
-                    ty: new.ty,
+                    ty: core::mem::replace(&mut slot.ty, new.ty),
                     loc: core::mem::replace(&mut slot.loc, new.loc),
                     len: old_len as u32,
                 };
-                self.table.set_len(index_of(key), new.len as usize);
+                self.table
+                    .set_len(index_of(key), self.types.stored_len(new.ty, new_len));
                 let (old_ptr, _) = self.locate(old);
                 // SAFETY: two distinct allocations of at least `min` bytes each;
                 // the old one holds `old_len` initialised `T`s (Copy: a bitwise
@@ -982,7 +1020,9 @@ impl RawHeap {
             .filter_map(|d| d.info.drop.map(|drop| (d.ptr, d.meta, drop)))
             .chain(self.table.iter().filter_map(|(key, s)| {
                 let drop = self.types.info(s.ty).drop?;
-                let (ptr, meta) = self.locate(self.table.held(key)?);
+                let mut held = self.table.held(key)?;
+                held.len = self.types.len_or(held.ty, held.len);
+                let (ptr, meta) = self.locate(held);
                 Some((ptr, meta, drop))
             }))
             .collect()

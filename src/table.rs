@@ -5,9 +5,11 @@
 //! `SlotMap<Slot>` pads each entry to the value's alignment and keeps its
 //! version beside it, which cannot get a slot with a pointer, a type and a
 //! borrow word under 24 bytes. Here everything a sized object needs is
-//! packed in 12 (see [`Loc`]). A slice's length does not fit: it is kept
-//! beside the slot, in an array of lengths that a chunk of the table gets
-//! when it first holds a slice, so only slices pay its 4 bytes.
+//! packed in 12 (see [`Loc`]). A slice's length does not fit: a short
+//! slice's is said by its type index (one per type and length, see
+//! `types.rs`); a longer one's is kept beside the slot, in an array of
+//! lengths that a chunk of the table gets when it first holds such a
+//! slice, so only those pay its 4 bytes.
 //! docs/DESIGN.md, "Slots and handles", has the layout.
 //!
 //! Every insert and remove bumps a slot's version; a slot whose version would
@@ -168,7 +170,9 @@ pub(crate) struct Held {
     /// The slice length (0 for a sized value; for a large object, kept
     /// with its mapping instead, so 0 here). 32 bits, as the table keeps
     /// it: a `Held` then fits two registers, and functions return it in
-    /// them rather than through memory.
+    /// them rather than through memory. The table's own `Held`s carry what
+    /// it keeps: 0 for a short slice, whose type index says the length
+    /// (`Types::len_or` gives the real one).
     pub(crate) len: u32,
 }
 
@@ -673,7 +677,8 @@ pub(crate) struct Table {
     /// pointer from this short array and no more.
     dense: Vec<Option<SlotPtr>>,
     /// The slice lengths of chunk `c`'s slots, once it has held a slice
-    /// (`None`: every length is 0). Lengths of segment slices are at most a
+    /// whose type index does not say its length (`None`: every length
+    /// kept is 0). Lengths of segment slices are at most a
     /// quarter segment and those of zero-sized slices at most `u32::MAX`
     /// (large objects keep theirs with the mapping).
     lens: Vec<Option<Block<u32>>>,

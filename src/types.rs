@@ -1,13 +1,33 @@
 //! [`Types`]: a heap's registry of the types stored in it, so that a slot
-//! names its type in 16 bits instead of a 64-bit `&'static TypeInfo`.
+//! names its type in 16 bits instead of a 64-bit `&'static TypeInfo`, and,
+//! for a short slice, its length too.
 //!
 //! Index 0 is `()`, the type of retired slots. A type gets the next index the
 //! first time a value of it is allocated, and keeps it for the heap's life.
+//!
+//! A slice of at most [`SHORT_BYTES`] bytes gets an index of its own for its
+//! type *and length* (`[u8]` of 100 bytes is one index, of 101 another): its
+//! slot then says everything, and the table keeps no length for it (4 bytes
+//! an object saved, a quarter of a small object's bookkeeping). Longer
+//! slices, zero-sized elements and, once [`SHORT_ENTRIES`] such indices
+//! exist, every other slice keep one index per type and their length in the
+//! table (`Table::len`). Every index of one type has that type's `TypeId`,
+//! so the type check of a handle is the same one compare either way.
 
 use core::any::TypeId;
 
 use crate::object::{Object, TypeInfo};
 use crate::table::UNIT_TYPE;
+
+/// Slices of at most this many bytes get an index per length.
+pub(crate) const SHORT_BYTES: usize = 1024;
+
+/// At most this many indices stand for a length (about 120 KiB of registry
+/// when all are taken; a heap of one slice type uses at most 1 025).
+pub(crate) const SHORT_ENTRIES: usize = 4096;
+
+/// [`Types::fixed_len`] of an index whose length, if any, is in the table.
+pub(crate) const IN_TABLE: u32 = u32::MAX;
 
 /// The types of one heap.
 #[derive(Debug)]
@@ -16,48 +36,128 @@ pub(crate) struct Types {
     /// `ids[i] == infos[i].type_id`, kept apart so the check on every `get`
     /// is one load from a small array.
     ids: Vec<TypeId>,
-    /// The type found last, and its index (allocation loops repeat a type).
-    last: (TypeId, u16),
+    /// `lens[i]`: the slice length that index `i` stands for, or
+    /// [`IN_TABLE`] (a sized type, or a slice whose length the table keeps).
+    lens: Vec<u32>,
+    /// One per type, in the order they came.
+    kinds: Vec<Kind>,
+    /// The index of each short length of each slice type (0: none yet):
+    /// `by_len[kind.lens + len]` for `len < kind.short`.
+    by_len: Vec<u16>,
+    /// Indices that stand for a length.
+    short_entries: usize,
+    /// The type found last: allocation loops repeat a type.
+    last: Kind,
+}
+
+/// A type of the heap and its indices.
+#[derive(Clone, Copy, Debug)]
+struct Kind {
+    id: TypeId,
+    /// Its index: of every value of a sized type, of the slices whose
+    /// length the table keeps.
+    index: u16,
+    /// For a slice type of sized elements, how many lengths are short (up
+    /// to [`SHORT_BYTES`] bytes), and where their indices start in
+    /// `by_len`. 0 otherwise.
+    short: usize,
+    lens: usize,
 }
 
 impl Types {
     pub(crate) fn new() -> Types {
         let unit: &'static TypeInfo = &<() as Object>::INFO;
+        let kind = Kind {
+            id: unit.type_id,
+            index: UNIT_TYPE,
+            short: 0,
+            lens: 0,
+        };
         Types {
             infos: vec![unit],
             ids: vec![unit.type_id],
-            last: (unit.type_id, UNIT_TYPE),
+            lens: vec![IN_TABLE],
+            kinds: vec![kind],
+            by_len: Vec::new(),
+            short_entries: 0,
+            last: kind,
         }
     }
 
-    /// The index of `info`'s type, registering it if new. `None` when the
-    /// heap already holds 65 536 types.
+    /// The index of a value of `info`'s type with pointer metadata `meta`
+    /// (a slice's length), registering it if new. `None` when the heap
+    /// already holds 65 536 indices.
     #[inline]
-    pub(crate) fn index_of(&mut self, info: &'static TypeInfo) -> Option<u16> {
-        if self.last.0 == info.type_id {
-            return Some(self.last.1);
+    pub(crate) fn index_of(&mut self, info: &'static TypeInfo, meta: usize) -> Option<u16> {
+        if let Some((index, _)) = self.last_index(info, meta) {
+            return Some(index);
         }
-        let index = match self.ids.iter().position(|&id| id == info.type_id) {
-            Some(i) => i,
+        let kind = match self.kinds.iter().find(|kind| kind.id == info.type_id) {
+            Some(&kind) => kind,
             None => {
-                if self.infos.len() > usize::from(u16::MAX) {
-                    return None;
-                }
-                self.infos.push(info);
-                self.ids.push(info.type_id);
-                self.infos.len() - 1
+                let index = self.push(info, IN_TABLE)?;
+                let short = if info.is_slice && info.elem_size != 0 {
+                    SHORT_BYTES / info.elem_size + 1
+                } else {
+                    0
+                };
+                let kind = Kind {
+                    id: info.type_id,
+                    index,
+                    short,
+                    lens: self.by_len.len(),
+                };
+                self.by_len.resize(kind.lens + short, 0);
+                self.kinds.push(kind);
+                kind
             }
         };
-        let index = index as u16;
-        self.last = (info.type_id, index);
-        Some(index)
+        self.last = kind;
+        if meta < kind.short
+            && self.by_len[kind.lens + meta] == 0
+            && self.short_entries < SHORT_ENTRIES
+        {
+            if let Some(index) = self.push(info, meta as u32) {
+                self.short_entries += 1;
+                self.by_len[kind.lens + meta] = index;
+            }
+        }
+        Some(
+            self.last_index(info, meta)
+                .map_or(kind.index, |(index, _)| index),
+        )
     }
 
-    /// The index of `info`'s type if it is the one [`Types::index_of`]
-    /// answered last (the common case of an allocation), else `None`.
+    /// Registers a new index for `info` standing for length `len`.
+    fn push(&mut self, info: &'static TypeInfo, len: u32) -> Option<u16> {
+        if self.infos.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        self.infos.push(info);
+        self.ids.push(info.type_id);
+        self.lens.push(len);
+        Some((self.infos.len() - 1) as u16)
+    }
+
+    /// [`Types::index_of`] if `info` is the type it answered last and the
+    /// length needs no new index (the common case of an allocation), else
+    /// `None`; with the index, what the table must keep as the slice length
+    /// ([`Types::stored_len`]).
     #[inline]
-    pub(crate) fn last_index(&self, info: &'static TypeInfo) -> Option<u16> {
-        (self.last.0 == info.type_id).then_some(self.last.1)
+    pub(crate) fn last_index(&self, info: &'static TypeInfo, meta: usize) -> Option<(u16, usize)> {
+        let kind = &self.last;
+        if kind.id != info.type_id {
+            return None;
+        }
+        if meta >= kind.short {
+            // A sized type, a long slice, zero-sized elements.
+            return Some((kind.index, meta));
+        }
+        match self.by_len.get(kind.lens + meta) {
+            Some(&0) | None if self.short_entries < SHORT_ENTRIES => None,
+            Some(&0) | None => Some((kind.index, meta)),
+            Some(&index) => Some((index, 0)),
+        }
     }
 
     /// The type of index `ty` (an index this registry handed out).
@@ -72,6 +172,33 @@ impl Types {
         self.infos.get(usize::from(ty)).copied()
     }
 
+    /// The slice length index `ty` stands for, or [`IN_TABLE`]. Never panics.
+    #[inline]
+    pub(crate) fn fixed_len(&self, ty: u16) -> u32 {
+        self.lens.get(usize::from(ty)).copied().unwrap_or(IN_TABLE)
+    }
+
+    /// The slice length of an object of index `ty` whose table entry keeps
+    /// `stored` (0 when it keeps none).
+    #[inline]
+    pub(crate) fn len_or(&self, ty: u16, stored: u32) -> u32 {
+        match self.fixed_len(ty) {
+            IN_TABLE => stored,
+            len => len,
+        }
+    }
+
+    /// What the table must keep as the slice length of an object of index
+    /// `ty` and length `len`: nothing (0) when the index says it.
+    #[inline]
+    pub(crate) fn stored_len(&self, ty: u16, len: usize) -> usize {
+        if self.fixed_len(ty) == IN_TABLE {
+            len
+        } else {
+            0
+        }
+    }
+
     /// Whether index `ty` is the type `T`. Never panics.
     #[inline]
     pub(crate) fn is<T: ?Sized + Object>(&self, ty: u16) -> bool {
@@ -80,8 +207,12 @@ impl Types {
 
     /// Bytes of the registry.
     pub(crate) fn metadata_bytes(&self) -> usize {
-        self.infos.capacity() * core::mem::size_of::<&TypeInfo>()
-            + self.ids.capacity() * core::mem::size_of::<TypeId>()
+        use core::mem::size_of;
+        self.infos.capacity() * size_of::<&TypeInfo>()
+            + self.ids.capacity() * size_of::<TypeId>()
+            + self.lens.capacity() * size_of::<u32>()
+            + self.kinds.capacity() * size_of::<Kind>()
+            + self.by_len.capacity() * size_of::<u16>()
     }
 }
 
@@ -89,14 +220,90 @@ impl Types {
 mod tests {
     use super::*;
 
+    impl Types {
+        fn is_of(&self, ty: u16, info: &TypeInfo) -> bool {
+            self.ids[usize::from(ty)] == info.type_id
+        }
+    }
+
     #[test]
     fn each_type_gets_one_index_for_good() {
         let mut types = Types::new();
-        let a = types.index_of(&<u64 as Object>::INFO).unwrap();
-        let b = types.index_of(&<[u64] as Object>::INFO).unwrap();
+        let a = types.index_of(&<u64 as Object>::INFO, 0).unwrap();
+        let b = types.index_of(&<[u64] as Object>::INFO, 1000).unwrap();
         assert_eq!((a, b), (1, 2));
-        assert_eq!(types.index_of(&<u64 as Object>::INFO), Some(a));
-        assert_eq!(types.index_of(&<() as Object>::INFO), Some(UNIT_TYPE));
+        assert_eq!(types.index_of(&<u64 as Object>::INFO, 0), Some(a));
+        assert_eq!(types.index_of(&<() as Object>::INFO, 0), Some(UNIT_TYPE));
         assert!(types.is::<[u64]>(b) && !types.is::<u64>(b));
+        // A long slice: its length is the table's.
+        assert_eq!(types.fixed_len(b), IN_TABLE);
+        assert_eq!(types.stored_len(b, 1000), 1000);
+    }
+
+    #[test]
+    fn a_short_slice_gets_an_index_per_length_with_its_types_id() {
+        let mut types = Types::new();
+        let info = &<[u8] as Object>::INFO;
+        let a = types.index_of(info, 100).unwrap();
+        let b = types.index_of(info, 101).unwrap();
+        let long = types.index_of(info, SHORT_BYTES + 1).unwrap();
+        assert!(a != b && b != long && a != long);
+        assert_eq!(
+            types.index_of(info, 100),
+            Some(a),
+            "the same length, the same index"
+        );
+        assert_eq!(types.last_index(info, 100), Some((a, 0)));
+        assert_eq!(
+            types.last_index(info, SHORT_BYTES + 1),
+            Some((long, SHORT_BYTES + 1))
+        );
+        assert_eq!(
+            types.last_index(info, 102),
+            None,
+            "a new length needs registering"
+        );
+        assert_eq!((types.fixed_len(a), types.fixed_len(b)), (100, 101));
+        assert_eq!(types.fixed_len(long), IN_TABLE);
+        assert_eq!((types.len_or(a, 0), types.len_or(long, 7)), (100, 7));
+        assert_eq!(types.stored_len(a, 100), 0, "the table keeps nothing");
+        for ty in [a, b, long] {
+            assert!(types.is::<[u8]>(ty) && !types.is::<str>(ty) && !types.is::<[i8]>(ty));
+        }
+        // Elements of 8 bytes: short up to `SHORT_BYTES / 8` of them.
+        let words = &<[u64] as Object>::INFO;
+        let w = types.index_of(words, SHORT_BYTES / 8).unwrap();
+        assert_eq!(types.fixed_len(w), (SHORT_BYTES / 8) as u32);
+        let w_long = types.index_of(words, SHORT_BYTES / 8 + 1).unwrap();
+        assert_eq!(types.fixed_len(w_long), IN_TABLE);
+        // Zero-sized elements: any length, kept by the table.
+        let unit = types.index_of(&<[()] as Object>::INFO, 5).unwrap();
+        assert_eq!(types.fixed_len(unit), IN_TABLE);
+    }
+
+    #[test]
+    fn past_the_cap_of_short_indices_lengths_go_to_the_table() {
+        let mut types = Types::new();
+        let infos = [
+            &<[u8] as Object>::INFO,
+            &<[i8] as Object>::INFO,
+            &<str as Object>::INFO,
+            &<[u16] as Object>::INFO,
+            &<[bool] as Object>::INFO,
+        ];
+        let mut short = 0;
+        for info in infos {
+            for len in 0..=SHORT_BYTES / info.elem_size {
+                let ty = types.index_of(info, len).unwrap();
+                assert!(types.is_of(ty, info));
+                if types.fixed_len(ty) != IN_TABLE {
+                    assert_eq!(types.fixed_len(ty), len as u32);
+                    short += 1;
+                }
+                let stored = types.stored_len(ty, len);
+                assert_eq!(types.last_index(info, len), Some((ty, stored)), "{len}");
+            }
+        }
+        assert_eq!(short, SHORT_ENTRIES);
     }
 }

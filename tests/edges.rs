@@ -653,3 +653,89 @@ fn huge_page_segments_keep_values_through_compaction_and_give_everything_back() 
     heap.compact();
     assert_eq!(heap.stats().held_bytes, 0, "every segment given back");
 }
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "4 000 slices of up to 1 KiB to reach the registry's cap: minutes under Miri; \
+              the model test covers both kinds of length there"
+)]
+fn slice_lengths_read_back_whether_the_type_index_or_the_table_keeps_them() {
+    use std::mem::MaybeUninit;
+    // Up to 1 KiB a slice's length is its slot's type index (one per type
+    // and length, at most 4096 of them in a heap); past that, or once the
+    // registry has no more such indices, the table keeps it. Either way
+    // every length reads back, through moves and resizes.
+    let heap = Heap::with_config(manual());
+    // Before the cap: bytes of lengths 0..=64, and uninitialised bytes of
+    // length 100 (the form a `[u8]` is built in) get indices of their own.
+    let mut all: Vec<(Handle<[u8]>, usize)> = (0..=64)
+        .map(|len| (heap.alloc_slice_fill(len, len as u8), len))
+        .collect();
+    let uninit = heap.alloc_slice_fill(100, MaybeUninit::new(1u8));
+    // Up to the cap (4096 indices of lengths) with other element types.
+    fn fill<T: Copy + Send + 'static>(heap: &Heap, value: T) -> usize {
+        let lens = 0..=1024 / std::mem::size_of::<T>();
+        lens.map(|len| heap.free(heap.alloc_slice_fill(len, value)) as usize)
+            .sum()
+    }
+    let others = fill(&heap, 1i8)
+        + fill(&heap, true)
+        + fill(&heap, 1u16)
+        + fill(&heap, 1i16)
+        + fill(&heap, 1u32)
+        + fill(&heap, 1i32)
+        + fill(&heap, 1f32)
+        + fill(&heap, 1u64)
+        + fill(&heap, 1i64)
+        + fill(&heap, 1f64);
+    assert!(others + 65 + 1 >= 4096, "{others}");
+    // Built in place past the cap: `[u8]` of length 100 has no index of its
+    // own, its uninitialised form has: the table must keep the length.
+    let built = heap.alloc_slice_with(100, |i| i as u8);
+    for len in [0usize, 1, 64, 65, 100, 1023, 1024, 1025, 5000] {
+        all.push((heap.alloc_slice_fill(len, len as u8), len));
+    }
+    let check = |heap: &Heap, all: &[(Handle<[u8]>, usize)]| {
+        assert_eq!(heap.len_of(built), Some(100));
+        assert!(heap
+            .get(built)
+            .unwrap()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == i as u8));
+        assert_eq!(heap.len_of(uninit), Some(100));
+        for &(h, len) in all {
+            let r = heap.get(h).unwrap();
+            assert_eq!((r.len(), heap.size_of(h)), (len, Some(len)));
+            assert!(r.iter().all(|&b| b == len as u8));
+        }
+    };
+    check(&heap, &all);
+    // Every other one freed, the rest moved.
+    let kept: Vec<_> = all
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(h, len))| {
+            if i % 2 == 0 {
+                assert!(heap.free(h));
+                None
+            } else {
+                Some((h, len))
+            }
+        })
+        .collect();
+    assert!(heap.compact().bytes_moved > 0);
+    check(&heap, &kept);
+    // Resizes across 1 KiB both ways keep the handle and the bytes.
+    let mut model = heap.get(built).unwrap().to_vec();
+    for new_len in [1024usize, 1025, 3000, 1024, 10, 1100, 64] {
+        heap.resize(built, new_len, new_len as u8).unwrap();
+        model.resize(new_len, new_len as u8);
+        assert_eq!(&*heap.get(built).unwrap(), &model[..]);
+        assert_eq!(heap.len_of(built), Some(new_len));
+    }
+    let live = heap.stats().live_bytes;
+    assert!(heap.free(built) && heap.free(uninit));
+    assert_eq!(heap.stats().live_bytes, live - 64 - 100);
+}

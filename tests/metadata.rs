@@ -4,7 +4,8 @@
 //! - 1 M objects of 100 bytes cost at most 16 bytes of metadata each, all
 //!   in (slot table, segment line counts, every side structure), exactly as
 //!   `stats().metadata_bytes` counts it: a 12-byte slot, and a count byte per
-//!   128-byte line. Slices pay 4 bytes more, for their length.
+//!   128-byte line. Slices of at most 1 KiB cost the same (the slot's type
+//!   index says their length); longer ones pay 4 bytes more, for their length.
 //! - after a cache is cleared and compacted, the table gives its memory back.
 
 use compact_heap::{Config, Heap};
@@ -28,24 +29,40 @@ fn a_million_small_objects_cost_at_most_16_bytes_of_metadata_each() {
     assert_eq!(heap.get(hs[n / 2]).unwrap()[99], (n / 2) as u8);
 }
 
-#[test]
-fn slices_pay_four_bytes_more_for_their_length() {
-    let n = if cfg!(miri) { 5 * 1024 } else { 1_000_000 };
+/// Metadata bytes per object that `n` slices of `N` bytes cost beyond `n`
+/// arrays of `N` bytes (sized objects of the same size), after checking
+/// that both read back.
+fn slice_extra<const N: usize>(n: usize) -> f64 {
     let sized = Heap::new();
     let slices = Heap::new();
-    let a: Vec<_> = (0..n).map(|i| sized.alloc([i as u8; 100])).collect();
-    let b: Vec<_> = (0..n)
-        .map(|i| slices.alloc_slice(&[i as u8; 100]))
-        .collect();
+    let a: Vec<_> = (0..n).map(|i| sized.alloc([i as u8; N])).collect();
+    let b: Vec<_> = (0..n).map(|i| slices.alloc_slice(&[i as u8; N])).collect();
     let (sa, sb) = (sized.stats(), slices.stats());
-    let extra = (sb.metadata_bytes - sa.metadata_bytes) as f64 / n as f64;
-    println!("slices cost {extra:.2} B more each");
-    assert!((4.0..4.1).contains(&extra), "{extra:.2}: {sa:?} {sb:?}");
-    assert_eq!(slices.get(b[n / 3]).unwrap().len(), 100);
+    assert_eq!(slices.get(b[n / 3]).unwrap().len(), N);
+    assert_eq!(slices.len_of(b[n / 3]), Some(N));
     assert_eq!(
-        slices.get(b[n / 3]).unwrap()[0],
-        sized.get(a[n / 3]).unwrap()[0]
+        slices.get(b[n / 3]).unwrap()[N - 1],
+        sized.get(a[n / 3]).unwrap()[N - 1]
     );
+    (sb.metadata_bytes as f64 - sa.metadata_bytes as f64) / n as f64
+}
+
+#[test]
+fn short_slices_cost_what_sized_objects_do_and_long_ones_four_bytes_more() {
+    // Up to 1 KiB, a slice's length is said by its slot's type index: the
+    // table keeps nothing for it (the registry's 2 KiB for the type's
+    // lengths is all).
+    let n = if cfg!(miri) { 5 * 1024 } else { 1_000_000 };
+    let short = slice_extra::<100>(n);
+    println!("slices of 100 B cost {short:.3} B more each");
+    assert!(
+        (0.0..=4096.0).contains(&(short * n as f64)),
+        "{short:.3} B each: more than the registry's few KiB in all"
+    );
+    // Past it, the table keeps the length: 4 bytes.
+    let long = slice_extra::<1100>(if cfg!(miri) { 2 * 1024 } else { 100_000 });
+    println!("slices of 1100 B cost {long:.3} B more each");
+    assert!((4.0..4.1).contains(&long), "{long:.3}");
 }
 
 #[test]
