@@ -9,7 +9,7 @@
 
 use core::ptr::NonNull;
 
-use crate::mapping::{Mapping, PAGE};
+use crate::mapping::{Mapping, PageAlloc, PAGE};
 
 /// `x` rounded up to a multiple of `align`, a power of two (a mask, not the
 /// division `usize::next_multiple_of` compiles to for a runtime value).
@@ -31,7 +31,10 @@ pub(crate) struct Segment {
     /// that covers a line without starting or ending in it is the only
     /// object on that line, so it needs no count there: marking and
     /// unmarking a long object touch two counts and a few words of bits.
-    lines: Box<[u8]>,
+    /// A mapping of its own when it is a page or more (a segment of 512 KiB
+    /// or more), so that it goes back to the OS with its segment instead of
+    /// staying in `malloc`'s arena ([`PageAlloc`]).
+    lines: allocator_api2::boxed::Box<[u8], PageAlloc>,
     /// Invariant: bit `i % 64` of word `i / 64` is set iff line `i` exists
     /// and no object overlaps it: `lines[i] == 0` and no object passes
     /// through it. A free line holds no byte that anyone may read, so it may
@@ -82,7 +85,9 @@ impl Segment {
     pub(crate) fn in_mapping(mapping: Mapping, size: usize) -> Segment {
         debug_assert!(size.is_multiple_of(LINE) && size <= mapping.usable());
         debug_assert_eq!(mapping.start().as_ptr().addr() % LINE, 0);
-        let lines = vec![0u8; size / LINE].into_boxed_slice();
+        let mut lines = allocator_api2::vec::Vec::with_capacity_in(size / LINE, PageAlloc);
+        lines.resize(size / LINE, 0u8);
+        let lines = lines.into_boxed_slice();
         let mut free_bits = vec![u64::MAX; lines.len().div_ceil(64)].into_boxed_slice();
         if !lines.len().is_multiple_of(64) {
             // Lines past the end are never free.

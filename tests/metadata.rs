@@ -8,10 +8,40 @@
 //!   index says their length); longer ones pay 4 bytes more, for their length.
 //! - after a cache is cleared and compacted, the table gives its memory back.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
 use compact_heap::{Config, Heap};
+
+/// The global allocator, counting the bytes it has out. This test binary's
+/// threads all share it: every test holds `COUNTING`, so they run one at a
+/// time.
+struct Counting;
+
+static OUT: AtomicIsize = AtomicIsize::new(0);
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+// SAFETY: `System`'s, passed through; the counter only adds.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        OUT.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        OUT.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 #[test]
 fn a_million_small_objects_cost_at_most_16_bytes_of_metadata_each() {
+    let _only_us = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let n = if cfg!(miri) { 20_000 } else { 1_000_000 };
     let heap = Heap::new();
     let hs: Vec<_> = (0..n).map(|i| heap.alloc([i as u8; 100])).collect();
@@ -49,6 +79,7 @@ fn slice_extra<const N: usize>(n: usize) -> f64 {
 
 #[test]
 fn short_slices_cost_what_sized_objects_do_and_long_ones_four_bytes_more() {
+    let _only_us = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     // Up to 1 KiB, a slice's length is said by its slot's type index: the
     // table keeps nothing for it (the registry's 2 KiB for the type's
     // lengths is all).
@@ -67,6 +98,7 @@ fn short_slices_cost_what_sized_objects_do_and_long_ones_four_bytes_more() {
 
 #[test]
 fn a_cleared_and_compacted_heap_gives_its_table_back() {
+    let _only_us = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let n = if cfg!(miri) { 5_000 } else { 200_000 };
     let heap = Heap::with_config(Config::default().segment_size(64 * 1024));
     let hs: Vec<_> = (0..n).map(|i| heap.alloc(i as u64)).collect();
@@ -92,4 +124,35 @@ fn a_cleared_and_compacted_heap_gives_its_table_back() {
     let again: Vec<_> = (0..n / 2).map(|i| heap.alloc(i as u32)).collect();
     assert!(hs[n / 100..].iter().all(|h| heap.get(*h).is_none()));
     assert_eq!(*heap.get(again[n / 4]).unwrap(), (n / 4) as u32);
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every mapping comes from the global allocator"
+)]
+fn a_segments_line_counts_are_not_left_in_malloc() {
+    // A 1 MiB segment's 8 KiB of line counts are a mapping of their own,
+    // which goes back to the OS with the segment: from `malloc`, the counts
+    // of the segments that a compaction gives back stayed in its arena,
+    // free but resident, between blocks still in use.
+    let _only_us = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let heap = Heap::with_config(Config::default().no_pacing());
+    let out = || OUT.load(Ordering::Relaxed);
+    let mut hs = Vec::with_capacity(70 * 1024);
+    let before = out();
+    // 64 segments of 1 KiB slices (short enough that their lengths are in
+    // their type index: the table keeps none).
+    hs.extend((0..70 * 1024).map(|i| heap.alloc_slice_fill(1000, i as u8)));
+    let segments = heap.stats().segments;
+    assert!(segments >= 64, "{segments}");
+    let per_segment = (out() - before) as f64 / segments as f64;
+    println!("{per_segment:.0} B of malloc per segment");
+    // The segment's bitmap of free lines (1 KiB) and its share of the
+    // heap's vectors; the counts themselves would be 8 KiB more.
+    assert!(
+        per_segment < 3000.0,
+        "{per_segment:.0} B of malloc per segment"
+    );
+    assert_eq!(heap.get(hs[12345]).unwrap()[999], 12345u32 as u8);
 }

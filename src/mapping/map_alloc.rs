@@ -15,6 +15,13 @@
 //! same source as the heap's segments (`mmap` on unix, linear memory on
 //! wasm32, the global allocator elsewhere and under Miri), and freeing one
 //! gives its pages back at once. Smaller blocks go to the global allocator.
+//!
+//! [`PageAlloc`] does the same from a page on, for blocks that live and die
+//! with a segment (its line counts, 8 KiB for a 1 MiB segment): after a
+//! big delete, the counts of 58 segments that `compact()` gave back stayed
+//! in glibc's arena as 650 KiB of free but resident memory, between blocks
+//! still in use (the footprint harness's W7: 0.10 × live at 6.4 MiB of live
+//! data).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -30,11 +37,43 @@ pub(crate) const BIG: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct MapAlloc;
 
-impl MapAlloc {
-    /// Whether a block of `layout` is a mapping of its own.
-    fn mapped(layout: Layout) -> bool {
-        layout.size() >= BIG && layout.align() <= PAGE
+/// [`MapAlloc`] with mappings from a page on (see the module docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PageAlloc;
+
+/// Whether a block of `layout` is a mapping of its own, for an allocator
+/// that maps blocks of `from` bytes or more.
+fn mapped(layout: Layout, from: usize) -> bool {
+    layout.size() >= from && layout.align() <= PAGE
+}
+
+/// A block of `layout`: a mapping of its own if [`mapped`], else from `Global`.
+fn allocate(layout: Layout, from: usize) -> Result<NonNull<[u8]>, AllocError> {
+    if !mapped(layout, from) {
+        return Global.allocate(layout);
     }
+    let mapping = Mapping::new(layout.size(), layout.align()).ok_or(AllocError)?;
+    debug_assert!(mapping.fits(layout.size(), layout.align()));
+    let (start, len) = mapping.into_raw();
+    Ok(NonNull::slice_from_raw_parts(start, len))
+}
+
+/// Frees a block of [`allocate`].
+///
+/// # Safety
+/// `ptr` came from `allocate(layout, from)` with the same arguments, and is
+/// not used afterwards.
+unsafe fn deallocate(ptr: NonNull<u8>, layout: Layout, from: usize) {
+    if !mapped(layout, from) {
+        // SAFETY: blocks of this layout came from `Global` (the caller
+        // frees a block with the layout it was allocated with).
+        unsafe { Global.deallocate(ptr, layout) };
+        return;
+    }
+    // SAFETY: a block of this layout is a mapping that `allocate` gave
+    // away with `into_raw` for this size and an alignment of at most a
+    // page; the caller no longer uses it.
+    drop(unsafe { Mapping::from_raw(ptr, layout.size()) });
 }
 
 // A block stays valid until deallocated: a mapping until `deallocate` takes
@@ -42,26 +81,24 @@ impl MapAlloc {
 // it. SAFETY: that, and copies of a unit value are one allocator.
 unsafe impl Allocator for MapAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if !MapAlloc::mapped(layout) {
-            return Global.allocate(layout);
-        }
-        let mapping = Mapping::new(layout.size(), layout.align()).ok_or(AllocError)?;
-        debug_assert!(mapping.fits(layout.size(), layout.align()));
-        let (start, len) = mapping.into_raw();
-        Ok(NonNull::slice_from_raw_parts(start, len))
+        allocate(layout, BIG)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if !MapAlloc::mapped(layout) {
-            // SAFETY: blocks of this layout came from `Global` (the caller
-            // frees a block of ours with the layout it was allocated with).
-            unsafe { Global.deallocate(ptr, layout) };
-            return;
-        }
-        // SAFETY: a block of this layout is a mapping that `allocate` gave
-        // away with `into_raw` for this size and an alignment of at most a
-        // page; the caller no longer uses it.
-        drop(unsafe { Mapping::from_raw(ptr, layout.size()) });
+        // SAFETY: the caller's contract, with our one threshold.
+        unsafe { deallocate(ptr, layout, BIG) }
+    }
+}
+
+// SAFETY: as `MapAlloc`'s.
+unsafe impl Allocator for PageAlloc {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        allocate(layout, PAGE)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's contract, with our one threshold.
+        unsafe { deallocate(ptr, layout, PAGE) }
     }
 }
 
@@ -69,20 +106,27 @@ unsafe impl Allocator for MapAlloc {
 mod tests {
     use super::*;
 
+    fn round_trip(alloc: impl Allocator, size: usize) {
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        let block = alloc.allocate(layout).unwrap();
+        assert!(block.len() >= size);
+        let ptr = block.cast::<u8>();
+        assert_eq!(ptr.as_ptr().addr() % 16, 0);
+        // SAFETY: the block is `size` writable bytes until deallocated.
+        unsafe {
+            ptr.as_ptr().write_bytes(0xA5, size);
+            assert_eq!(*ptr.as_ptr().add(size - 1), 0xA5);
+            alloc.deallocate(ptr, layout);
+        }
+    }
+
     #[test]
     fn big_and_small_blocks_round_trip() {
         for size in [8, 1000, BIG - 1, BIG, 3 * BIG + 5] {
-            let layout = Layout::from_size_align(size, 16).unwrap();
-            let block = MapAlloc.allocate(layout).unwrap();
-            assert!(block.len() >= size);
-            let ptr = block.cast::<u8>();
-            assert_eq!(ptr.as_ptr().addr() % 16, 0);
-            // SAFETY: the block is `size` writable bytes until deallocated.
-            unsafe {
-                ptr.as_ptr().write_bytes(0xA5, size);
-                assert_eq!(*ptr.as_ptr().add(size - 1), 0xA5);
-                MapAlloc.deallocate(ptr, layout);
-            }
+            round_trip(MapAlloc, size);
+        }
+        for size in [8, PAGE - 1, PAGE, 2 * PAGE + 5] {
+            round_trip(PageAlloc, size);
         }
     }
 

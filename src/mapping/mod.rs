@@ -19,7 +19,7 @@ use core::ptr::NonNull;
 mod map_alloc;
 mod pool;
 mod reserve;
-pub(crate) use map_alloc::MapAlloc;
+pub(crate) use map_alloc::{MapAlloc, PageAlloc};
 pub(crate) use pool::Pool;
 pub(crate) use reserve::Reservation;
 
