@@ -88,11 +88,8 @@ impl Segment {
         let mut lines = allocator_api2::vec::Vec::with_capacity_in(size / LINE, PageAlloc);
         lines.resize(size / LINE, 0u8);
         let lines = lines.into_boxed_slice();
-        let mut free_bits = vec![u64::MAX; lines.len().div_ceil(64)].into_boxed_slice();
-        if !lines.len().is_multiple_of(64) {
-            // Lines past the end are never free.
-            *free_bits.last_mut().expect("a segment has lines") = (1u64 << (lines.len() % 64)) - 1;
-        }
+        let mut free_bits = vec![0; lines.len().div_ceil(64)].into_boxed_slice();
+        all_free(&mut free_bits, lines.len());
         Segment {
             mapping,
             free_lines: lines.len(),
@@ -235,6 +232,16 @@ impl Segment {
     #[cfg(test)]
     pub(crate) fn free_lines(&self) -> usize {
         self.free_lines
+    }
+
+    /// The line counts, the free-line bits and their count, to compare.
+    #[cfg(test)]
+    pub(crate) fn line_state(&self) -> (Vec<u8>, Vec<u64>, usize) {
+        (
+            self.lines.to_vec(),
+            self.free_bits.to_vec(),
+            self.free_lines,
+        )
     }
 
     /// The address of byte `offset`, with the provenance of the mapping.
@@ -525,10 +532,17 @@ impl Segment {
     /// became free.
     #[inline(always)]
     pub(crate) fn unmark(&mut self, offset: usize, size: usize) -> bool {
-        debug_assert!(size > 0 && offset + size <= self.size());
-        let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
         self.live_bytes -= size;
         self.live_objects -= 1;
+        self.unmark_span(offset, size)
+    }
+
+    /// [`Segment::unmark`] of the lines only: for an object moved out of a
+    /// compaction source whose counts (`live_bytes`, `live_objects`) were
+    /// taken down when it moved. Returns whether a line became free.
+    pub(crate) fn unmark_span(&mut self, offset: usize, size: usize) -> bool {
+        debug_assert!(size > 0 && offset + size <= self.size());
+        let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
         debug_assert!(
             self.lines[first] > 0 && self.lines[last] > 0,
             "unmarking a free line"
@@ -549,6 +563,18 @@ impl Segment {
 
     /// [`Segment::unmark`] of an object over lines `first < last`.
     #[inline(never)]
+    /// Every line free, as in a new segment: for a compaction source that
+    /// its pass emptied, whose line counts were left as they were while its
+    /// objects moved out (`Evacuation::moved`). Its objects are all gone.
+    pub(crate) fn forget_lines(&mut self) {
+        debug_assert_eq!((self.live_objects, self.cached), (0, 0));
+        self.lines.fill(0);
+        all_free(&mut self.free_bits, self.lines.len());
+        self.free_lines = self.lines.len();
+        self.max_hole = self.lines.len();
+        self.max_hole_at = 0;
+    }
+
     fn unmark_lines(&mut self, first: usize, last: usize) -> bool {
         self.lines[first] -= 1;
         self.lines[last] -= 1;
@@ -559,6 +585,16 @@ impl Segment {
         self.set_free_bits(first, last, keep, true);
         self.free_lines += freed;
         freed > 0
+    }
+}
+
+/// Sets `bits` to say that each of `lines` lines is free (and that no line
+/// past them is).
+fn all_free(bits: &mut [u64], lines: usize) {
+    bits.fill(u64::MAX);
+    if !lines.is_multiple_of(64) {
+        // Lines past the end are never free.
+        *bits.last_mut().expect("a segment has lines") = (1u64 << (lines % 64)) - 1;
     }
 }
 

@@ -667,25 +667,59 @@ impl Space {
         0
     }
 
-    /// [`Space::release`] of an object that compaction has just moved out of
-    /// source `id` (evacuating), at `offset`: only its lines and counts
-    /// change. A source keeps no freed block (I14) and no hole list; its
-    /// emptiness is handled when its evacuation ends.
+    /// The objects that compaction has just moved out of source `id`
+    /// (evacuating): `objects` of them, `bytes` in all, whose `(offset,
+    /// size)` the caller keeps in `moved` until the source's evacuation ends
+    /// ([`Space::settle_lines`]). Only the segment's counts change now: its
+    /// lines stay marked as they were, which may say a line is used when it
+    /// is free, never the reverse (DESIGN I3, "a source's lines"). A source
+    /// keeps no freed block (I14) and no hole list, and nothing is
+    /// allocated in it, so nothing reads its lines for room until then.
     ///
     /// # Safety
-    /// As [`Space::release`]: the `size` bytes at `offset` of segment `id`
-    /// were reserved by one allocation, and nothing refers to them any more.
-    #[inline]
-    pub(crate) unsafe fn release_moved(&mut self, id: u32, offset: usize, size: usize) {
+    /// As [`Space::release`], for each of `moved`: the bytes at `offset` of
+    /// segment `id` were reserved by one allocation of `size` bytes, and
+    /// nothing refers to them any more.
+    pub(crate) unsafe fn moved_out(&mut self, id: u32, moved: &[(u32, u32)], bytes: usize) {
         let seg = self.segments[id as usize]
             .as_mut()
             .expect("a source segment exists");
         debug_assert!(seg.evacuating, "only sources are released this way");
         if cfg!(debug_assertions) {
-            // SAFETY: as in `release`: bytes the caller gave up, in the segment.
-            unsafe { seg.ptr_at(offset).as_ptr().write_bytes(POISON, size) };
+            for &(offset, size) in moved {
+                // SAFETY: as in `release`: bytes the caller gave up, in the
+                // segment. Poisoned so that a stale read shows in the tests.
+                unsafe {
+                    seg.ptr_at(offset as usize)
+                        .as_ptr()
+                        .write_bytes(POISON, size as usize)
+                };
+            }
         }
-        seg.unmark(offset, size);
+        seg.live_objects -= moved.len();
+        seg.live_bytes -= bytes;
+    }
+
+    /// The end of source `id`'s evacuation: its line counts exact again. If
+    /// it holds nothing, every line is free; else the objects of `moved`
+    /// (every one [`Space::moved_out`] took out of it in this pass) give
+    /// up their lines.
+    pub(crate) fn settle_lines(&mut self, id: u32, moved: &[(u32, u32)]) {
+        let seg = self.segments[id as usize]
+            .as_mut()
+            .expect("a source segment exists");
+        debug_assert!(seg.evacuating, "only sources settle");
+        if moved.is_empty() {
+            return;
+        }
+        if seg.live_objects == 0 {
+            seg.forget_lines();
+            return;
+        }
+        // Pinned or dying objects stay: unmark the moved ones alone.
+        for &(offset, size) in moved {
+            seg.unmark_span(offset as usize, size as usize);
+        }
     }
 
     /// Notes that the `size` bytes at `loc` (in a segment) are about to be
@@ -1285,6 +1319,79 @@ mod tests {
         let (c, _) = s.alloc(LINE, 8).unwrap();
         assert_ne!(c, a, "one free line of 32 is left for compaction");
         assert_eq!(s.segment_count(), 2);
+    }
+
+    #[test]
+    fn a_source_s_lines_are_exact_again_when_it_settles_empty_or_not() {
+        // Objects of 1 to 300 bytes fill a segment; some are freed. As a
+        // source, a random part moves out (their lines left as they were),
+        // one more is freed meanwhile; when it settles, its lines, bits and
+        // free-line count are those of a segment that only ever held what
+        // is left. And if everything moved out, every line is free.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for round in 0..if cfg!(miri) { 2 } else { 40 } {
+            let mut s = space(64 * 1024);
+            let mut objects = Vec::new();
+            loop {
+                let size = 1 + next(300) as usize;
+                match s.alloc(size, 1) {
+                    Ok((_, loc)) if s.split_granule(loc.granule().unwrap()).0 == 0 => {
+                        objects.push((s.split_granule(loc.granule().unwrap()).1, size, loc))
+                    }
+                    // The next segment: the first is full.
+                    Ok((_, loc)) => {
+                        // SAFETY: just allocated, never used.
+                        unsafe { s.release(size, loc) };
+                        break;
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            for _ in 0..objects.len() / 4 {
+                let (_, size, loc) = objects.swap_remove(next(objects.len() as u64) as usize);
+                // SAFETY: from `alloc` with this size and place, released once.
+                unsafe { s.release(size, loc) };
+            }
+            s.set_evacuating(0, true);
+            s.flush_sources();
+            let all = round % 4 == 0;
+            let mut moved = Vec::new();
+            let mut stay = Vec::new();
+            for (offset, size, loc) in objects {
+                if all || next(3) != 0 {
+                    moved.push((offset as u32, size as u32));
+                } else {
+                    stay.push((offset, size, loc));
+                }
+            }
+            let bytes = moved.iter().map(|&(_, size)| size as usize).sum();
+            // SAFETY: objects of segment 0 that nothing uses any more.
+            unsafe { s.moved_out(0, &moved, bytes) };
+            if let Some((_, size, loc)) = stay.pop() {
+                // SAFETY: as above: freed between two steps of the pass.
+                unsafe { s.release(size, loc) };
+            }
+            s.settle_lines(0, &moved);
+            let mut plain = Segment::new(64 * 1024).unwrap();
+            for &(offset, size, _) in &stay {
+                plain.mark(offset, size);
+            }
+            let seg = s.segment(0).unwrap();
+            assert_eq!(seg.line_state(), plain.line_state(), "round {round}");
+            assert_eq!(
+                (seg.live_objects, seg.live_bytes),
+                (plain.live_objects, plain.live_bytes)
+            );
+            if all {
+                assert_eq!(seg.free_lines(), 512);
+            }
+        }
     }
 
     #[test]
