@@ -47,6 +47,10 @@ pub(crate) struct Evacuation {
     /// unmarking each object cost about 35 instructions of the 230 a small
     /// object's move took. Kept from pass to pass, as `found`.
     moved: allocator_api2::vec::Vec<(u32, u32), MapAlloc>,
+    /// Entries of `moved`'s block written at least once since it was
+    /// allocated: writing past them writes fresh pages (page faults, which
+    /// a step's budget pays for, as the found lists' and the targets').
+    moved_touched: usize,
 }
 
 impl Default for Evacuation {
@@ -60,6 +64,7 @@ impl Default for Evacuation {
             starved: false,
             flushed: 0,
             moved: allocator_api2::vec::Vec::new_in(MapAlloc),
+            moved_touched: 0,
         }
     }
 }
@@ -315,6 +320,7 @@ impl RawHeap {
         // The pass's lists: given back here, where the caller waits anyway.
         self.evac.found = Found::default();
         self.evac.moved = allocator_api2::vec::Vec::new_in(MapAlloc);
+        self.evac.moved_touched = 0;
         self.table.release_vacant();
         self.space.discard_free_pages();
         report.finished = true;
@@ -580,7 +586,12 @@ impl RawHeap {
         let list = self.evac.found.last_list();
         // Room for every object the source may give: no step grows the list.
         let room = list.len().saturating_sub(self.evac.pos);
+        let capacity = self.evac.moved.capacity();
         self.evac.moved.reserve(room);
+        if self.evac.moved.capacity() != capacity {
+            // A new block (the list was empty: nothing was copied into it).
+            self.evac.moved_touched = self.evac.moved.len();
+        }
         // The granule addresses of source `id` are `lo..lo + span` (the
         // large and zero-sized tags are above every segment's).
         let lo = self.space.granule(id, 0);
@@ -675,6 +686,13 @@ impl RawHeap {
             // Given up below, with the others of this call (`moved_out`).
             // (A segment's offsets and a segment object's size fit 32 bits.)
             self.evac.moved.push((offset as u32, size as u32));
+            // A list entry on a page of its block written for the first time.
+            let faults = if limited && self.evac.moved.len() > self.evac.moved_touched {
+                self.evac.moved_touched = self.evac.moved.len();
+                faults + usize::from(self.evac.moved.len() % MOVED_PER_PAGE == 1)
+            } else {
+                faults
+            };
             self.evac.pos += 1;
             *left = left.saturating_sub(size.saturating_add(faults.saturating_mul(FAULT_COST)));
             objects += 1;
@@ -783,6 +801,10 @@ const FLUSH_COST: usize = 32;
 /// granule address divided by this is a page; for smaller segments, an
 /// estimate, as the count of faults is).
 const PAGE_GRANULES: u32 = (PAGE / GRANULE) as u32;
+
+/// Entries of [`Evacuation::moved`] in a page (its block starts on a page
+/// when it is a mapping of its own; for a smaller block, an estimate).
+const MOVED_PER_PAGE: usize = PAGE / core::mem::size_of::<(u32, u32)>();
 
 /// [`FAULT_COST`] in slots swept.
 const FAULT_SLOTS: usize = FAULT_COST / SWEEP_COST;
