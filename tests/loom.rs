@@ -18,6 +18,22 @@ use loom::thread;
 
 type Obj = [u64; 125]; // 1000 bytes: four to a 4 KiB segment
 
+/// `loom::model(f)`, with `f` on a thread of a 1 MiB stack: loom runs its
+/// first thread on a stack of a few pages, which a debug build's compaction
+/// (a new segment, its line counts, the moves) can outgrow.
+fn model(f: impl Fn() + Send + Sync + 'static) {
+    let f = std::sync::Arc::new(f);
+    loom::model(move || {
+        let f = f.clone();
+        thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || f())
+            .expect("a model thread")
+            .join()
+            .expect("the model ran");
+    });
+}
+
 fn obj(i: u64) -> Obj {
     [i; 125]
 }
@@ -39,7 +55,7 @@ fn fragmented() -> (Arc<SyncHeap>, Handle<Obj>, Handle<Obj>) {
 
 #[test]
 fn a_reader_and_a_compactor() {
-    loom::model(|| {
+    model(|| {
         let (heap, a, b) = fragmented();
         let reader = {
             let heap = heap.clone();
@@ -67,7 +83,7 @@ fn a_reader_and_a_compactor() {
 
 #[test]
 fn a_writer_and_a_compactor() {
-    loom::model(|| {
+    model(|| {
         let (heap, a, _) = fragmented();
         let writer = {
             let heap = heap.clone();
@@ -99,7 +115,7 @@ impl Drop for Counted {
 
 #[test]
 fn a_free_and_the_last_guard() {
-    loom::model(|| {
+    model(|| {
         let heap = Arc::new(SyncHeap::new());
         let drops = std::sync::Arc::new(AtomicUsize::new(0));
         let h = heap.alloc(Counted(drops.clone()));
@@ -121,7 +137,7 @@ fn a_free_and_the_last_guard() {
 
 #[test]
 fn two_compactors() {
-    loom::model(|| {
+    model(|| {
         let (heap, a, b) = fragmented();
         let other = {
             let heap = heap.clone();
