@@ -44,7 +44,7 @@ pub(crate) struct Evacuation {
     /// evacuated (the last of `sources`) in this pass. Its lines are left
     /// marked until it ends ([`Space::settle_lines`](crate::space::Space::settle_lines)):
     /// most sources end empty, and then every line is freed at once, where
-    /// unmarking each object cost about 35 instructions of the 230 a small
+    /// unmarking each object cost about 35 instructions of the 294 a small
     /// object's move took. Kept from pass to pass, as `found`.
     moved: allocator_api2::vec::Vec<(u32, u32), MapAlloc>,
     /// Entries of `moved`'s block written at least once since it was

@@ -668,8 +668,8 @@ impl Space {
     }
 
     /// The objects that compaction has just moved out of source `id`
-    /// (evacuating): `objects` of them, `bytes` in all, whose `(offset,
-    /// size)` the caller keeps in `moved` until the source's evacuation ends
+    /// (evacuating): `moved` lists their `(offset, size)`, `bytes` in all;
+    /// the caller keeps that list until the source's evacuation ends
     /// ([`Space::settle_lines`]). Only the segment's counts change now: its
     /// lines stay marked as they were, which may say a line is used when it
     /// is free, never the reverse (DESIGN I3, "a source's lines"). A source
