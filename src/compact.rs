@@ -15,6 +15,7 @@ use core::ptr::{self, NonNull};
 
 use crate::mapping::{MapAlloc, PAGE};
 use crate::raw::RawHeap;
+use crate::space::Run;
 use crate::stats::CompactReport;
 use crate::table::{Loc, GRANULE};
 use crate::types::IN_TABLE;
@@ -601,6 +602,8 @@ impl RawHeap {
         // to be alike), its alignment and element size, and its size if the
         // index says it (`usize::MAX` if the table keeps a slice length).
         let mut last_ty: Option<(u16, usize, usize, usize)> = None;
+        // Targets bumped one after another (see `Run`): none yet.
+        let mut run: Option<Run> = None;
         let outcome = loop {
             let Some(&index) = list.get(self.evac.pos) else {
                 break Evacuated::Done;
@@ -655,8 +658,24 @@ impl RawHeap {
                 }
                 // Full compaction in slices: a big object moves alone in its slice.
             }
-            let Ok((dst, dst_loc)) = self.space.alloc(size, align) else {
-                break Evacuated::OutOfMemory;
+            // Bumped into the run if it has room, else placed as any
+            // allocation is (the run ends first: its lines are marked), and
+            // a new run begins where that left the cursor.
+            let (dst, dst_loc) = match run
+                .as_mut()
+                .and_then(|r| self.space.run_alloc(r, size, align))
+            {
+                Some(placed) => placed,
+                None => {
+                    if let Some(r) = run.take() {
+                        self.space.end_run(r);
+                    }
+                    let Ok(placed) = self.space.alloc(size, align) else {
+                        break Evacuated::OutOfMemory;
+                    };
+                    run = self.space.begin_run();
+                    placed
+                }
             };
             debug_assert!(
                 dst_loc.granule().is_some(),
@@ -698,6 +717,9 @@ impl RawHeap {
             objects += 1;
             bytes += size;
         };
+        if let Some(r) = run {
+            self.space.end_run(r);
+        }
         // SAFETY: each object of `moved[before..]` had its bytes at its
         // offset of source `id`, reserved by one alloc; its slot now points
         // at its copy, so nothing reads them again.

@@ -491,6 +491,37 @@ impl Segment {
         self.mark_lines(first, last);
     }
 
+    /// The first half of [`Segment::mark`] for an object of a run that
+    /// compaction bumps into free lines: the counts on its first and last
+    /// lines only. [`Segment::mark_run`] does the rest for the whole run.
+    #[inline(always)]
+    pub(crate) fn count_ends(&mut self, offset: usize, size: usize) {
+        debug_assert!(size > 0 && offset + size <= self.size());
+        let (first, last) = (offset / LINE, (offset + size - 1) / LINE);
+        debug_assert!(self.lines[first] < u8::MAX && self.lines[last] < u8::MAX);
+        self.lines[first] += 1;
+        if last != first {
+            self.lines[last] += 1;
+        }
+    }
+
+    /// The second half of [`Segment::mark`] for `objects` objects, `bytes`
+    /// in all, laid one after another over `[start, end)` and each counted
+    /// by [`Segment::count_ends`]: every line of the range is used, and the
+    /// live counts grow. The same state as marking each object on its own.
+    pub(crate) fn mark_run(&mut self, start: usize, end: usize, objects: usize, bytes: usize) {
+        debug_assert!(start < end && end <= self.size());
+        let (first, last) = (start / LINE, (end - 1) / LINE);
+        self.live_bytes += bytes;
+        self.live_objects += objects;
+        for w in first / 64..=last / 64 {
+            let bits = word_range(w, first, last);
+            let word = &mut self.free_bits[w];
+            self.free_lines -= (*word & bits).count_ones() as usize;
+            *word &= !bits;
+        }
+    }
+
     /// [`Segment::mark`] of an object over lines `first < last`.
     #[inline(never)]
     fn mark_lines(&mut self, first: usize, last: usize) {
@@ -637,6 +668,39 @@ mod tests {
         assert!(s.unmark(LINE - 8, 16));
         assert_eq!(s.find_hole(0, 2 * LINE, 8), Some((0, 3 * LINE)));
         assert_eq!((s.live_objects, s.live_bytes), (1, LINE));
+    }
+
+    #[test]
+    fn a_run_marked_at_its_end_is_its_objects_marked_one_by_one() {
+        use crate::table::GRANULE;
+        // Objects laid one after another (granule-aligned), from mid-line
+        // after an object already there, over lines one spans alone and
+        // lines several share, across a word of free bits.
+        let sizes = [24, 200, 8, 8, 4, 3 * LINE + 12, 60, 64 * LINE, 100, 4];
+        let (mut one, mut run) = (
+            Segment::new(80 * LINE).unwrap(),
+            Segment::new(80 * LINE).unwrap(),
+        );
+        for s in [&mut one, &mut run] {
+            s.mark(0, 40);
+        }
+        let start = 40;
+        let mut pos = start;
+        for size in sizes {
+            one.mark(pos, size);
+            run.count_ends(pos, size);
+            pos = align_up(pos + size, GRANULE);
+        }
+        run.mark_run(start, pos, sizes.len(), sizes.iter().sum());
+        assert_eq!(run.line_state(), one.line_state());
+        assert_eq!(
+            (run.free_lines(), run.live_objects, run.live_bytes),
+            (one.free_lines(), one.live_objects, one.live_bytes)
+        );
+        assert!(
+            run.free_lines() > 0 && run.free_lines() < 80,
+            "the case is not trivial"
+        );
     }
 
     #[test]

@@ -21,6 +21,26 @@ struct Cursor {
     limit: usize,
 }
 
+/// Compaction's targets bumped through the cursor's range one after
+/// another ([`Space::begin_run`]): each object's end lines are counted as
+/// it comes, the rest of marking (free bits, live counts, the cursor) is
+/// done once for all at [`Space::end_run`]. Its objects are `[start', pos)`
+/// with `start'` the first granule from `start`.
+#[derive(Debug)]
+pub(crate) struct Run {
+    seg: u32,
+    /// The segment's first byte.
+    base: NonNull<u8>,
+    /// Where the cursor was when the run began.
+    start: usize,
+    /// The end of the run's last object.
+    pos: usize,
+    /// The end of the cursor's range.
+    limit: usize,
+    objects: usize,
+    bytes: usize,
+}
+
 /// The first byte of a segment, kept apart from the segment so that reaching
 /// an object takes one load of a small, hot array.
 #[derive(Debug, Clone, Copy)]
@@ -347,6 +367,91 @@ impl Space {
             ..c
         });
         (ptr, Loc::segment(self.granule(c.seg, start)))
+    }
+
+    /// Starts a [`Run`] at the cursor: compaction's targets bumped one after
+    /// another, their lines marked once at its end ([`Space::end_run`]).
+    /// `None` if there is no cursor, or if kept blocks wait for reuse
+    /// (which [`Space::alloc`] fills first: then compaction goes that way).
+    /// Until the run ends, only [`Space::run_alloc`] and [`Space::touch`]
+    /// may be called.
+    #[inline]
+    pub(crate) fn begin_run(&mut self) -> Option<Run> {
+        let c = self.cursor?;
+        if !self.reuse.is_empty() {
+            return None;
+        }
+        Some(Run {
+            seg: c.seg,
+            base: self.segment_start(c.seg),
+            start: c.pos,
+            pos: c.pos,
+            limit: c.limit,
+            objects: 0,
+            bytes: 0,
+        })
+    }
+
+    /// [`Space::alloc`]'s bump through the cursor's range, for a run: the
+    /// same place, the lines' counts only (`None` if the object does not
+    /// take the inline path or does not fit: end the run and allocate).
+    #[inline(always)]
+    pub(crate) fn run_alloc(
+        &mut self,
+        run: &mut Run,
+        size: usize,
+        align: usize,
+    ) -> Option<(NonNull<u8>, Loc)> {
+        debug_assert!(align.is_power_of_two());
+        // As `alloc_small`'s bump (no kept block can be taken: `begin_run`).
+        if size.wrapping_sub(1) >= self.bump_max || align > GRANULE {
+            return None;
+        }
+        let start = align_up(run.pos, GRANULE);
+        if start + size > run.limit {
+            return None;
+        }
+        let seg = self.segments[run.seg as usize]
+            .as_mut()
+            .expect("the run's segment exists");
+        debug_assert!(
+            seg.lines_free(start / LINE + 1, (start + size - 1) / LINE),
+            "bump into used lines"
+        );
+        seg.count_ends(start, size);
+        run.pos = start + size;
+        run.objects += 1;
+        run.bytes += size;
+        // SAFETY: `start + size <= limit <= segment size`: inside the
+        // segment's mapping, whose first byte is `base`.
+        let ptr = unsafe { run.base.add(start) };
+        Some((ptr, Loc::segment(self.granule(run.seg, start))))
+    }
+
+    /// Ends `run`: its objects' lines are marked, its segment counts them,
+    /// and the cursor goes on from where the run stopped.
+    pub(crate) fn end_run(&mut self, run: Run) {
+        if run.objects == 0 {
+            return;
+        }
+        debug_assert!(
+            self.cursor
+                .is_some_and(|c| c.seg == run.seg && c.pos == run.start && c.limit == run.limit),
+            "the cursor did not move during the run"
+        );
+        let seg = self.segments[run.seg as usize]
+            .as_mut()
+            .expect("the run's segment exists");
+        seg.mark_run(
+            align_up(run.start, GRANULE),
+            run.pos,
+            run.objects,
+            run.bytes,
+        );
+        self.cursor = Some(Cursor {
+            pos: run.pos,
+            ..self.cursor.expect("checked above")
+        });
     }
 
     /// [`Space::alloc`] when the cursor's range has no room (or the object
