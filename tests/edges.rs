@@ -461,14 +461,16 @@ fn compact_step_pays_for_the_fresh_pages_it_writes() {
             break;
         }
     }
-    // A page written for the first time costs as much as moving 8 KiB: a
-    // step that fills 64 KiB of fresh pages moves about a third of that.
+    // A 64-byte object costs the budget 144 bytes (its own and 80 for the
+    // move), so a step with no fresh page moves 64/144 of its budget; a page
+    // written for the first time costs 20 KiB more, so a step into fresh
+    // pages (64 objects a page) moves about a third of that.
     assert!(
-        moved[0] <= budget / 2,
+        moved[0] <= budget / 4,
         "the first moves go to fresh pages: {moved:?}"
     );
     assert!(
-        moved.iter().any(|&m| m > budget * 3 / 4),
+        moved.iter().any(|&m| m > budget * 3 / 8),
         "moves into emptied sources write no fresh page: {moved:?}"
     );
     for (i, h) in kept.iter().enumerate() {

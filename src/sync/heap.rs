@@ -262,7 +262,8 @@ impl SyncHeap {
     /// ```
     /// use compact_heap::{Config, SyncHeap};
     ///
-    /// let heap = SyncHeap::with_config(Config::default().segment_size(64 * 1024));
+    /// // (No paced compaction, which would close the holes as they open.)
+    /// let heap = SyncHeap::with_config(Config::default().segment_size(64 * 1024).no_pacing());
     /// let hs: Vec<_> = (0..10_000u32).map(|i| heap.alloc([i; 16])).collect();
     /// for h in hs.iter().step_by(2) {
     ///     heap.free(*h);
