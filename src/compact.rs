@@ -303,7 +303,42 @@ impl RawHeap {
         self.space.drop_cursor();
         // Kept freed blocks are holes: a full compaction closes them too.
         self.space.flush_reuse();
-        self.begin_pass(1, 8);
+        if !self.begin_pass(1, 8) {
+            self.begin_dense_pass();
+        }
+    }
+
+    /// Starts the pass of a full compaction that can give no segment back
+    /// ([`RawHeap::begin_pass`] found none), if packing some segments would
+    /// still free enough whole pages: the free bytes of a heap whose live
+    /// data fits its segments only just may lie scattered over pages that
+    /// stay resident, and `compact()` promises segments as dense as pinned
+    /// objects allow. The sources are the sparsest segments whose resident
+    /// pages (pages with a used line) exceed the pages their live bytes
+    /// need by the most, if by at least [`DENSE_GAIN`] bytes and a
+    /// sixty-fourth of what the heap holds (so a heap packed once is not
+    /// packed again for nothing).
+    fn begin_dense_pass(&mut self) {
+        let candidates = self.segment_fill();
+        let (mut best, mut best_gain) = (0, 0usize);
+        let (mut resident, mut live) = (0usize, 0usize);
+        for (i, &(bytes, id)) in candidates.iter().enumerate() {
+            let seg = self.space.segment(id).expect("listed segment exists");
+            resident += seg.used_pages();
+            live += bytes;
+            let gain = resident.saturating_sub(live.div_ceil(PAGE));
+            if gain > best_gain {
+                (best, best_gain) = (i + 1, gain);
+            }
+        }
+        let least = DENSE_GAIN.max(self.space.held_bytes() / 64);
+        if best_gain.saturating_mul(PAGE) < least {
+            return;
+        }
+        let mut candidates = candidates;
+        candidates.truncate(best);
+        // Sparsest last: it is evacuated first.
+        self.start_pass(candidates.into_iter().rev().map(|(_, id)| id).collect());
     }
 
     /// The end of a full compaction: the spare large mappings go back too.
@@ -831,6 +866,10 @@ pub(crate) const FAULT_COST: usize = 20 * 1024;
 /// as moving this many bytes. At most `REUSE_BLOCKS` (4096) are kept, so a
 /// step that starts a pass does little else.
 const FLUSH_COST: usize = 32;
+
+/// The least a full compaction's dense pass
+/// ([`RawHeap::begin_dense_pass`]) must let go of in whole pages to start.
+const DENSE_GAIN: usize = 64 * 1024;
 
 /// Granules in a page (segments of whole pages start on a page, so a
 /// granule address divided by this is a page; for smaller segments, an

@@ -227,6 +227,18 @@ impl Segment {
         self.lines.len() * LINE
     }
 
+    /// Pages (of [`PAGE`] bytes, the last one possibly shorter) with at
+    /// least one used line: what the segment keeps resident at most once
+    /// its whole free pages are given back
+    /// ([`Segment::discard_free_pages`]).
+    pub(crate) fn used_pages(&self) -> usize {
+        let lines = self.lines.len();
+        let per_page = (PAGE / LINE).max(1);
+        (0..lines.div_ceil(per_page))
+            .filter(|&p| !self.lines_free(p * per_page, ((p + 1) * per_page).min(lines) - 1))
+            .count()
+    }
+
     /// Lines on which no object lies.
     #[inline]
     #[cfg(test)]
