@@ -1373,7 +1373,11 @@ mod tests {
         // SAFETY: `b` came from `alloc` with this size and place.
         unsafe { s.release(size, pb) };
         let (c, pc) = s.alloc(size, 8).unwrap();
-        assert_eq!(c.as_ptr().addr(), b.as_ptr().addr(), "the last one's bytes again");
+        assert_eq!(
+            c.as_ptr().addr(),
+            b.as_ptr().addr(),
+            "the last one's bytes again"
+        );
         // Not the last one bumped: its bytes stay a hole, the cursor goes on.
         // SAFETY: `a` came from `alloc` with this size and place.
         unsafe { s.release(size, pa) };
