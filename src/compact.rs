@@ -332,13 +332,9 @@ impl RawHeap {
             }
         }
         let least = DENSE_GAIN.max(self.space.held_bytes() / 64);
-        if best_gain.saturating_mul(PAGE) < least {
-            return;
+        if best_gain.saturating_mul(PAGE) >= least {
+            self.start_sparsest(candidates, best);
         }
-        let mut candidates = candidates;
-        candidates.truncate(best);
-        // Sparsest last: it is evacuated first.
-        self.start_pass(candidates.into_iter().rev().map(|(_, id)| id).collect());
     }
 
     /// The end of a full compaction: the spare large mappings go back too.
@@ -445,10 +441,16 @@ impl RawHeap {
         if (best_gain as usize) < min_gain {
             return false;
         }
-        candidates.truncate(best);
+        self.start_sparsest(candidates, best);
+        self.evac.active()
+    }
+
+    /// Starts a pass over the first `n` of `candidates` (`(live bytes, id)`,
+    /// sparsest first).
+    fn start_sparsest(&mut self, mut candidates: Vec<(usize, u32)>, n: usize) {
+        candidates.truncate(n);
         // Sparsest last: it is evacuated first.
         self.start_pass(candidates.into_iter().rev().map(|(_, id)| id).collect());
-        self.evac.active()
     }
 
     /// Starts a pass over `sources` (the next one last): its sweep first.

@@ -29,7 +29,8 @@ struct Cursor {
 #[derive(Debug)]
 pub(crate) struct Run {
     seg: u32,
-    /// The segment's first byte.
+    /// The segment's first byte (kept here: an address from it takes one
+    /// load less than [`Segment::ptr_at`] on each move).
     base: NonNull<u8>,
     /// Where the cursor was when the run began.
     start: usize,
@@ -39,6 +40,14 @@ pub(crate) struct Run {
     limit: usize,
     objects: usize,
     bytes: usize,
+}
+
+/// Where an object of `size` bytes starts when bumped from `pos` in a
+/// range that ends at `limit`: the next granule, if the object fits.
+#[inline(always)]
+fn bump_start(pos: usize, limit: usize, size: usize) -> Option<usize> {
+    let start = align_up(pos, GRANULE);
+    (start + size <= limit).then_some(start)
 }
 
 /// The first byte of a segment, kept apart from the segment so that reaching
@@ -317,21 +326,42 @@ impl Space {
     #[inline(always)]
     pub(crate) fn alloc_small(&mut self, size: usize, align: usize) -> Option<(NonNull<u8>, Loc)> {
         debug_assert!(align.is_power_of_two());
-        // (`size - 1 < bump_max`: `1 <= size <= bump_max`, one compare.)
-        if size.wrapping_sub(1) < self.bump_max && align <= GRANULE {
+        if self.bumps(size, align) {
             if size <= REUSE_MAX {
                 if let Some(block) = self.reuse.pop(size, align) {
                     return Some(self.reuse_block(block, size));
                 }
             }
             if let Some(c) = self.cursor {
-                let start = align_up(c.pos, GRANULE);
-                if start + size <= c.limit {
+                if let Some(start) = bump_start(c.pos, c.limit, size) {
                     return Some(self.bump(c, start, size));
                 }
             }
         }
         None
+    }
+
+    /// Whether an object of `size` bytes aligned to `align` may take the
+    /// inline bump (no line alignment, not zero-sized, not large).
+    #[inline(always)]
+    fn bumps(&self, size: usize, align: usize) -> bool {
+        // (`size - 1 < bump_max`: `1 <= size <= bump_max`, one compare.)
+        size.wrapping_sub(1) < self.bump_max && align <= GRANULE
+    }
+
+    /// Segment `seg`, whose bytes `[start, start + size)` a bump is about
+    /// to reserve: the cursor's range, free lines (I4; checked in debug
+    /// builds).
+    #[inline(always)]
+    fn bump_segment(&mut self, seg: u32, start: usize, size: usize) -> &mut Segment {
+        let seg = self.segments[seg as usize]
+            .as_mut()
+            .expect("cursor segment exists");
+        debug_assert!(
+            seg.lines_free(start / LINE + 1, (start + size - 1) / LINE),
+            "bump into used lines"
+        );
+        seg
     }
 
     /// Hands out `block`, a kept freed block (I14), for a new object of
@@ -353,13 +383,7 @@ impl Space {
     /// Reserves `[start, start + size)` of the cursor's range `c`.
     #[inline(always)]
     fn bump(&mut self, c: Cursor, start: usize, size: usize) -> (NonNull<u8>, Loc) {
-        let seg = self.segments[c.seg as usize]
-            .as_mut()
-            .expect("cursor segment exists");
-        debug_assert!(
-            seg.lines_free(start / LINE + 1, (start + size - 1) / LINE),
-            "bump into used lines"
-        );
+        let seg = self.bump_segment(c.seg, start, size);
         seg.mark(start, size);
         let ptr = seg.ptr_at(start);
         self.cursor = Some(Cursor {
@@ -404,26 +428,17 @@ impl Space {
     ) -> Option<(NonNull<u8>, Loc)> {
         debug_assert!(align.is_power_of_two());
         // As `alloc_small`'s bump (no kept block can be taken: `begin_run`).
-        if size.wrapping_sub(1) >= self.bump_max || align > GRANULE {
+        if !self.bumps(size, align) {
             return None;
         }
-        let start = align_up(run.pos, GRANULE);
-        if start + size > run.limit {
-            return None;
-        }
-        let seg = self.segments[run.seg as usize]
-            .as_mut()
-            .expect("the run's segment exists");
-        debug_assert!(
-            seg.lines_free(start / LINE + 1, (start + size - 1) / LINE),
-            "bump into used lines"
-        );
-        seg.count_ends(start, size);
+        let start = bump_start(run.pos, run.limit, size)?;
+        self.bump_segment(run.seg, start, size)
+            .count_ends(start, size);
         run.pos = start + size;
         run.objects += 1;
         run.bytes += size;
-        // SAFETY: `start + size <= limit <= segment size`: inside the
-        // segment's mapping, whose first byte is `base`.
+        // SAFETY: `start + size <= limit <= segment size` (`bump_start`):
+        // inside the segment's mapping, whose first byte is `base`.
         let ptr = unsafe { run.base.add(start) };
         Some((ptr, Loc::segment(self.granule(run.seg, start))))
     }
@@ -449,8 +464,9 @@ impl Space {
             run.bytes,
         );
         self.cursor = Some(Cursor {
+            seg: run.seg,
             pos: run.pos,
-            ..self.cursor.expect("checked above")
+            limit: run.limit,
         });
     }
 
