@@ -168,14 +168,19 @@ pub(crate) fn get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
 #[inline]
 pub(crate) fn free<E: Engine, T: ?Sized + Object>(e: &E, h: Handle<T>) -> bool {
     // (Values without drop glue are released inside `free` itself.)
-    let freed = e.exclusive(|raw| raw.free::<T>(h.key()));
+    // (The closure answers the common cases itself: only a value to drop
+    // comes out whole, so the others move no `Dying` through the stack.)
+    let freed = e.exclusive(|raw| match raw.free::<T>(h.key()) {
+        Freed::Now(dying) => Ok(dying),
+        Freed::Stale => Err(false),
+        Freed::Deferred | Freed::Released => Err(true),
+    });
     match freed {
-        Freed::Stale => false,
-        Freed::Deferred | Freed::Released => true,
-        Freed::Now(dying) => {
+        Ok(dying) => {
             drop_dying(e, dying);
             true
         }
+        Err(live) => live,
     }
 }
 

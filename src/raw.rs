@@ -3,6 +3,7 @@
 //! runs user code. The wrappers call user code (value drops) only after they
 //! have let go of the engine, so a `Drop` that re-enters the heap is fine.
 
+use core::any::TypeId;
 use core::ptr::NonNull;
 
 use slotmap::KeyData;
@@ -16,8 +17,8 @@ use crate::stats::{CompactReport, HeapStats};
 use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use crate::sync::plain;
 use crate::table::{index_of, Held, Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
-use crate::types::Types;
 use crate::types::IN_TABLE;
+use crate::types::{Entry, Types};
 
 /// Running totals of compaction work.
 #[derive(Debug, Default, Clone, Copy)]
@@ -455,28 +456,34 @@ impl RawHeap {
     /// Needs exclusive access: no pin or unpin runs at the same time.
     #[inline(always)]
     pub(crate) fn free<T: ?Sized + Object>(&mut self, key: KeyData) -> Freed {
-        self.free_where(key, Types::is::<T>)
+        self.free_where(key, |e| e.id == TypeId::of::<T>(), Types::is::<T>)
     }
 
     /// [`RawHeap::free`] for a live handle of any type.
     pub(crate) fn free_any(&mut self, key: KeyData) -> Freed {
-        self.free_where(key, |_, _| true)
+        self.free_where(key, |_| true, |_, _| true)
     }
 
-    /// [`RawHeap::free`] if the slot's type passes `is_type`.
+    /// [`RawHeap::free`] if the slot's type passes `is_type` (`entry_is`,
+    /// the same test on the type's entry).
     #[inline(always)]
-    fn free_where(&mut self, key: KeyData, is_type: impl Fn(&Types, u16) -> bool) -> Freed {
-        // The common case, in one lookup of the slot: live, unpinned, no
-        // read scope open (else nothing may be dropped or given back now).
+    fn free_where(
+        &mut self,
+        key: KeyData,
+        entry_is: impl Fn(&Entry) -> bool,
+        is_type: impl Fn(&Types, u16) -> bool,
+    ) -> Freed {
+        // The common case, in one lookup of the slot and one of its type:
+        // live, unpinned, no read scope open (else nothing may be dropped
+        // or given back now).
         if !self.reading() {
             let types = &self.types;
-            if let Some((ty, loc, len)) = self.table.take_unpinned(key, |ty| is_type(types, ty)) {
-                let info = self.types.info(ty);
-                let len = if info.is_slice {
-                    self.types.len_or(ty, len)
-                } else {
-                    len
-                };
+            let found = self.table.take_unpinned(key, |ty| {
+                let entry = types.entry(ty).filter(|e| entry_is(e))?;
+                Some((entry.info, entry.len))
+            });
+            if let Some(((info, fixed), ty, loc, len)) = found {
+                let len = if fixed == IN_TABLE { len } else { fixed };
                 let held = Held { ty, loc, len };
                 let size = self.size_in(info, held);
                 self.live_bytes -= size;

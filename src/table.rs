@@ -1237,16 +1237,17 @@ impl Table {
 
     /// `free`'s common case with one lookup of the slot: vacates the slot
     /// of `key` if it is live and unpinned (borrow word 0), in a dense
-    /// chunk, not due to retire, and `is_type` accepts its type. Returns
-    /// its type, location and slice length; `None` changes nothing (the
+    /// chunk, not due to retire, and `is_type` accepts its type (saying
+    /// `Some` of what the caller wants to know of it). Returns that, the
+    /// slot's type, location and slice length; `None` changes nothing (the
     /// caller goes the general way, [`Table::remove`], which tells the
     /// other cases apart).
     #[inline]
-    pub(crate) fn take_unpinned(
+    pub(crate) fn take_unpinned<X>(
         &mut self,
         key: KeyData,
-        is_type: impl Fn(u16) -> bool,
-    ) -> Option<(u16, Loc, u32)> {
+        is_type: impl Fn(u16) -> Option<X>,
+    ) -> Option<(X, u16, Loc, u32)> {
         let (index, version) = split(key);
         // Keys carry odd versions (slotmap's `from_ffi` sets the low bit),
         // so a version match is an occupied slot, never a vacant one.
@@ -1267,10 +1268,10 @@ impl Table {
         let slot = found?;
         // Borrow word 0: neither pinned nor a zombie; and no pin can be
         // taken while the caller holds the table (`&mut self`).
-        if slot.version != version || slot.borrow.load(Ordering::Acquire) != 0 || !is_type(slot.ty)
-        {
+        if slot.version != version || slot.borrow.load(Ordering::Acquire) != 0 {
             return None;
         }
+        let x = is_type(slot.ty)?;
         let next_free = self.meta[c].free;
         let slot = if Reservation::SUPPORTED {
             self.slot_pool.flat_mut(index)
@@ -1287,7 +1288,7 @@ impl Table {
             Some(lens) => lens.as_slice()[i],
             None => 0,
         };
-        Some((held.0, held.1, len))
+        Some((x, held.0, held.1, len))
     }
 
     /// Counts slot `i` of chunk `c` vacant, its version raised and its

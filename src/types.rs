@@ -32,13 +32,10 @@ pub(crate) const IN_TABLE: u32 = u32::MAX;
 /// The types of one heap.
 #[derive(Debug)]
 pub(crate) struct Types {
-    infos: Vec<&'static TypeInfo>,
-    /// `ids[i] == infos[i].type_id`, kept apart so the check on every `get`
-    /// is one load from a small array.
-    ids: Vec<TypeId>,
-    /// `lens[i]`: the slice length that index `i` stands for, or
-    /// [`IN_TABLE`] (a sized type, or a slice whose length the table keeps).
-    lens: Vec<u32>,
+    /// `entries[i]`: what index `i` stands for, all in one place, so that
+    /// the type check of a `get` and all that a `free` needs are one load
+    /// from one small array.
+    entries: Vec<Entry>,
     /// One per type, in the order they came.
     kinds: Vec<Kind>,
     /// The index of each short length of each slice type (0: none yet):
@@ -48,6 +45,17 @@ pub(crate) struct Types {
     short_entries: usize,
     /// The type found last: allocation loops repeat a type.
     last: Kind,
+}
+
+/// What one index stands for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry {
+    /// `info.type_id`, beside the index's other facts: the type check.
+    pub(crate) id: TypeId,
+    pub(crate) info: &'static TypeInfo,
+    /// The slice length that the index stands for, or [`IN_TABLE`] (a
+    /// sized type, or a slice whose length the table keeps).
+    pub(crate) len: u32,
 }
 
 /// A type of the heap and its indices.
@@ -74,9 +82,11 @@ impl Types {
             lens: 0,
         };
         Types {
-            infos: vec![unit],
-            ids: vec![unit.type_id],
-            lens: vec![IN_TABLE],
+            entries: vec![Entry {
+                id: unit.type_id,
+                info: unit,
+                len: IN_TABLE,
+            }],
             kinds: vec![kind],
             by_len: Vec::new(),
             short_entries: 0,
@@ -130,13 +140,15 @@ impl Types {
 
     /// Registers a new index for `info` standing for length `len`.
     fn push(&mut self, info: &'static TypeInfo, len: u32) -> Option<u16> {
-        if self.infos.len() > usize::from(u16::MAX) {
+        if self.entries.len() > usize::from(u16::MAX) {
             return None;
         }
-        self.infos.push(info);
-        self.ids.push(info.type_id);
-        self.lens.push(len);
-        Some((self.infos.len() - 1) as u16)
+        self.entries.push(Entry {
+            id: info.type_id,
+            info,
+            len,
+        });
+        Some((self.entries.len() - 1) as u16)
     }
 
     /// [`Types::index_of`] if `info` is the type it answered last and the
@@ -163,19 +175,21 @@ impl Types {
     /// The type of index `ty` (an index this registry handed out).
     #[inline]
     pub(crate) fn info(&self, ty: u16) -> &'static TypeInfo {
-        self.infos[usize::from(ty)]
+        self.entries[usize::from(ty)].info
     }
 
     /// The type of index `ty`, or `None` (no panic).
     #[inline]
     pub(crate) fn try_info(&self, ty: u16) -> Option<&'static TypeInfo> {
-        self.infos.get(usize::from(ty)).copied()
+        self.entries.get(usize::from(ty)).map(|e| e.info)
     }
 
     /// The slice length index `ty` stands for, or [`IN_TABLE`]. Never panics.
     #[inline]
     pub(crate) fn fixed_len(&self, ty: u16) -> u32 {
-        self.lens.get(usize::from(ty)).copied().unwrap_or(IN_TABLE)
+        self.entries
+            .get(usize::from(ty))
+            .map_or(IN_TABLE, |e| e.len)
     }
 
     /// The slice length of an object of index `ty` whose table entry keeps
@@ -199,18 +213,22 @@ impl Types {
         }
     }
 
+    /// What index `ty` stands for, if it is one this registry handed out.
+    #[inline]
+    pub(crate) fn entry(&self, ty: u16) -> Option<&Entry> {
+        self.entries.get(usize::from(ty))
+    }
+
     /// Whether index `ty` is the type `T`. Never panics.
     #[inline]
     pub(crate) fn is<T: ?Sized + Object>(&self, ty: u16) -> bool {
-        self.ids.get(usize::from(ty)) == Some(&TypeId::of::<T>())
+        self.entries.get(usize::from(ty)).map(|e| e.id) == Some(TypeId::of::<T>())
     }
 
     /// Bytes of the registry.
     pub(crate) fn metadata_bytes(&self) -> usize {
         use core::mem::size_of;
-        self.infos.capacity() * size_of::<&TypeInfo>()
-            + self.ids.capacity() * size_of::<TypeId>()
-            + self.lens.capacity() * size_of::<u32>()
+        self.entries.capacity() * size_of::<Entry>()
             + self.kinds.capacity() * size_of::<Kind>()
             + self.by_len.capacity() * size_of::<u16>()
     }
@@ -222,7 +240,7 @@ mod tests {
 
     impl Types {
         fn is_of(&self, ty: u16, info: &TypeInfo) -> bool {
-            self.ids[usize::from(ty)] == info.type_id
+            self.entries[usize::from(ty)].id == info.type_id
         }
     }
 
