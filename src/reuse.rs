@@ -85,7 +85,10 @@ pub(crate) struct Reuse {
     /// last. Empty until the first block is kept (a heap that never frees
     /// pays nothing).
     classes: Vec<Vec<Block>>,
-    /// Invariant: bit `c` is set iff `classes[c]` holds a block.
+    /// Invariant: bit `c` is set if `classes[c]` holds a block. A class
+    /// that empties keeps its bit until a search finds it empty
+    /// ([`Reuse::pop_larger`]) or [`Reuse::take_where`] looks at it: the
+    /// common alloc + free of one size sets and pops, and clears nothing.
     nonempty: [u64; CLASSES.div_ceil(64)],
     /// Invariant: the sum of the sizes of all blocks held, plus [`ENTRY`]
     /// bytes for each (its place on a stack: for the smallest objects, as
@@ -132,11 +135,8 @@ impl Reuse {
         if self.classes.is_empty() {
             self.classes = (0..CLASSES).map(|_| Vec::new()).collect();
         }
-        let stack = &mut self.classes[class];
-        if stack.is_empty() {
-            self.nonempty[class / 64] |= 1 << (class % 64);
-        }
-        stack.push(block);
+        self.classes[class].push(block);
+        self.nonempty[class / 64] |= 1 << (class % 64);
         self.bytes += block.size as usize + ENTRY;
         self.count += 1;
     }
@@ -187,10 +187,13 @@ impl Reuse {
             if c > last {
                 break;
             }
+            let Some(&top) = self.classes[c].last() else {
+                // A class that emptied since its bit was set.
+                self.nonempty[c / 64] &= !(1 << (c % 64));
+                c += 1;
+                continue;
+            };
             tries -= 1;
-            let top = *self.classes[c]
-                .last()
-                .expect("a set bit: a class with blocks");
             if top.fits(size, align) {
                 return Some(self.take_top(c));
             }
@@ -202,11 +205,7 @@ impl Reuse {
     /// Pops the newest block of class `c`, which holds one.
     #[inline(always)]
     fn take_top(&mut self, c: usize) -> Block {
-        let stack = &mut self.classes[c];
-        let block = stack.pop().expect("the class holds a block");
-        if stack.is_empty() {
-            self.nonempty[c / 64] &= !(1 << (c % 64));
-        }
+        let block = self.classes[c].pop().expect("the class holds a block");
         self.bytes -= block.size as usize + ENTRY;
         self.count -= 1;
         block
