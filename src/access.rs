@@ -114,6 +114,10 @@ pub(crate) fn try_get<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<Ref<'_, T>, BorrowError> {
+    if let Some(flag) = e.pinned_since_walk() {
+        // (Raised before the pin: its store comes before the borrow word's.)
+        flag.set(true);
+    }
     let (ptr, word) = e
         .try_pin(|raw| raw.pin::<T>(h.key(), false, E::SYNC))
         .unwrap_or_else(|why| why.fail())
@@ -129,6 +133,9 @@ pub(crate) fn try_get_mut<E: Engine + PinOwner, T: ?Sized + Object>(
     e: &E,
     h: Handle<T>,
 ) -> Result<RefMut<'_, T>, BorrowError> {
+    if let Some(flag) = e.pinned_since_walk() {
+        flag.set(true);
+    }
     let (ptr, word) = e
         .try_pin(|raw| raw.pin::<T>(h.key(), true, E::SYNC))
         .unwrap_or_else(|why| why.fail())

@@ -19,6 +19,7 @@
 //!   is refused with [`Unavailable::Poisoned`], and the values still in it
 //!   are leaked when it drops, never dropped twice.
 
+use core::cell::Cell;
 use core::fmt;
 
 use crate::raw::RawHeap;
@@ -27,6 +28,14 @@ use crate::raw::RawHeap;
 pub(crate) trait Engine {
     /// Whether other threads may pin and unpin while we hold shared access.
     const SYNC: bool;
+
+    /// Where one thread alone pins (`Heap`): a flag that every pin raises
+    /// before it is taken, and that [`Heap::stats`] lowers when a walk of
+    /// the slots finds none pinned; while it is down, none is. `None` where
+    /// many threads pin (`SyncHeap`: its stats always walk).
+    ///
+    /// [`Heap::stats`]: crate::Heap::stats
+    fn pinned_since_walk(&self) -> Option<&Cell<bool>>;
 
     /// Runs `f` with the engine to itself, or says why it cannot.
     /// `f` must not panic and must run no user code.

@@ -54,6 +54,10 @@ pub struct Heap {
     raw: UnsafeCell<RawHeap>,
     /// [`IDLE`], [`BUSY`] or [`POISONED`].
     state: Cell<u8>,
+    /// Invariant: if false, no guard pins an object (every pin raises it
+    /// first, [`Engine::pinned_since_walk`]; [`Heap::stats`] lowers it only
+    /// when its walk of the slots finds no pin), so `stats` need not walk.
+    pinned_since_walk: Cell<bool>,
 }
 
 /// No reference to the engine is alive.
@@ -80,6 +84,7 @@ impl Heap {
         Heap {
             raw: UnsafeCell::new(RawHeap::new(&config)),
             state: Cell::new(IDLE),
+            pinned_since_walk: Cell::new(false),
         }
     }
 
@@ -475,7 +480,12 @@ impl Heap {
 
     /// The heap's figures now. Counting pinned objects walks the table.
     pub fn stats(&self) -> HeapStats {
-        self.shared(|raw| raw.stats())
+        let walk = self.pinned_since_walk.get();
+        let stats = self.shared(|raw| raw.stats(!walk));
+        if walk && stats.pinned_objects == 0 {
+            self.pinned_since_walk.set(false);
+        }
+        stats
     }
 
     /// Number of live objects.
@@ -509,6 +519,11 @@ impl Heap {
 
 impl Engine for Heap {
     const SYNC: bool = false;
+
+    #[inline]
+    fn pinned_since_walk(&self) -> Option<&Cell<bool>> {
+        Some(&self.pinned_since_walk)
+    }
 
     #[inline]
     fn try_exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> Result<R, Unavailable> {

@@ -49,6 +49,10 @@ pub(crate) struct RawHeap {
     /// Objects freed during a read scope: unlinked, their values dropped and
     /// bytes released when the last scope ends.
     pub(crate) deferred: Vec<Dying>,
+    /// Invariant: the number of objects a builder pins
+    /// ([`RawHeap::alloc_building`] until [`RawHeap::finish_building`] or
+    /// [`RawHeap::abandon_building`]): the pins that are no guard's.
+    building: usize,
     /// Compaction paid for by allocation and free, if on (change it with
     /// [`RawHeap::set_pacing`]).
     pub(crate) pacing: Option<Pacing>,
@@ -164,6 +168,7 @@ impl RawHeap {
             limited: config.memory_limit.is_some(),
             readers: AtomicUsize::new(0),
             deferred: Vec::new(),
+            building: 0,
             pacing: config.pacing,
             debt: 0,
             pace_left: 0,
@@ -630,6 +635,7 @@ impl RawHeap {
         let (key, ptr) = self.alloc(uninit, meta)?;
         let slot = self.table.get(key).expect("a new object has a slot");
         slot.borrow.store(EXCLUSIVE, Ordering::Relaxed);
+        self.building += 1;
         if self.types.fixed_len(slot.ty) != IN_TABLE && self.types.fixed_len(to_ty) == IN_TABLE {
             // The uninitialised type got an index per length and `to` did
             // not (the registry's cap came between): the table must keep the
@@ -657,6 +663,7 @@ impl RawHeap {
         slot.ty = to_ty;
         // Our exclusive pin was the only one: no guard can exist.
         slot.borrow.store(0, Ordering::Release);
+        self.building -= 1;
         true
     }
 
@@ -664,6 +671,11 @@ impl RawHeap {
     /// no value now: unpins and frees it. Returns what to release.
     pub(crate) fn abandon_building(&mut self, key: KeyData) -> Option<Dying> {
         let slot = self.table.get(key)?;
+        debug_assert!(
+            slot.borrow.load(Ordering::Relaxed) & EXCLUSIVE != 0,
+            "the builder's pin"
+        );
+        self.building -= 1;
         if slot.is_dead() {
             slot.borrow.store(ZOMBIE, Ordering::Relaxed);
             return self.finish_zombie(key);
@@ -987,8 +999,23 @@ impl RawHeap {
     }
 
     /// The heap's figures. Counting pinned objects walks the table (a
-    /// counter would put a second write on every `get`).
-    pub(crate) fn stats(&self) -> HeapStats {
+    /// counter would put a second write on every `get`), unless
+    /// `no_guard_pins`: the caller knows that no guard pins an object
+    /// (`Heap`, [`Engine::pinned_since_walk`]); then only builders' pins can
+    /// be there, and [`RawHeap::building`] counts them.
+    ///
+    /// [`Engine::pinned_since_walk`]: crate::engine::Engine::pinned_since_walk
+    pub(crate) fn stats(&self, no_guard_pins: bool) -> HeapStats {
+        let pinned_objects = if no_guard_pins && self.building == 0 {
+            debug_assert_eq!(
+                self.table.pinned(),
+                0,
+                "a pin that no guard or builder holds"
+            );
+            0
+        } else {
+            self.table.pinned()
+        };
         let segment_bytes = self.space.segment_count() * self.space.segment_size();
         let held_bytes = self.space.held_bytes();
         let spare_bytes = self.space.spare_bytes();
@@ -1003,7 +1030,7 @@ impl RawHeap {
                 + self.types.metadata_bytes()
                 + self.space.metadata_bytes()
                 + self.evac.metadata_bytes(),
-            pinned_objects: self.table.iter().filter(|(_, s)| s.is_pinned()).count(),
+            pinned_objects,
             segments: self.space.segment_count(),
             large_objects: self.space.large_count(),
             compactions: self.totals.compactions,

@@ -628,9 +628,31 @@ impl Chunk {
         unsafe { &mut *self.slots.ptr.as_ptr().add(pos) }
     }
 
-    /// The kept slots with their indices in the chunk, in index order.
+    /// The kept slots, in index order: all [`CHUNK`] of a dense chunk, the
+    /// few of a sparse one.
+    fn kept(&self) -> &[Slot] {
+        // SAFETY: `len` initialised slots at `ptr`, owned by the chunk
+        // (`Block`'s invariant); an exclusive reference to one needs
+        // `&mut self`, so none is alive while this slice is.
+        unsafe { core::slice::from_raw_parts(self.slots.ptr.as_ptr(), self.slots.len) }
+    }
+
+    /// The kept slots with their indices in the chunk, in index order, in
+    /// one walk of the slots (and of a sparse chunk's presence bits).
     fn entries(&self) -> impl Iterator<Item = (usize, &Slot)> {
-        (0..CHUNK).filter_map(|i| Some((i, self.slot(self.position(i)?))))
+        let bits = self.present.as_ref().map_or([u64::MAX; WORDS], |p| p.bits);
+        let indices = (0..WORDS).flat_map(move |w| {
+            let mut word = bits[w];
+            core::iter::from_fn(move || {
+                if word == 0 {
+                    return None;
+                }
+                let bit = word.trailing_zeros() as usize;
+                word &= word - 1;
+                Some(w * 64 + bit)
+            })
+        });
+        indices.zip(self.kept())
     }
 
     /// Whether a guard pins one of the slots. (Only occupied slots can be
@@ -1388,6 +1410,22 @@ impl Table {
     /// Number of objects whose handles are live.
     pub(crate) fn live(&self) -> usize {
         self.occupied - self.retired - self.zombies
+    }
+
+    /// How many objects guards pin now: one walk over the kept slots,
+    /// with no lookup per slot.
+    pub(crate) fn pinned(&self) -> usize {
+        self.chunks
+            .iter()
+            .flatten()
+            .map(|chunk| {
+                chunk
+                    .kept()
+                    .iter()
+                    .filter(|s| s.version % 2 == 1 && s.is_pinned())
+                    .count()
+            })
+            .sum()
     }
 
     /// Bytes of the table itself.

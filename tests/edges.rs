@@ -264,6 +264,42 @@ fn a_panicking_drop_at_the_heaps_end_does_not_stop_the_others() {
 }
 
 #[test]
+fn stats_count_every_pin_whatever_came_before() {
+    let heap = Heap::new();
+    let h = heap.alloc(1u32);
+    assert_eq!(heap.stats().pinned_objects, 0, "no pin yet");
+    let r = heap.get(h).unwrap();
+    assert_eq!(
+        heap.stats().pinned_objects,
+        1,
+        "a pin after a walk found none"
+    );
+    drop(r);
+    assert_eq!(heap.stats().pinned_objects, 0);
+    assert_eq!(heap.stats().pinned_objects, 0, "and again, with no walk");
+    let w = heap.get_mut(h).unwrap();
+    assert_eq!(heap.stats().pinned_objects, 1, "an exclusive pin");
+    drop(w);
+    assert_eq!(heap.stats().pinned_objects, 0);
+    // A builder's pin is no guard's: counted while its closure runs.
+    let seen = Cell::new(usize::MAX);
+    heap.alloc_with(|| {
+        seen.set(heap.stats().pinned_objects);
+        2u64
+    });
+    assert_eq!(seen.get(), 1, "the object being built");
+    assert_eq!(heap.stats().pinned_objects, 0);
+    // A stale handle's failed pin pins nothing; a forgotten guard pins for good.
+    let dead = heap.alloc(3u32);
+    heap.free(dead);
+    assert!(heap.get(dead).is_none());
+    assert_eq!(heap.stats().pinned_objects, 0);
+    core::mem::forget(heap.get(h).unwrap());
+    assert_eq!(heap.stats().pinned_objects, 1);
+    assert_eq!(heap.stats().pinned_objects, 1, "still, on the next look");
+}
+
+#[test]
 fn free_under_a_guard_kills_the_handle_now_and_drops_later() {
     let drops = Arc::new(AtomicUsize::new(0));
     let heap = Heap::new();

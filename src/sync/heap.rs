@@ -290,7 +290,7 @@ impl SyncHeap {
 
     /// The heap's figures now. Counting pinned objects walks the table.
     pub fn stats(&self) -> HeapStats {
-        self.shared(|raw| raw.stats())
+        self.shared(|raw| raw.stats(false))
     }
 
     /// Number of live objects.
@@ -324,6 +324,11 @@ impl SyncHeap {
 
 impl Engine for SyncHeap {
     const SYNC: bool = true;
+
+    #[inline]
+    fn pinned_since_walk(&self) -> Option<&core::cell::Cell<bool>> {
+        None
+    }
 
     #[inline]
     fn try_exclusive<R>(&self, f: impl FnOnce(&mut RawHeap) -> R) -> Result<R, Unavailable> {
