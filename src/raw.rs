@@ -17,8 +17,8 @@ use crate::stats::{CompactReport, HeapStats};
 use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use crate::sync::plain;
 use crate::table::{index_of, Held, Loc, Slot, Table, Where, EXCLUSIVE, SHARED, ZOMBIE};
-use crate::types::IN_TABLE;
 use crate::types::{Entry, Types};
+use crate::types::{IN_TABLE, NO_LEN, VARIES};
 
 /// Running totals of compaction work.
 #[derive(Debug, Default, Clone, Copy)]
@@ -252,7 +252,7 @@ impl RawHeap {
         let len = match loc.decode() {
             Where::Large { id } => {
                 self.space.set_large_meta(id, meta);
-                0
+                NO_LEN
             }
             _ => self.types.stored_len(ty, meta),
         };
@@ -485,12 +485,17 @@ impl RawHeap {
             let types = &self.types;
             let found = self.table.take_unpinned(key, |ty| {
                 let entry = types.entry(ty).filter(|e| entry_is(e))?;
-                Some((entry.info, entry.len))
+                Some((entry.info, entry.len, entry.size))
             });
-            if let Some(((info, fixed), ty, loc, len)) = found {
+            if let Some(((info, fixed, size), ty, loc, len)) = found {
                 let len = if fixed == IN_TABLE { len } else { fixed };
                 let held = Held { ty, loc, len };
-                let size = self.size_in(info, held);
+                let size = if size == VARIES {
+                    self.size_in(info, held)
+                } else {
+                    debug_assert_eq!(size as usize, self.size_in(info, held));
+                    size as usize
+                };
                 self.live_bytes -= size;
                 if info.drop.is_none() {
                     // SAFETY: `size` and `loc` are those of the object's one

@@ -25,6 +25,7 @@ use slotmap::KeyData;
 
 use crate::mapping::{Pool, Reservation, PAGE};
 use crate::sync::atomic::{AtomicU16, Ordering};
+use crate::types::NO_LEN;
 
 /// Borrow word bit: the handle is dead; the value waits for its last guard.
 /// With no pins left it marks a retired slot.
@@ -775,18 +776,26 @@ impl Table {
         self.occupied >= u32::MAX as usize - CHUNK
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_vacant(&mut self, chunk: usize, on: bool) {
         let (w, bit) = (chunk / 64, 1u64 << (chunk % 64));
-        if w >= self.vacant.len() {
-            self.vacant.resize(w + 1, 0);
-        }
+        let Some(word) = self.vacant.get_mut(w) else {
+            return self.set_vacant_grown(chunk, on);
+        };
         if on {
-            self.vacant[w] |= bit;
+            *word |= bit;
             self.vacant_from = self.vacant_from.min(w);
         } else {
-            self.vacant[w] &= !bit;
+            *word &= !bit;
         }
+    }
+
+    /// [`Table::set_vacant`] for a chunk past the bits kept so far.
+    #[cold]
+    #[inline(never)]
+    fn set_vacant_grown(&mut self, chunk: usize, on: bool) {
+        self.vacant.resize(chunk / 64 + 1, 0);
+        self.set_vacant(chunk, on);
     }
 
     /// A new chunk entry at the end, released (no slots yet).
@@ -1059,8 +1068,9 @@ impl Table {
     }
 
     /// Occupies a slot with an object of type `ty` at `loc` with slice
-    /// length `len` (at most `u32::MAX`), unpinned. The table must not be
-    /// [full](Table::is_full).
+    /// length `len` (at most `u32::MAX`; [`NO_LEN`] if the slot's type
+    /// index says it, so the table keeps none), unpinned. The table must
+    /// not be [full](Table::is_full).
     #[inline]
     pub(crate) fn insert(&mut self, ty: u16, loc: Loc, len: usize) -> KeyData {
         debug_assert!(!self.is_full());
@@ -1093,11 +1103,13 @@ impl Table {
             self.set_vacant(c, false);
         }
         self.occupied += 1;
-        // A dense chunk: the length's position is the slot's.
-        match &mut self.lens[c] {
-            Some(lens) => lens.as_mut_slice()[i] = len as u32,
-            None if len == 0 => {}
-            None => self.set_len(c * CHUNK + i, len),
+        if len != NO_LEN {
+            // A dense chunk: the length's position is the slot's.
+            match &mut self.lens[c] {
+                Some(lens) => lens.as_mut_slice()[i] = len as u32,
+                None if len == 0 => {}
+                None => self.set_len(c * CHUNK + i, len),
+            }
         }
         key
     }
@@ -1122,9 +1134,13 @@ impl Table {
     }
 
     /// Keeps `len` (at most `u32::MAX`) as the slice length of the slot at
-    /// `index`, a kept slot of a materialized chunk.
+    /// `index`, a kept slot of a materialized chunk; [`NO_LEN`]: none is
+    /// needed (the slot's type index says it), nothing changes.
     #[inline]
     pub(crate) fn set_len(&mut self, index: usize, len: usize) {
+        if len == NO_LEN {
+            return;
+        }
         debug_assert!(u32::try_from(len).is_ok(), "slice lengths fit 32 bits");
         let c = index / CHUNK;
         let Some((pos, count)) = self.chunks[c]

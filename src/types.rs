@@ -29,6 +29,10 @@ pub(crate) const SHORT_ENTRIES: usize = 4096;
 /// [`Types::fixed_len`] of an index whose length, if any, is in the table.
 pub(crate) const IN_TABLE: u32 = u32::MAX;
 
+/// [`Types::stored_len`] of an object whose index says its length: the
+/// table need keep none (whatever it keeps for the slot is never read, I2).
+pub(crate) const NO_LEN: usize = usize::MAX;
+
 /// The types of one heap.
 #[derive(Debug)]
 pub(crate) struct Types {
@@ -56,6 +60,31 @@ pub(crate) struct Entry {
     /// The slice length that the index stands for, or [`IN_TABLE`] (a
     /// sized type, or a slice whose length the table keeps).
     pub(crate) len: u32,
+    /// The bytes of every object of this index (a sized type's size, a
+    /// short slice's), or [`VARIES`].
+    pub(crate) size: u32,
+}
+
+/// [`Entry::size`] of an index whose objects' sizes differ (a slice whose
+/// length the table keeps), or of a type of 4 GiB or more.
+pub(crate) const VARIES: u32 = u32::MAX;
+
+impl Entry {
+    fn new(info: &'static TypeInfo, len: u32) -> Entry {
+        let size = if !info.is_slice {
+            Some(info.elem_size)
+        } else if len != IN_TABLE {
+            info.elem_size.checked_mul(len as usize)
+        } else {
+            None
+        };
+        Entry {
+            id: info.type_id,
+            info,
+            len,
+            size: size.and_then(|s| u32::try_from(s).ok()).unwrap_or(VARIES),
+        }
+    }
 }
 
 /// A type of the heap and its indices.
@@ -82,11 +111,7 @@ impl Types {
             lens: 0,
         };
         Types {
-            entries: vec![Entry {
-                id: unit.type_id,
-                info: unit,
-                len: IN_TABLE,
-            }],
+            entries: vec![Entry::new(unit, IN_TABLE)],
             kinds: vec![kind],
             by_len: Vec::new(),
             short_entries: 0,
@@ -143,11 +168,7 @@ impl Types {
         if self.entries.len() > usize::from(u16::MAX) {
             return None;
         }
-        self.entries.push(Entry {
-            id: info.type_id,
-            info,
-            len,
-        });
+        self.entries.push(Entry::new(info, len));
         Some((self.entries.len() - 1) as u16)
     }
 
@@ -168,7 +189,7 @@ impl Types {
         match self.by_len.get(kind.lens + meta) {
             Some(&0) | None if self.short_entries < SHORT_ENTRIES => None,
             Some(&0) | None => Some((kind.index, meta)),
-            Some(&index) => Some((index, 0)),
+            Some(&index) => Some((index, NO_LEN)),
         }
     }
 
@@ -203,13 +224,13 @@ impl Types {
     }
 
     /// What the table must keep as the slice length of an object of index
-    /// `ty` and length `len`: nothing (0) when the index says it.
+    /// `ty` and length `len`: nothing ([`NO_LEN`]) when the index says it.
     #[inline]
     pub(crate) fn stored_len(&self, ty: u16, len: usize) -> usize {
         if self.fixed_len(ty) == IN_TABLE {
             len
         } else {
-            0
+            NO_LEN
         }
     }
 
@@ -271,7 +292,7 @@ mod tests {
             Some(a),
             "the same length, the same index"
         );
-        assert_eq!(types.last_index(info, 100), Some((a, 0)));
+        assert_eq!(types.last_index(info, 100), Some((a, NO_LEN)));
         assert_eq!(
             types.last_index(info, SHORT_BYTES + 1),
             Some((long, SHORT_BYTES + 1))
@@ -284,7 +305,7 @@ mod tests {
         assert_eq!((types.fixed_len(a), types.fixed_len(b)), (100, 101));
         assert_eq!(types.fixed_len(long), IN_TABLE);
         assert_eq!((types.len_or(a, 0), types.len_or(long, 7)), (100, 7));
-        assert_eq!(types.stored_len(a, 100), 0, "the table keeps nothing");
+        assert_eq!(types.stored_len(a, 100), NO_LEN, "the table keeps nothing");
         for ty in [a, b, long] {
             assert!(types.is::<[u8]>(ty) && !types.is::<str>(ty) && !types.is::<[i8]>(ty));
         }
