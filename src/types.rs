@@ -49,6 +49,10 @@ pub(crate) struct Types {
     short_entries: usize,
     /// The type found last: allocation loops repeat a type.
     last: Kind,
+    /// The `TypeInfo` that found `last` (another address may describe the
+    /// same type: a generic constant can be duplicated across codegen
+    /// units; one address never describes two types, as the `TypeId` is in it).
+    last_info: &'static TypeInfo,
 }
 
 /// What one index stands for.
@@ -116,6 +120,7 @@ impl Types {
             by_len: Vec::new(),
             short_entries: 0,
             last: kind,
+            last_info: unit,
         }
     }
 
@@ -148,6 +153,7 @@ impl Types {
             }
         };
         self.last = kind;
+        self.last_info = info;
         if meta < kind.short
             && self.by_len[kind.lens + meta] == 0
             && self.short_entries < SHORT_ENTRIES
@@ -179,7 +185,8 @@ impl Types {
     #[inline]
     pub(crate) fn last_index(&self, info: &'static TypeInfo, meta: usize) -> Option<(u16, usize)> {
         let kind = &self.last;
-        if kind.id != info.type_id {
+        // (The address first: one compare, where the `TypeId` takes two.)
+        if !core::ptr::eq(self.last_info, info) && kind.id != info.type_id {
             return None;
         }
         if meta >= kind.short {
