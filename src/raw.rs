@@ -489,11 +489,12 @@ impl RawHeap {
             });
             if let Some(((info, fixed, size), ty, loc, len)) = found {
                 let len = if fixed == IN_TABLE { len } else { fixed };
-                let held = Held { ty, loc, len };
+                // (The `Held` is made where it is needed, apart: one made
+                // here would be kept on the stack for both.)
                 let size = if size == VARIES {
-                    self.size_in(info, held)
+                    self.size_in(info, Held { ty, loc, len })
                 } else {
-                    debug_assert_eq!(size as usize, self.size_in(info, held));
+                    debug_assert_eq!(size as usize, self.size_in(info, Held { ty, loc, len }));
                     size as usize
                 };
                 self.live_bytes -= size;
@@ -505,7 +506,7 @@ impl RawHeap {
                     self.pace(size);
                     return Freed::Released;
                 }
-                return Freed::Now(self.dying(held));
+                return Freed::Now(self.dying(Held { ty, loc, len }));
             }
         }
         self.free_slow(key, is_type)
